@@ -1,0 +1,183 @@
+//! ShutdownActor: turns process signals into messages.
+//!
+//! On Unix it listens with tokio's signal streams, which tell signals apart and need no
+//! extra thread: SIGINT and SIGTERM ask the Supervisor for an orderly stop
+//! ([`ShutdownRequested`]); a second one exits at once (exit code 128 + signal number);
+//! SIGHUP asks the logger to reopen its file ([`ReopenLog`]). On Windows, `ctrlc` (Ctrl-C,
+//! Ctrl-Break, console close) does the same through one process-wide handler that forwards to
+//! the current incarnation. `ctrlc` is not used on Unix because it folds SIGINT, SIGTERM and
+//! SIGHUP into one callback. The actor stops on [`Stop`]; it fails (and is restarted) if a
+//! signal stream cannot be installed.
+
+use actix::prelude::*;
+
+use super::logger::ReopenLog;
+use super::supervisor::ShutdownRequested;
+use super::{Child, Env, Stop};
+use crate::bus::Bus;
+use crate::log_event;
+
+/// A signal arrived.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct SignalReceived {
+    pub signal: Signal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+            Signal::Hangup => "SIGHUP",
+        }
+    }
+
+    /// The exit code of a process killed by this signal (128 + its number).
+    fn forced_exit_code(self) -> i32 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+            Signal::Hangup => 129,
+        }
+    }
+}
+
+pub struct ShutdownActor {
+    env: Env,
+    requested: bool,
+}
+
+impl ShutdownActor {
+    pub fn new(env: &Env) -> Self {
+        ShutdownActor {
+            env: env.clone(),
+            requested: false,
+        }
+    }
+}
+
+impl Actor for ShutdownActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) = listen(ctx) {
+            self.env
+                .fail(ctx, format!("cannot install signal handlers: {e}"));
+        }
+    }
+}
+
+#[cfg(unix)]
+fn listen(ctx: &mut Context<ShutdownActor>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, sig) in [
+        (SignalKind::interrupt(), Signal::Interrupt),
+        (SignalKind::terminate(), Signal::Terminate),
+        (SignalKind::hangup(), Signal::Hangup),
+    ] {
+        let stream = signal(kind)?;
+        let stream = futures_util::stream::unfold(stream, move |mut s| async move {
+            s.recv().await.map(|()| (SignalReceived { signal: sig }, s))
+        });
+        ctx.add_stream(stream);
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn listen(ctx: &mut Context<ShutdownActor>) -> std::io::Result<()> {
+    use std::sync::{Mutex, OnceLock};
+    // ctrlc allows one handler per process; it forwards to whichever incarnation is current.
+    static CURRENT: OnceLock<Mutex<Option<Recipient<SignalReceived>>>> = OnceLock::new();
+    let current = CURRENT.get_or_init(|| Mutex::new(None));
+    if let Ok(mut slot) = current.lock() {
+        *slot = Some(ctx.address().recipient());
+    }
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        ctrlc::set_handler(|| {
+            if let Some(Ok(slot)) = CURRENT.get().map(|m| m.lock()) {
+                if let Some(r) = slot.as_ref() {
+                    r.do_send(SignalReceived {
+                        signal: Signal::Interrupt,
+                    });
+                }
+            }
+        })
+        .map_err(|e| e.to_string())
+    });
+    installed.clone().map_err(std::io::Error::other)
+}
+
+impl Child for ShutdownActor {
+    fn routes(_: &Bus, _: &Addr<Self>) {}
+}
+
+impl Handler<Stop> for ShutdownActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<SignalReceived> for ShutdownActor {
+    fn handle(&mut self, msg: SignalReceived, ctx: &mut Context<Self>) {
+        <Self as Handler<SignalReceived>>::handle(self, msg, ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // A signal stream never ends while the process lives; nothing to do if it does.
+    }
+}
+
+impl Handler<SignalReceived> for ShutdownActor {
+    type Result = ();
+    fn handle(&mut self, msg: SignalReceived, _: &mut Context<Self>) {
+        let signal = msg.signal;
+        match signal {
+            Signal::Hangup => {
+                log_event!(
+                    self.env.log,
+                    Info,
+                    "signal_received",
+                    signal = signal.name(),
+                    action = "reopen_log"
+                );
+                let _ = self.env.bus.send(ReopenLog);
+            }
+            Signal::Interrupt | Signal::Terminate if self.requested => {
+                // The operator insists: no more waiting. Written directly: the logger may be
+                // the thing that is slow.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}: second {} during shutdown: exiting at once",
+                    env!("CARGO_PKG_NAME"),
+                    signal.name()
+                );
+                std::process::exit(signal.forced_exit_code());
+            }
+            Signal::Interrupt | Signal::Terminate => {
+                self.requested = true;
+                if self
+                    .env
+                    .bus
+                    .send(ShutdownRequested {
+                        signal: signal.name(),
+                    })
+                    .is_err()
+                {
+                    std::process::exit(signal.forced_exit_code());
+                }
+            }
+        }
+    }
+}

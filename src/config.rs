@@ -1,0 +1,683 @@
+//! Configuration: where the file is, how it is read, and what a valid one means.
+//!
+//! The file's flat keys are those of the Node sidecar, so an operator's existing
+//! `config.json` keeps working. Loading happens once, before any actor starts: the JSON is
+//! read into a raw key → value map, every key is checked for its type and range, and the
+//! result is a [`Config`] of typed values (`Duration`, resolved `PathBuf`s, a parsed URL).
+//! Actors never see raw milliseconds. Every failure is a [`ConfigError`] whose message names
+//! the file, the key and the fix; unknown keys are warnings, not errors (configs of later
+//! Node versions carry extra keys), with the closest known key suggested.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// Name of the environment variable that names the config file.
+pub const CONFIG_ENV: &str = "SIDECAR_CONFIG";
+/// The config file used when neither `--config` nor [`CONFIG_ENV`] names one.
+pub const DEFAULT_CONFIG: &str = "config.json";
+
+/// The agent's hub token. Its `Debug` and `Display` never show it; only the identify frame
+/// reads it, through [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Log verbosity: events below it are not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// A `ws://` or `wss://` URL, checked once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubUrl {
+    url: String,
+    tls: bool,
+}
+
+impl HubUrl {
+    pub fn parse(s: &str) -> Result<HubUrl, String> {
+        let uri: awc::http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            Some(other) => return Err(format!("scheme must be ws:// or wss://, not {other}://")),
+            None => return Err("must start with ws:// or wss://".into()),
+        };
+        match uri.host() {
+            Some(h) if !h.is_empty() => {}
+            _ => return Err("has no host".into()),
+        }
+        Ok(HubUrl {
+            url: s.to_string(),
+            tls,
+        })
+    }
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+impl fmt::Display for HubUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// The validated configuration every actor reads (behind an `Rc`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (absolute).
+    pub path: PathBuf,
+    pub agent_id: String,
+    pub token: Secret,
+    pub hub_url: HubUrl,
+    pub name: String,
+    pub capabilities: Vec<String>,
+    pub wake_command: Option<String>,
+    pub confirmation_timeout: Duration,
+    pub results_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub log_level: LogLevel,
+    pub queue_file: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    pub wake_retry_delays: Vec<Duration>,
+    pub wake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_result_bytes: u64,
+    pub ca_file: Option<PathBuf>,
+    /// Restart intensity: more than `restart_max` restarts within `restart_window` and the
+    /// supervisor gives up.
+    pub restart_max: u32,
+    pub restart_window: Duration,
+    /// Delay before a child's first restart; doubles with each restart inside the window.
+    pub restart_delay: Duration,
+    /// Whole orderly shutdown, hub close handshake included.
+    pub shutdown_timeout: Duration,
+    /// Warnings found while loading (unknown keys, permissions); logged at start-up.
+    pub warnings: Vec<String>,
+}
+
+/// Every way a config can be refused. Each message names the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} not found. Copy config/config.json.example to {path} and set agent_id, token and hub_url (or name another file with --config PATH or {CONFIG_ENV}=PATH)")]
+    NotFound { path: String },
+    #[error("config file {path} cannot be read: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("config file {path} is not valid JSON: {reason} at line {line}, column {column}")]
+    InvalidJson {
+        path: String,
+        reason: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("config file {path} must hold a JSON object ({{\"agent_id\": …, \"token\": …, \"hub_url\": …}}), not {found}")]
+    NotAnObject { path: String, found: &'static str },
+    #[error("config file {path}: required key \"{key}\" is missing: {hint}")]
+    Missing {
+        path: String,
+        key: &'static str,
+        hint: &'static str,
+    },
+    #[error("config file {path}: key \"{key}\" must be {expected}, got {found}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Keys this version knows, with their meaning (for suggestions and `check-config`).
+pub const KNOWN_KEYS: &[&str] = &[
+    "agent_id",
+    "token",
+    "hub_url",
+    "name",
+    "capabilities",
+    "wake_command",
+    "confirmation_timeout_ms",
+    "results_dir",
+    "log_file",
+    "log_level",
+    "queue_file",
+    "heartbeat_interval_ms",
+    "heartbeat_timeout_ms",
+    "reconnect_initial_ms",
+    "reconnect_max_ms",
+    "wake_retry_delays_ms",
+    "wake_timeout_ms",
+    "connect_timeout_ms",
+    "max_frame_bytes",
+    "max_result_bytes",
+    "ca_file",
+    "restart_max",
+    "restart_window_ms",
+    "restart_delay_ms",
+    "shutdown_timeout_ms",
+];
+
+/// Which file to read: `--config` wins over [`CONFIG_ENV`], which wins over `./config.json`.
+pub fn locate(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG),
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::NotFound {
+                path: shown.clone(),
+            },
+            _ => ConfigError::Unreadable {
+                path: shown.clone(),
+                reason: e.to_string(),
+            },
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut config = Config::from_json(&text, &abs)?;
+        if let Some(w) = permission_warning(path) {
+            config.warnings.push(w);
+        }
+        Ok(config)
+    }
+
+    /// Validates config text as if it came from the file `path` (relative paths in it are
+    /// resolved against that file's directory).
+    pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::InvalidJson {
+            path: shown.clone(),
+            reason: json_reason(&e),
+            line: e.line(),
+            column: e.column(),
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::NotAnObject {
+                path: shown,
+                found: kind_of(&value),
+            });
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Raw {
+            map: &map,
+            path: &shown,
+            base: &base,
+        }
+        .validate(path)
+    }
+
+    /// Every key and its effective value, token redacted: for `check-config` and the
+    /// `startup` log line.
+    pub fn effective(&self) -> Value {
+        let ms = |d: Duration| Value::from(d.as_millis() as u64);
+        serde_json::json!({
+            "agent_id": self.agent_id,
+            "token": self.token.to_string(),
+            "hub_url": self.hub_url.as_str(),
+            "name": self.name,
+            "capabilities": self.capabilities,
+            "wake_command": self.wake_command,
+            "confirmation_timeout_ms": ms(self.confirmation_timeout),
+            "results_dir": self.results_dir,
+            "log_file": self.log_file,
+            "log_level": self.log_level.as_str(),
+            "queue_file": self.queue_file,
+            "heartbeat_interval_ms": ms(self.heartbeat_interval),
+            "heartbeat_timeout_ms": ms(self.heartbeat_timeout),
+            "reconnect_initial_ms": ms(self.reconnect_initial),
+            "reconnect_max_ms": ms(self.reconnect_max),
+            "wake_retry_delays_ms": self.wake_retry_delays.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "wake_timeout_ms": ms(self.wake_timeout),
+            "connect_timeout_ms": ms(self.connect_timeout),
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_result_bytes": self.max_result_bytes,
+            "ca_file": self.ca_file,
+            "restart_max": self.restart_max,
+            "restart_window_ms": ms(self.restart_window),
+            "restart_delay_ms": ms(self.restart_delay),
+            "shutdown_timeout_ms": ms(self.shutdown_timeout),
+        })
+    }
+}
+
+/// The raw key → value map of one file, read key by key with precise errors.
+struct Raw<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a str,
+    base: &'a Path,
+}
+
+impl Raw<'_> {
+    fn validate(&self, path: &Path) -> Result<Config, ConfigError> {
+        let mut warnings = self.unknown_keys();
+        let agent_id = self.required_str("agent_id", "the agent's id as registered on the hub")?;
+        let token = Secret::new(self.required_str("token", "the agent's hub token")?);
+        let url = self.required_str(
+            "hub_url",
+            "the hub's WebSocket URL, e.g. ws://hub-host:4000/ws",
+        )?;
+        let hub_url = HubUrl::parse(&url).map_err(|why| {
+            self.invalid(
+                "hub_url",
+                "a ws:// or wss:// URL such as ws://hub-host:4000/ws",
+                &format!("\"{url}\" ({why})"),
+            )
+        })?;
+        let name = self.opt_str("name")?.unwrap_or_else(|| agent_id.clone());
+        let capabilities = self.str_list("capabilities")?;
+        let wake_command = self
+            .opt_str("wake_command")?
+            .filter(|s| !s.trim().is_empty());
+
+        let reconnect_initial = self.ms("reconnect_initial_ms", 1_000, 1)?;
+        let reconnect_max = self.ms("reconnect_max_ms", 60_000, 1)?;
+        if reconnect_max < reconnect_initial {
+            return Err(self.invalid(
+                "reconnect_max_ms",
+                "at least reconnect_initial_ms",
+                &format!(
+                    "{} (reconnect_initial_ms is {})",
+                    reconnect_max.as_millis(),
+                    reconnect_initial.as_millis()
+                ),
+            ));
+        }
+        let ca_file = self.opt_path("ca_file")?;
+        if let Some(ca) = &ca_file {
+            if let Err(e) = crate::tls::read_ca_file(ca) {
+                return Err(self.invalid(
+                    "ca_file",
+                    "a readable PEM file of CA certificates",
+                    &format!("{} ({e})", ca.display()),
+                ));
+            }
+        }
+        let log_level = match self.opt_str("log_level")?.as_deref() {
+            None | Some("info") => LogLevel::Info,
+            Some("debug") => LogLevel::Debug,
+            Some("warn") => LogLevel::Warn,
+            Some("error") => LogLevel::Error,
+            Some(other) => {
+                return Err(self.invalid(
+                    "log_level",
+                    "one of \"debug\", \"info\", \"warn\", \"error\"",
+                    &format!("\"{other}\""),
+                ))
+            }
+        };
+        if ca_file.is_some() && !hub_url.is_tls() {
+            warnings.push(format!(
+                "{}: ca_file is set but hub_url {} is not wss://; ca_file is unused",
+                self.path, hub_url
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            agent_id,
+            token,
+            hub_url,
+            name,
+            capabilities,
+            wake_command,
+            confirmation_timeout: self.ms("confirmation_timeout_ms", 30_000, 1)?,
+            results_dir: self.path_or("results_dir", "./results")?,
+            log_file: self.path_or("log_file", "./sidecar.log")?,
+            log_level,
+            queue_file: self.path_or("queue_file", "./queue.json")?,
+            heartbeat_interval: self.ms("heartbeat_interval_ms", 30_000, 1)?,
+            heartbeat_timeout: self.ms("heartbeat_timeout_ms", 10_000, 1)?,
+            reconnect_initial,
+            reconnect_max,
+            wake_retry_delays: self.ms_list("wake_retry_delays_ms", &[5_000, 15_000, 30_000])?,
+            wake_timeout: self.ms("wake_timeout_ms", 60_000, 1)?,
+            connect_timeout: self.ms("connect_timeout_ms", 20_000, 1)?,
+            max_frame_bytes: self.int("max_frame_bytes", 16 * 1024 * 1024, 1024, 1 << 30)? as usize,
+            max_result_bytes: self.int("max_result_bytes", 16 * 1024 * 1024, 1, 1 << 30)?,
+            ca_file,
+            restart_max: self.int("restart_max", 5, 0, 1_000)? as u32,
+            restart_window: self.ms("restart_window_ms", 30_000, 1)?,
+            restart_delay: self.ms("restart_delay_ms", 100, 0)?,
+            shutdown_timeout: self.ms("shutdown_timeout_ms", 5_000, 10)?,
+            warnings,
+        })
+    }
+
+    fn unknown_keys(&self) -> Vec<String> {
+        self.map
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .map(|k| {
+                let closest = KNOWN_KEYS
+                    .iter()
+                    .map(|known| (strsim::damerau_levenshtein(k, known), *known))
+                    .min()
+                    .filter(|(d, _)| *d <= 3);
+                match closest {
+                    Some((_, known)) => format!(
+                        "{}: unknown key \"{k}\" is ignored; did you mean \"{known}\"?",
+                        self.path
+                    ),
+                    None => format!("{}: unknown key \"{k}\" is ignored", self.path),
+                }
+            })
+            .collect()
+    }
+
+    fn invalid(&self, key: &'static str, expected: &str, found: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_string(),
+            key,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+
+    fn wrong_type(&self, key: &'static str, expected: &str, v: &Value) -> ConfigError {
+        // The token is never echoed back, whatever its type.
+        let found = if key == "token" {
+            kind_of(v).to_string()
+        } else {
+            let mut s = v.to_string();
+            if s.len() > 80 {
+                s.truncate(77);
+                s.push_str("...");
+            }
+            format!("{} {s}", kind_of(v))
+        };
+        self.invalid(key, expected, &found)
+    }
+
+    /// A key that is absent or `null` counts as unset.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required_str(&self, key: &'static str, hint: &'static str) -> Result<String, ConfigError> {
+        match self.opt_str(key)? {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            Some(_) => Err(self.invalid(key, "a non-empty string", "an empty string")),
+            None => Err(ConfigError::Missing {
+                path: self.path.to_string(),
+                key,
+                hint,
+            }),
+        }
+    }
+
+    fn opt_str(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.wrong_type(key, "a string", v)),
+        }
+    }
+
+    fn str_list(&self, key: &'static str) -> Result<Vec<String>, ConfigError> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(self.wrong_type(key, "a list of strings", other)),
+                })
+                .collect(),
+            Some(v) => Err(self.wrong_type(key, "a list of strings", v)),
+        }
+    }
+
+    fn int(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        let expected = format!("a whole number from {min} to {max}");
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            Some(n) => Err(self.invalid(key, &expected, &n.to_string())),
+            None => Err(self.wrong_type(key, &expected, v)),
+        }
+    }
+
+    fn ms(&self, key: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+        // A day is far beyond any sensible timing and keeps arithmetic on it safe.
+        self.int(key, default, min, 86_400_000)
+            .map(Duration::from_millis)
+    }
+
+    fn ms_list(&self, key: &'static str, default: &[u64]) -> Result<Vec<Duration>, ConfigError> {
+        let expected = "a list of whole numbers of milliseconds, e.g. [5000, 15000, 30000]";
+        let Some(v) = self.get(key) else {
+            return Ok(default
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect());
+        };
+        let Value::Array(items) = v else {
+            return Err(self.wrong_type(key, expected, v));
+        };
+        if items.len() > 100 {
+            return Err(self.invalid(
+                key,
+                "at most 100 delays",
+                &format!("{} delays", items.len()),
+            ));
+        }
+        items
+            .iter()
+            .map(|i| match i.as_u64() {
+                Some(n) if n <= 86_400_000 => Ok(Duration::from_millis(n)),
+                _ => Err(self.wrong_type(key, expected, i)),
+            })
+            .collect()
+    }
+
+    fn opt_path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self
+            .opt_str(key)?
+            .filter(|s| !s.is_empty())
+            .map(|s| self.resolve(&s)))
+    }
+
+    fn path_or(&self, key: &'static str, default: &str) -> Result<PathBuf, ConfigError> {
+        match self.opt_str(key)? {
+            Some(s) if s.is_empty() => {
+                Err(self.invalid(key, "a non-empty path", "an empty string"))
+            }
+            Some(s) => Ok(self.resolve(&s)),
+            None => Ok(self.resolve(default)),
+        }
+    }
+
+    /// Relative paths are relative to the config file's directory, not the working directory.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        let joined = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        };
+        // Drop `.` components so logged paths read cleanly.
+        joined
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (we print our own).
+fn json_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// ssh-style warning: the file holds the token, so nobody but its owner should read it.
+#[cfg(unix)]
+fn permission_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "config file {} is accessible by other users (mode {:03o}) and holds the token; run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn permission_warning(_: &Path) -> Option<String> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_json(text, Path::new("/etc/sidecar/config.json"))
+    }
+
+    const MIN: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://hub:4000/ws"}"#;
+
+    #[test]
+    fn minimal_config_gets_node_defaults_and_resolves_paths_against_its_directory() {
+        let c = load(MIN).unwrap();
+        assert_eq!(c.name, "a1");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(
+            c.wake_retry_delays,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(15),
+                Duration::from_secs(30)
+            ]
+        );
+        assert_eq!(c.results_dir, PathBuf::from("/etc/sidecar/results"));
+        assert_eq!(c.queue_file, PathBuf::from("/etc/sidecar/queue.json"));
+        assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn token_never_shows_in_debug_or_effective_config() {
+        let c = load(MIN).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!c.effective().to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_key_warns_with_closest_known_key() {
+        let c = load(r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_intervall_ms":5,"future_key":1}"#).unwrap();
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"heartbeat_intervall_ms\"")
+                && w.contains("did you mean \"heartbeat_interval_ms\"")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"future_key\" is ignored") && !w.contains("did you mean")));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_echo_the_token() {
+        let e = load(r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"token\" is missing"), "{e}");
+        let e = load(r#"{"agent_id":"a","token":12345,"hub_url":"ws://h/ws"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"token\"") && !e.contains("12345"), "{e}");
+        let e = load(r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"hub_url\"") && e.contains("ws://"), "{e}");
+        let e = load(
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":"30s"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"heartbeat_interval_ms\"") && e.contains("\"30s\""),
+            "{e}"
+        );
+        let e = load(r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_initial_ms":5000,"reconnect_max_ms":10}"#).unwrap_err().to_string();
+        assert!(e.contains("reconnect_max_ms"), "{e}");
+        let e = load("{\n  \"agent_id\": \"a\",\n  oops\n}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3, column 3"), "{e}");
+        let e = load("[1]").unwrap_err().to_string();
+        assert!(e.contains("JSON object"), "{e}");
+    }
+}

@@ -1,0 +1,26 @@
+//! agentcom-sidecar: an always-on relay between an AgentCom hub and one AI agent.
+//!
+//! The binary (`src/main.rs`) parses the command line and calls into this library:
+//!
+//! - [`config`] — the config file: located, read, validated into typed values.
+//! - [`runtime`] — builds the actor system from a config and runs it to its exit code.
+//! - [`actors`] — the actors (one file each, in `actors/`) and the Supervisor's child list.
+//! - [`bus`] — how actors reach each other by message type, across restarts.
+//! - [`log`] — log events, the JSON-lines writer and the human stdout lines.
+//! - [`protocol`] — the hub's frames as typed values.
+//! - [`backoff`] — reconnect delays with equal jitter.
+//! - [`tls`] — rustls client configuration for `wss://`.
+//! - [`devhub`] — a small real hub for development, the demo and the tests.
+//! - [`demo`] — the dev hub and a sidecar together, for a first look.
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+pub mod backoff;
+pub mod bus;
+pub mod config;
+pub mod demo;
+pub mod devhub;
+pub mod log;
+pub mod protocol;
+pub mod runtime;
+pub mod tls;

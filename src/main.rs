@@ -1,0 +1,99 @@
+//! The `agentcom-sidecar` binary: command line, then one of the library's entry points.
+//!
+//! Exit codes: 0 clean shutdown; 1 configuration or start-up error; 2 the Supervisor gave up
+//! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
+//! during shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use agentcom_sidecar::config::{self, Config};
+use agentcom_sidecar::{demo, devhub};
+
+#[derive(Parser)]
+#[command(
+    name = "agentcom-sidecar",
+    version,
+    about = "Keeps an AI agent connected to an AgentCom hub: one WebSocket session, tasks on disk, wake command, results reported."
+)]
+struct Cli {
+    /// Config file (default: $SIDECAR_CONFIG, else ./config.json)
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default)
+    Run,
+    /// Run a development hub that speaks the AgentCom protocol
+    DevHub {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        listen: SocketAddr,
+        /// JSON file {"agent_id": "token", …}; without it any token is accepted
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        /// PEM certificate chain: serve wss:// (needs --tls-key)
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Start the dev hub and a sidecar against it, and show what happens
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::DevHub {
+            listen,
+            tokens,
+            tls_cert,
+            tls_key,
+        } => dev_hub(listen, tokens, tls_cert.zip(tls_key)),
+        Command::Demo => demo::run(),
+    };
+    std::process::exit(code);
+}
+
+fn run(config: Option<PathBuf>) -> i32 {
+    let path = config::locate(config.as_deref());
+    match Config::load(&path) {
+        Ok(config) => agentcom_sidecar::runtime::run(config),
+        Err(e) => {
+            eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
+            1
+        }
+    }
+}
+
+fn dev_hub(listen: SocketAddr, tokens: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> i32 {
+    let tokens = match tokens.map(|p| devhub::load_tokens(&p)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
+            return 1;
+        }
+    };
+    let options = devhub::DevHubOptions {
+        listen,
+        tokens,
+        tls,
+        print_presence: true,
+    };
+    match devhub::run_until_signal(options) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{}: dev hub: {e}", env!("CARGO_PKG_NAME"));
+            1
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Shared by the integration tests: a real sidecar process (the built binary) with its own
+//! config in a temporary directory, and waits on its JSON-lines log. Every wait has a
+//! timeout and returns as soon as the awaited line is there.
+#![allow(dead_code, unused_imports)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub use agentcom_sidecar::devhub::{
+    Behaviour, DevHub, DevHubOptions, HubEvent, HubEventKind, RawFrame,
+};
+
+/// Generous: tests wait for events, so a slow machine only makes them slower, not red.
+pub const WAIT: Duration = Duration::from_secs(15);
+pub const TOKEN: &str = "tok-9f8e7d6c5b4a";
+pub const AGENT: &str = "agent-1";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentcom-sidecar")
+}
+
+/// A dev hub on 127.0.0.1:0 that knows [`AGENT`] with [`TOKEN`].
+pub fn hub() -> DevHub {
+    DevHub::start(DevHubOptions {
+        tokens: Some([(AGENT.to_string(), TOKEN.to_string())].into()),
+        ..DevHubOptions::default()
+    })
+    .expect("dev hub starts")
+}
+
+/// Test timings: tens of milliseconds instead of seconds.
+pub fn fast_config(hub_url: &str) -> Value {
+    json!({
+        "agent_id": AGENT,
+        "token": TOKEN,
+        "hub_url": hub_url,
+        "heartbeat_interval_ms": 200,
+        "heartbeat_timeout_ms": 400,
+        "reconnect_initial_ms": 50,
+        "reconnect_max_ms": 400,
+        "connect_timeout_ms": 2000,
+        "shutdown_timeout_ms": 2000,
+        "log_level": "debug",
+    })
+}
+
+/// Merges `extra`'s keys into `base`.
+pub fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+pub struct Sidecar {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    exit: Option<ExitStatus>,
+}
+
+impl Sidecar {
+    /// Starts the binary with `config` written to `<tmp>/config.json` (mode 600).
+    pub fn start(config: Value) -> Sidecar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        write_config(&path, &config);
+        Self::start_in(dir, &["--config", path.to_str().unwrap()])
+    }
+
+    /// Starts the binary in `dir` with these arguments.
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Sidecar {
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sidecar binary starts");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let log_path = dir.path().join("sidecar.log");
+        Sidecar {
+            child,
+            dir,
+            log_path,
+            stdout,
+            stderr,
+            exit: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Every parsed line of the JSON log so far. A line that does not parse fails the test.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["event"] == name)
+            .collect()
+    }
+
+    /// Waits until the log holds a line matching `pred` (including lines already there).
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the log holds at least `n` lines of event `name`; panics with the log if not.
+    pub fn wait_count(&self, name: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.events(name);
+            if found.len() >= n {
+                return found;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "waited {WAIT:?} for {n} `{name}` lines, saw {}\n{}",
+                    found.len(),
+                    self.dump()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the first line of event `name`; panics with the log if it never comes.
+    pub fn wait_event(&self, name: &str) -> Value {
+        self.wait_count(name, 1).remove(0)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status);
+                return self.exit;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.exit.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The log, stdout and stderr, for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "--- log ---\n{}\n--- stderr ---\n{}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default(),
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn write_config(path: &Path, config: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    set_mode(path, 0o600);
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+
+/// Frames of one type the sidecar sent to the hub, parsed.
+pub fn frames_of(hub: &DevHub, frame_type: &str) -> Vec<Value> {
+    hub.events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            HubEventKind::Frame { json, .. } if json["type"] == frame_type => Some(json),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls `cond` until it holds; panics naming `what` after [`WAIT`].
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the hub has seen `n` frames of this type; returns them all.
+pub fn wait_frames(hub: &DevHub, frame_type: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} `{frame_type}` frames at the hub"), || {
+        frames_of(hub, frame_type).len() >= n
+    });
+    frames_of(hub, frame_type)
+}
+
+/// Identify acceptances of [`AGENT`] at the hub so far.
+pub fn identified(hub: &DevHub) -> Vec<HubEvent> {
+    hub.events()
+        .into_iter()
+        .filter(|e| matches!(&e.kind, HubEventKind::Identified { agent_id } if agent_id == AGENT))
+        .collect()
+}
+
+/// Waits until the agent has been identified at the hub `n` times in all; returns the n-th.
+pub fn wait_identified(hub: &DevHub, n: usize) -> HubEvent {
+    eventually(&format!("identify #{n} at the hub"), || {
+        identified(hub).len() >= n
+    });
+    identified(hub).swap_remove(n - 1)
+}
