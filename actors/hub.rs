@@ -794,16 +794,15 @@ impl Actor for HubActor {
 
 fn build_client(config: &Config) -> Result<awc::Client, String> {
     let tls = crate::tls::client_config(config.ca_file.as_deref())?;
-    let http11 = awc::http::Version::HTTP_11;
+    // No `max_http_version`, on the connector or the builder: it replaces the TLS config (and
+    // `ca_file` with it) by awc's default. Ours already offers only HTTP/1.1 in ALPN.
     let connector = awc::Connector::new()
         .rustls_0_23(tls)
         .timeout(config.connect_timeout)
-        .handshake_timeout(config.connect_timeout)
-        .max_http_version(http11);
+        .handshake_timeout(config.connect_timeout);
     Ok(awc::Client::builder()
         .connector(connector)
         .timeout(config.connect_timeout)
-        .max_http_version(http11)
         .finish())
 }
 
@@ -834,7 +833,9 @@ impl Handler<SendFrame> for HubActor {
     fn handle(&mut self, msg: SendFrame, _: &mut Context<Self>) {
         let kind = msg.frame.kind();
         let usable = match &self.state {
-            State::Open(s) => s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id),
+            State::Open(s) => {
+                s.identified && !s.closing && msg.session.map_or(true, |id| id == s.id)
+            }
             _ => false,
         };
         if usable && self.transmit(&msg.frame) {

@@ -434,18 +434,21 @@ fn garbage_on_the_socket_does_not_hurt_the_hub() {
 }
 
 #[test]
-fn stopped_hub_frees_its_port_for_a_restart() {
+fn stopped_hub_drops_its_clients_and_frees_its_port() {
     let hub = DevHub::start(DevHubOptions::default()).expect("hub starts");
     let addr = hub.addr();
-    hub.stop();
-    let again = DevHub::start(DevHubOptions {
-        listen: addr,
-        ..DevHubOptions::default()
-    })
-    .expect("restarts on the same port");
-    assert_eq!(again.addr(), addr);
-    run(async {
+    run(async move {
         let client = awc::Client::new();
+        let mut ws = identified(&client, &hub, "a1", "t").await;
+        hub.stop();
+        assert!(next_frame(&mut ws).await.is_none(), "connection dropped");
+
+        let again = DevHub::start(DevHubOptions {
+            listen: addr,
+            ..DevHubOptions::default()
+        })
+        .expect("restarts on the same port");
+        assert_eq!(again.addr(), addr);
         identified(&client, &again, "a1", "t").await;
     });
 }

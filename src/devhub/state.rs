@@ -1,0 +1,283 @@
+//! The hub's shared state: the event log, the live connections with the agent each one
+//! identified as, the behaviour switches and the token check. It is reached from the server's
+//! worker thread and from the thread that owns the [`DevHub`](super::DevHub), so everything
+//! sits behind std locks; a poisoned lock is used as is, never turned into a panic.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Behaviour, HubEvent, HubEventKind, RawFrame};
+
+/// What a connection's task is asked to do from outside.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Send(RawFrame),
+    /// End the connection without a Close frame.
+    Kill,
+}
+
+/// The agent a connection identified as, as `/api/agents` lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentInfo {
+    pub agent_id: String,
+    pub name: String,
+    pub status: String,
+    pub capabilities: Value,
+    pub connected_at: u64,
+}
+
+impl AgentInfo {
+    /// Reads the optional fields of an identify frame, with the hub's defaults.
+    pub fn from_identify(agent_id: &str, frame: &Value) -> AgentInfo {
+        let text = |key: &str, default: &str| {
+            frame
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        let capabilities = match frame.get("capabilities") {
+            Some(list @ Value::Array(_)) => list.clone(),
+            _ => json!([]),
+        };
+        AgentInfo {
+            agent_id: agent_id.to_string(),
+            name: text("name", agent_id),
+            status: text("status", "idle"),
+            capabilities,
+            connected_at: now_ms(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "status": self.status,
+            "capabilities": self.capabilities,
+            "connected_at": self.connected_at,
+        })
+    }
+}
+
+struct Conn {
+    commands: UnboundedSender<Command>,
+    agent: Option<AgentInfo>,
+}
+
+impl Conn {
+    fn is_agent(&self, agent_id: &str) -> bool {
+        self.agent.as_ref().is_some_and(|a| a.agent_id == agent_id)
+    }
+}
+
+/// Every event since the hub started, and a condition variable to wait for new ones.
+#[derive(Default)]
+struct EventLog {
+    list: Mutex<Vec<HubEvent>>,
+    added: Condvar,
+}
+
+pub(crate) struct Hub {
+    events: EventLog,
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_conn: AtomicU64,
+    behaviour: Mutex<Behaviour>,
+    tokens: Option<HashMap<String, String>>,
+    print_presence: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Hub {
+    pub fn new(tokens: Option<HashMap<String, String>>, print_presence: bool) -> Hub {
+        Hub {
+            events: EventLog::default(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            behaviour: Mutex::new(Behaviour::default()),
+            tokens,
+            print_presence,
+        }
+    }
+
+    pub fn record(&self, conn: u64, kind: HubEventKind) {
+        let event = HubEvent {
+            at: Instant::now(),
+            conn,
+            kind,
+        };
+        lock(&self.events.list).push(event);
+        self.events.added.notify_all();
+    }
+
+    pub fn events(&self) -> Vec<HubEvent> {
+        lock(&self.events.list).clone()
+    }
+
+    /// The events recorded after the first `seen` ones, waiting for at least one until
+    /// `deadline`; `None` when none came in time.
+    pub fn events_after(&self, seen: usize, deadline: Instant) -> Option<Vec<HubEvent>> {
+        let mut list = lock(&self.events.list);
+        while list.len() <= seen {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            list = self
+                .events
+                .added
+                .wait_timeout(list, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Some(list[seen..].to_vec())
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        lock(&self.behaviour).clone()
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *lock(&self.behaviour) = behaviour;
+    }
+
+    /// One human line on stdout, if asked for; a closed stdout is ignored.
+    pub fn presence(&self, line: std::fmt::Arguments<'_>) {
+        if self.print_presence {
+            let _ = writeln!(std::io::stdout().lock(), "hub: {line}");
+        }
+    }
+
+    /// A new connection: its id, with the `Connected` event recorded once it can be reached.
+    pub fn register(&self, commands: UnboundedSender<Command>, peer: &str) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            commands,
+            agent: None,
+        };
+        lock(&self.conns).insert(id, conn);
+        self.record(id, HubEventKind::Connected);
+        self.presence(format_args!("conn {id} connected from {peer}"));
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let gone = lock(&self.conns).remove(&id);
+        self.record(id, HubEventKind::Disconnected);
+        match gone.and_then(|conn| conn.agent) {
+            Some(agent) => self.presence(format_args!("agent {} left (conn {id})", agent.agent_id)),
+            None => self.presence(format_args!("conn {id} closed")),
+        }
+    }
+
+    /// `Ok` if `token` lets `agent_id` in, else the hub's error code.
+    pub fn check_token(&self, agent_id: &str, token: &str) -> Result<(), &'static str> {
+        if agent_id.is_empty() || token.is_empty() {
+            return Err("invalid_token");
+        }
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        if tokens.get(agent_id).is_some_and(|known| known == token) {
+            Ok(())
+        } else if tokens.values().any(|known| known == token) {
+            Err("token_agent_mismatch")
+        } else {
+            Err("invalid_token")
+        }
+    }
+
+    /// Whether `token` is good enough for the admin API: any agent's token.
+    pub fn admin_token_ok(&self, token: &str) -> bool {
+        match &self.tokens {
+            None => !token.is_empty(),
+            Some(tokens) => !token.is_empty() && tokens.values().any(|known| known == token),
+        }
+    }
+
+    /// Marks connection `id` as `agent`. An older connection of the same agent is detached
+    /// and asked to close: the newer one wins.
+    pub fn identify(&self, id: u64, agent: AgentInfo) {
+        let agent_id = agent.agent_id.clone();
+        let mut conns = lock(&self.conns);
+        for (&old, conn) in conns.iter_mut() {
+            if old != id && conn.is_agent(&agent_id) {
+                conn.agent = None;
+                let close = RawFrame::Close(1000, "replaced by a newer connection".into());
+                let _ = conn.commands.send(Command::Send(close));
+                self.presence(format_args!(
+                    "agent {agent_id} moved from conn {old} to conn {id}"
+                ));
+            }
+        }
+        if let Some(conn) = conns.get_mut(&id) {
+            conn.agent = Some(agent);
+        }
+        drop(conns);
+        self.record(
+            id,
+            HubEventKind::Identified {
+                agent_id: agent_id.clone(),
+            },
+        );
+        self.presence(format_args!("agent {agent_id} identified (conn {id})"));
+    }
+
+    /// Queues `command` for every connection identified as `agent_id`; their ids.
+    pub fn command_agent(&self, agent_id: &str, command: impl Fn() -> Command) -> Vec<u64> {
+        let mut reached = Vec::new();
+        for (&id, conn) in lock(&self.conns).iter() {
+            if conn.is_agent(agent_id) && conn.commands.send(command()).is_ok() {
+                reached.push(id);
+            }
+        }
+        reached
+    }
+
+    /// Queues a `task_assign` frame for the connection of `agent_id`, recording the push
+    /// first so that it precedes the client's answers in the log; `false` if not connected.
+    pub fn push_task(&self, agent_id: &str, task_id: &str, frame: String) -> bool {
+        let conns = lock(&self.conns);
+        let Some((&id, conn)) = conns.iter().find(|(_, conn)| conn.is_agent(agent_id)) else {
+            return false;
+        };
+        let pushed = HubEventKind::TaskPushed {
+            agent_id: agent_id.to_string(),
+            task_id: task_id.to_string(),
+        };
+        self.record(id, pushed);
+        let _ = conn.commands.send(Command::Send(RawFrame::Text(frame)));
+        drop(conns);
+        self.presence(format_args!("pushed task {task_id} to {agent_id}"));
+        true
+    }
+
+    pub fn command_conn(&self, id: u64, command: Command) -> bool {
+        lock(&self.conns)
+            .get(&id)
+            .is_some_and(|conn| conn.commands.send(command).is_ok())
+    }
+
+    /// The identified agents, oldest first.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let mut agents: Vec<AgentInfo> = lock(&self.conns)
+            .values()
+            .filter_map(|conn| conn.agent.clone())
+            .collect();
+        agents.sort_by(|a, b| (a.connected_at, &a.agent_id).cmp(&(b.connected_at, &b.agent_id)));
+        agents
+    }
+}

@@ -1,0 +1,167 @@
+//! The Supervisor against a test-only actor type that fails on purpose: restarted with a
+//! fresh actor and `actor_restarted` logged, whether it panics, fails with an error or just
+//! stops; restart delays doubling; and the intensity limit ending the process non-zero.
+//!
+//! The real actor system runs in this process (`runtime::run_with`) with the standard
+//! children plus the faulty one, so the fault is one only a test build can trigger.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::prelude::*;
+use serde_json::{json, Value};
+
+use agentcom_sidecar::actors::supervisor::ShutdownRequested;
+use agentcom_sidecar::actors::{children, Child, ChildSpec, Env, Stop};
+use agentcom_sidecar::bus::Bus;
+use agentcom_sidecar::config::Config;
+use agentcom_sidecar::runtime::run_with;
+
+/// How the faulty actor misbehaves.
+const PANIC_ONCE: usize = 0;
+const FAIL_ONCE: usize = 1;
+const STOP_ONCE: usize = 2;
+const ALWAYS_PANIC: usize = 3;
+
+/// Incarnations started, per mode (each test uses its own mode).
+static STARTS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+struct Faulty<const MODE: usize> {
+    env: Env,
+}
+
+impl<const MODE: usize> Faulty<MODE> {
+    fn new(env: &Env) -> Self {
+        Faulty { env: env.clone() }
+    }
+}
+
+impl<const MODE: usize> Actor for Faulty<MODE> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let incarnation = STARTS[MODE].fetch_add(1, Ordering::SeqCst);
+        ctx.run_later(std::time::Duration::from_millis(20), move |act, ctx| {
+            if incarnation > 0 && MODE != ALWAYS_PANIC {
+                // The fresh actor works: end the run the way a signal would.
+                let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+                return;
+            }
+            match MODE {
+                FAIL_ONCE => act.env.fail(ctx, "injected error"),
+                STOP_ONCE => ctx.stop(),
+                _ => panic!("injected fault #{incarnation}"),
+            }
+        });
+    }
+}
+
+impl<const MODE: usize> Child for Faulty<MODE> {
+    fn routes(_: &Bus, _: &Addr<Self>) {}
+}
+
+impl<const MODE: usize> Handler<Stop> for Faulty<MODE> {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Runs the sidecar (hub unreachable: it just retries) with the faulty child added;
+/// returns the exit code and the parsed log.
+fn run_with_faulty<const MODE: usize>(extra: Value) -> (i32, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = json!({
+        "agent_id": "a1",
+        "token": "t",
+        "hub_url": format!("ws://127.0.0.1:{port}/ws"),
+        "restart_delay_ms": 10,
+        "reconnect_initial_ms": 1000,
+    });
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+    let log_file = config.log_file.clone();
+    let code = run_with(config, || {
+        let mut list = children();
+        list.push(ChildSpec::new("faulty", Faulty::<MODE>::new));
+        list
+    });
+    let log = std::fs::read_to_string(log_file).unwrap();
+    let lines = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    (code, lines)
+}
+
+fn events<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["event"] == name).collect()
+}
+
+#[test]
+fn a_panicking_child_is_restarted_fresh_and_the_restart_is_logged() {
+    let (code, lines) = run_with_faulty::<PANIC_ONCE>(json!({}));
+    assert_eq!(code, 0);
+    let restarted = events(&lines, "actor_restarted");
+    assert_eq!(restarted.len(), 1, "{lines:#?}");
+    let r = restarted[0];
+    assert_eq!(r["actor"], "faulty");
+    assert_eq!(r["reason"], "panic");
+    assert!(r["detail"].as_str().unwrap().contains("injected fault #0"));
+    assert_eq!(r["restart_count"], 1);
+    assert_eq!(r["delay_ms"], 10);
+    let started: Vec<_> = events(&lines, "actor_started")
+        .into_iter()
+        .filter(|l| l["actor"] == "faulty")
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert_eq!(lines.last().unwrap()["phase"], "complete");
+}
+
+#[test]
+fn a_child_that_fails_with_an_error_is_restarted_with_its_reason() {
+    let (code, lines) = run_with_faulty::<FAIL_ONCE>(json!({}));
+    assert_eq!(code, 0);
+    let r = events(&lines, "actor_restarted")[0];
+    assert_eq!(r["reason"], "error");
+    assert_eq!(r["detail"], "injected error");
+}
+
+#[test]
+fn a_child_that_stops_unexpectedly_is_restarted() {
+    let (code, lines) = run_with_faulty::<STOP_ONCE>(json!({}));
+    assert_eq!(code, 0);
+    assert_eq!(events(&lines, "actor_restarted")[0]["reason"], "stopped");
+}
+
+#[test]
+fn past_the_restart_intensity_the_supervisor_gives_up_and_exits_non_zero() {
+    let (code, lines) =
+        run_with_faulty::<ALWAYS_PANIC>(json!({"restart_max": 3, "restart_window_ms": 60000}));
+    assert_eq!(code, 2);
+    let delays: Vec<_> = events(&lines, "actor_restarted")
+        .iter()
+        .map(|l| l["delay_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        delays,
+        [10, 20, 40],
+        "delays double with each recent restart"
+    );
+    let gave_up = events(&lines, "supervisor_gave_up");
+    assert_eq!(gave_up.len(), 1);
+    assert_eq!(gave_up[0]["actor"], "faulty");
+    assert_eq!(gave_up[0]["restarts"], 3);
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["exit_code"].as_i64()),
+        (Some("shutdown"), Some(2))
+    );
+}
