@@ -58,6 +58,12 @@ pub struct DropSession {
     pub reason: &'static str,
 }
 
+/// Publish [`SessionIdentified`] again if a session is identified now (for an actor that
+/// started after the identify).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct AnnounceSession;
+
 /// Published when the hub answered `identified`: the session is usable.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -810,6 +816,7 @@ impl Child for HubActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<SendFrame>());
         bus.register(addr.clone().recipient::<DropSession>());
+        bus.register(addr.clone().recipient::<AnnounceSession>());
     }
 }
 
@@ -848,6 +855,17 @@ impl Handler<SendFrame> for HubActor {
                 frame = kind,
                 reason = "no identified session"
             );
+        }
+    }
+}
+
+impl Handler<AnnounceSession> for HubActor {
+    type Result = ();
+    fn handle(&mut self, _: AnnounceSession, _: &mut Context<Self>) {
+        if let State::Open(s) = &self.state {
+            if s.identified && !s.closing {
+                let _ = self.env.bus.send(SessionIdentified { session: s.id });
+            }
         }
     }
 }

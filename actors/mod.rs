@@ -18,8 +18,11 @@ use crate::log::Log;
 pub mod heartbeat;
 pub mod hub;
 pub mod logger;
+pub mod queue;
+pub mod results;
 pub mod shutdown;
 pub mod supervisor;
+pub mod waker;
 
 /// The Supervisor's children, in start order.
 pub fn children() -> Vec<ChildSpec> {
@@ -28,6 +31,9 @@ pub fn children() -> Vec<ChildSpec> {
         ChildSpec::new("shutdown", shutdown::ShutdownActor::new),
         ChildSpec::new("heartbeat", heartbeat::HeartbeatActor::new),
         ChildSpec::new("hub", hub::HubActor::new),
+        ChildSpec::new("results", results::ResultsActor::new),
+        ChildSpec::new("waker", waker::WakerActor::new),
+        ChildSpec::new("queue", queue::QueueActor::new),
     ]
 }
 

@@ -129,6 +129,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub max_frame_bytes: usize,
     pub max_result_bytes: u64,
+    /// How long a result file that does not parse must stay unchanged before it is invalid.
+    pub result_settle: Duration,
     pub ca_file: Option<PathBuf>,
     /// Restart intensity: more than `restart_max` restarts within `restart_window` and the
     /// supervisor gives up.
@@ -195,6 +197,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "connect_timeout_ms",
     "max_frame_bytes",
     "max_result_bytes",
+    "result_settle_ms",
     "ca_file",
     "restart_max",
     "restart_window_ms",
@@ -259,6 +262,24 @@ impl Config {
         .validate(path)
     }
 
+    /// Where the sidecar keeps a task's own files: beside the queue file, in `tasks/`.
+    pub fn tasks_dir(&self) -> PathBuf {
+        self.queue_file
+            .parent()
+            .map(|d| d.join("tasks"))
+            .unwrap_or_else(|| PathBuf::from("tasks"))
+    }
+
+    /// `TASK_FILE`: the task JSON exactly as the hub sent it, kept until the task ends.
+    pub fn task_file(&self, task_id: &str) -> PathBuf {
+        self.tasks_dir().join(format!("{task_id}.json"))
+    }
+
+    /// Where the wake command's stdout and stderr go.
+    pub fn wake_output_file(&self, task_id: &str) -> PathBuf {
+        self.tasks_dir().join(format!("{task_id}.wake.log"))
+    }
+
     /// Every key and its effective value, token redacted: for `check-config` and the
     /// `startup` log line.
     pub fn effective(&self) -> Value {
@@ -284,6 +305,7 @@ impl Config {
             "connect_timeout_ms": ms(self.connect_timeout),
             "max_frame_bytes": self.max_frame_bytes,
             "max_result_bytes": self.max_result_bytes,
+            "result_settle_ms": ms(self.result_settle),
             "ca_file": self.ca_file,
             "restart_max": self.restart_max,
             "restart_window_ms": ms(self.restart_window),
@@ -387,6 +409,7 @@ impl Raw<'_> {
             connect_timeout: self.ms("connect_timeout_ms", 20_000, 1)?,
             max_frame_bytes: self.int("max_frame_bytes", 16 * 1024 * 1024, 1024, 1 << 30)? as usize,
             max_result_bytes: self.int("max_result_bytes", 16 * 1024 * 1024, 1, 1 << 30)?,
+            result_settle: self.ms("result_settle_ms", 1_000, 1)?,
             ca_file,
             restart_max: self.int("restart_max", 5, 0, 1_000)? as u32,
             restart_window: self.ms("restart_window_ms", 30_000, 1)?,

@@ -8,6 +8,7 @@
 //! - [`bus`] — how actors reach each other by message type, across restarts.
 //! - [`log`] — log events, the JSON-lines writer and the human stdout lines.
 //! - [`protocol`] — the hub's frames as typed values.
+//! - [`queue`] — the task queue's data and its file (active, recovering, outbox).
 //! - [`backoff`] — reconnect delays with equal jitter.
 //! - [`tls`] — rustls client configuration for `wss://`.
 //! - [`devhub`] — a small real hub for development, the demo and the tests.
@@ -22,5 +23,6 @@ pub mod demo;
 pub mod devhub;
 pub mod log;
 pub mod protocol;
+pub mod queue;
 pub mod runtime;
 pub mod tls;

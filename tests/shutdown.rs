@@ -35,13 +35,13 @@ fn stops_in_good_order(signal: i32, name: &str) {
     assert_eq!(last["event"], "shutdown", "last line: {last}");
     assert_eq!(last["phase"], "complete");
     assert_eq!(last["exit_code"], 0);
-    // Reverse start order: the hub stops before the heartbeat, the shutdown actor last.
+    // Reverse start order: the task actors first (no new tasks), the hub, the shutdown actor last.
     let stopped: Vec<_> = lines
         .iter()
         .filter(|l| l["event"] == "actor_stopped")
         .map(|l| l["actor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(stopped, ["hub", "heartbeat", "shutdown"]);
+    assert_eq!(stopped, ["queue", "waker", "results", "hub", "heartbeat", "shutdown"]);
 }
 
 #[test]

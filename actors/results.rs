@@ -1,0 +1,279 @@
+//! ResultsActor: watches `results_dir` for what the agent writes.
+//!
+//! `<task_id>.started` is published as [`StartedFileSeen`]; `<task_id>.json` is read once
+//! it is completely written and published as [`ResultFileRead`] (the parsed object, or why
+//! it is not a valid result). The directory is watched with inotify (the `notify` crate; a
+//! 1 s poll only if inotify cannot be set up) and scanned in full at start-up and on
+//! [`RescanResults`], so a file written while the sidecar was down is found.
+//!
+//! "Completely written": a file renamed into place is read at once; otherwise every change
+//! triggers a read, and a read that parses as a JSON object is final (nothing can be
+//! appended to a complete object and leave it valid). A read that does not parse waits
+//! until the file has stopped changing for `result_settle` before it is declared invalid,
+//! so an agent writing in pieces is not cut short. Files over `max_result_bytes` are
+//! refused unread. The actor decides nothing about tasks: the QueueActor does, and removes
+//! the files. It fails (and is restarted) only if `results_dir` cannot be created.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::Watcher;
+use serde_json::Value;
+
+use super::{Child, Env, Stop};
+use crate::bus::Bus;
+use crate::log_event;
+use crate::queue::valid_task_id;
+
+/// Scan the whole results directory again and report every file, including ones reported
+/// before (the QueueActor now cares about a task it ignored).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RescanResults;
+
+/// Published: `<task_id>.started` exists.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct StartedFileSeen {
+    pub task_id: String,
+}
+
+/// Published: `<task_id>.json` was read: the result object, or why it is not valid.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ResultFileRead {
+    pub task_id: String,
+    pub outcome: Result<serde_json::Map<String, Value>, String>,
+}
+
+/// Changes under the results directory, from the watcher's thread.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct FsChanged(notify::Result<notify::Event>);
+
+/// Size and modification time: what a file looked like when it was last read.
+type Fingerprint = (u64, Option<SystemTime>);
+
+pub struct ResultsActor {
+    env: Env,
+    watcher: Option<Box<dyn Watcher>>,
+    /// Results already published, by task id, with the content they had.
+    reported: HashMap<String, Fingerprint>,
+    started: HashSet<String>,
+}
+
+/// What a file in the results directory is.
+enum Name {
+    Started(String),
+    Result(String),
+}
+
+impl ResultsActor {
+    pub fn new(env: &Env) -> Self {
+        ResultsActor {
+            env: env.clone(),
+            watcher: None,
+            reported: HashMap::new(),
+            started: HashSet::new(),
+        }
+    }
+
+    fn watch(&mut self, ctx: &mut Context<Self>) -> notify::Result<()> {
+        let dir = self.env.config.results_dir.clone();
+        let recipient = ctx.address().recipient::<FsChanged>();
+        let forward = move |event| recipient.do_send(FsChanged(event));
+        let mut watcher: Box<dyn Watcher> = match notify::recommended_watcher(forward.clone()) {
+            Ok(w) => Box::new(w),
+            Err(e) => {
+                log_event!(
+                    self.env.log,
+                    Warn,
+                    "results_watch_fallback",
+                    error = e.to_string(),
+                    poll_ms = 1000
+                );
+                let config = notify::Config::default().with_poll_interval(Duration::from_secs(1));
+                Box::new(notify::PollWatcher::new(forward, config)?)
+            }
+        };
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        self.watcher = Some(watcher);
+        Ok(())
+    }
+
+    fn scan(&mut self, ctx: &mut Context<Self>) {
+        let dir = &self.env.config.results_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log_event!(
+                    self.env.log,
+                    Error,
+                    "results_scan_failed",
+                    dir = dir,
+                    error = e.to_string()
+                );
+                return;
+            }
+        };
+        let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        for path in paths {
+            self.on_path(&path, false, ctx);
+        }
+    }
+
+    fn on_path(&mut self, path: &Path, renamed_into_place: bool, ctx: &mut Context<Self>) {
+        match classify(path) {
+            Some(Name::Started(task_id)) if path.exists() && self.started.insert(task_id.clone()) => {
+                let _ = self.env.bus.send(StartedFileSeen { task_id });
+            }
+            Some(Name::Result(task_id)) => self.check(task_id, renamed_into_place, ctx),
+            Some(Name::Started(_)) | None => {}
+        }
+    }
+
+    /// Reads `<task_id>.json` and publishes it, unless it is still being written.
+    fn check(&mut self, task_id: String, complete: bool, ctx: &mut Context<Self>) {
+        let path = self.env.config.results_dir.join(format!("{task_id}.json"));
+        let Ok(meta) = std::fs::metadata(&path) else {
+            // Removed (reported and cleaned up, or never finished).
+            self.reported.remove(&task_id);
+            self.started.remove(&task_id);
+            return;
+        };
+        let fingerprint = (meta.len(), meta.modified().ok());
+        if self.reported.get(&task_id) == Some(&fingerprint) {
+            return;
+        }
+        let limit = self.env.config.max_result_bytes;
+        let outcome = if meta.len() > limit {
+            Err(format!(
+                "result file is {} bytes; max_result_bytes is {limit}",
+                meta.len()
+            ))
+        } else {
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<Value>(&b)) {
+                Err(e) => {
+                    log_event!(
+                        self.env.log,
+                        Warn,
+                        "result_read_failed",
+                        task_id = task_id,
+                        error = e.to_string()
+                    );
+                    return;
+                }
+                Ok(Ok(Value::Object(object))) => Ok(object),
+                Ok(Ok(_)) => Err("result file is JSON but not an object".to_string()),
+                Ok(Err(e)) => Err(format!("result file is not valid JSON: {e}")),
+            }
+        };
+        if outcome.is_err() && !complete {
+            // Maybe still being written: decide once it has stopped changing.
+            let settle = self.env.config.result_settle;
+            ctx.run_later(settle, move |act, ctx| {
+                let now =
+                    std::fs::metadata(act.env.config.results_dir.join(format!("{task_id}.json")))
+                        .map(|m| (m.len(), m.modified().ok()));
+                if now.ok() == Some(fingerprint) {
+                    act.check(task_id, true, ctx);
+                }
+            });
+            return;
+        }
+        self.reported.insert(task_id.clone(), fingerprint);
+        let _ = self.env.bus.send(ResultFileRead { task_id, outcome });
+    }
+}
+
+/// `<id>.started` or `<id>.json` with a valid task id; anything else is not ours.
+fn classify(path: &Path) -> Option<Name> {
+    let name = path.file_name()?.to_str()?;
+    if let Some(id) = name.strip_suffix(".started") {
+        return valid_task_id(id).then(|| Name::Started(id.to_string()));
+    }
+    let id = name.strip_suffix(".json")?;
+    valid_task_id(id).then(|| Name::Result(id.to_string()))
+}
+
+impl Actor for ResultsActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let dir = self.env.config.results_dir.clone();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.env.fail(
+                ctx,
+                format!("cannot create results_dir {}: {e}", dir.display()),
+            );
+            return;
+        }
+        if let Err(e) = self.watch(ctx) {
+            self.env.fail(
+                ctx,
+                format!("cannot watch results_dir {}: {e}", dir.display()),
+            );
+            return;
+        }
+        self.scan(ctx);
+    }
+}
+
+impl Child for ResultsActor {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(addr.clone().recipient::<RescanResults>());
+    }
+}
+
+impl Handler<Stop> for ResultsActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.watcher = None;
+        ctx.stop();
+    }
+}
+
+impl Handler<RescanResults> for ResultsActor {
+    type Result = ();
+    fn handle(&mut self, _: RescanResults, ctx: &mut Context<Self>) {
+        self.reported.clear();
+        self.started.clear();
+        self.scan(ctx);
+    }
+}
+
+impl Handler<FsChanged> for ResultsActor {
+    type Result = ();
+    fn handle(&mut self, msg: FsChanged, ctx: &mut Context<Self>) {
+        let event = match msg.0 {
+            Ok(event) => event,
+            Err(e) => {
+                log_event!(
+                    self.env.log,
+                    Warn,
+                    "results_watch_error",
+                    error = e.to_string()
+                );
+                // Events may have been lost (queue overflow): look at everything again.
+                self.scan(ctx);
+                return;
+            }
+        };
+        let renamed_into_place = matches!(
+            event.kind,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        );
+        // For a rename within the directory the destination is the last path.
+        let paths: Vec<&PathBuf> = if renamed_into_place {
+            event.paths.last().into_iter().collect()
+        } else {
+            event.paths.iter().collect()
+        };
+        for path in paths {
+            self.on_path(path, renamed_into_place, ctx);
+        }
+    }
+}

@@ -1,0 +1,891 @@
+#!/usr/bin/env python3
+"""Footprint benchmark of agentcom-sidecar (SIDECAR.md, R10).
+
+Builds the release binary, starts the dev hub on a free loopback port, runs release
+sidecars against it and measures: launch -> identify_sent / identified, idle memory, idle
+CPU, heartbeat round trip, reconnect after a hub restart, SIGTERM -> exit, threads and
+binary size. Prints a table with the targets beside the figures and writes everything
+(every sample included) to bench/last-run.json.
+
+    python3 bench/run.py [--runs 10] [--settle-seconds 5] [--idle-seconds 10] ...
+
+Python 3.11 standard library only; Linux only (/proc, pidfd). Every process it starts is
+stopped again, also on error or Ctrl-C; every wait is bounded; only 127.0.0.1 is used.
+See bench/README.md for what each figure means and how exact it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN_NAME = "agentcom-sidecar"
+DEFAULT_JSON = REPO / "bench" / "last-run.json"
+
+# R10 targets, and the Node.js sidecar this one replaces, for the table.
+TARGETS = {
+    "identify_sent_ms": 10.0,
+    "idle_rss_kib": 6 * 1024,
+    "idle_cpu_percent": 0.05,
+    "sigterm_exit_ms": 50.0,
+}
+NODE = {
+    "start_to_identified_ms": 282,
+    "rss_mb": 54,
+    "sigterm_exit_ms": 515,
+}
+
+# Config of the measured sidecar: debug log (heartbeat lines with rtt_us), 1 s heartbeat,
+# fast reconnect. The "realistic idle" sidecar uses the defaults (30 s heartbeat, info log).
+FAST = {
+    "log_level": "debug",
+    "heartbeat_interval_ms": 1000,
+    "reconnect_initial_ms": 100,
+    "reconnect_max_ms": 1000,
+}
+
+# Bounds of every wait, in seconds.
+BUILD_TIMEOUT = 3600
+HUB_UP_TIMEOUT = 10
+EVENT_TIMEOUT = 10
+EXIT_TIMEOUT = 10
+KILL_GRACE = 3
+
+
+class BenchError(Exception):
+    """A measurement could not be taken; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+
+
+def ms(ns: int | float) -> float:
+    return ns / 1e6
+
+
+def log_ts_ns(ts: str) -> int:
+    """`2026-02-10T05:48:28.120Z` (the log's RFC 3339, millisecond) -> ns since the epoch."""
+    dt = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return (calendar.timegm(dt.timetuple()) * 1_000_000 + dt.microsecond) * 1000
+
+
+def summary(values: list[float], digits: int = 2) -> dict:
+    """Median, p99 (nearest rank), min and max of the samples, and the samples."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    r = lambda v: round(v, digits)  # noqa: E731
+    return {
+        "n": len(values),
+        "median": r(statistics.median(ordered)),
+        "p99": r(p99),
+        "min": r(ordered[0]),
+        "max": r(ordered[-1]),
+        "samples": [r(v) for v in values],
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 0.5) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def human_event(text: str) -> tuple[str, str] | None:
+    """Event name and fields of one human stdout line of the sidecar:
+    `2026-02-10T05:48:28.120Z INFO  identified session=1 hub_url=ws://...`."""
+    parts = text.split(None, 3)
+    if len(parts) < 3 or not parts[0].endswith("Z"):
+        return None
+    return parts[2], (parts[3] if len(parts) > 3 else "")
+
+
+def is_event(name: str, **fields: str):
+    """Predicate on a human stdout line: this event, with these `key=value` fields."""
+
+    def pred(text: str) -> bool:
+        parsed = human_event(text)
+        if parsed is None or parsed[0] != name:
+            return False
+        rest = " " + parsed[1] + " "
+        return all(f" {k}={v} " in rest for k, v in fields.items())
+
+    return pred
+
+
+# --------------------------------------------------------------------------------------
+# /proc readers
+
+
+def proc_status(pid: int) -> dict:
+    """VmRSS and VmHWM (KiB) and Threads of /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "VmSize"):
+                out[key] = int(value.split()[0])
+            elif key == "Threads":
+                out[key] = int(value)
+    return out
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (threads included), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def thread_times(pid: int) -> dict:
+    """Per thread: name, CPU time (ns, /proc/PID/task/TID/schedstat) and context switches."""
+    threads = {}
+    base = f"/proc/{pid}/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/schedstat") as f:
+                run_ns = int(f.read().split()[0])
+            with open(f"{base}/{tid}/comm") as f:
+                name = f.read().strip()
+            switches = 0
+            with open(f"{base}/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split(":")[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+        threads[tid] = {"name": name, "run_ns": run_ns, "switches": switches}
+    return threads
+
+
+def schedstat_works() -> bool:
+    """Whether the kernel fills in schedstat's run time (it reads 0 when it is off)."""
+    deadline = time.process_time() + 0.02
+    while time.process_time() < deadline:
+        pass
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[0]) > 0
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Processes
+
+
+class Proc:
+    """A started process whose stdout lines are read on a thread and timestamped on arrival
+    (monotonic and wall clock, ns). stderr goes to a file beside it."""
+
+    def __init__(self, name: str, argv: list[str], cwd: Path, stderr_path: Path):
+        self.name = name
+        self.stderr_path = stderr_path
+        self.lines: list[tuple[int, int, str]] = []
+        self.cond = threading.Condition()
+        self.eof = False
+        self._stderr = open(stderr_path, "wb")
+        # Launch time: taken right before the spawn, so fork/exec counts as start-up.
+        self.launch_wall_ns = time.time_ns()
+        self.launch_mono_ns = time.monotonic_ns()
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            # Own session: a Ctrl-C at the terminal reaches only this script, which then
+            # stops everything itself (the measurements see no stray signal).
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.popen.stdout
+        for raw in iter(stream.readline, b""):
+            mono, wall = time.monotonic_ns(), time.time_ns()
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            with self.cond:
+                self.lines.append((mono, wall, text))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def mark(self) -> int:
+        """Index of the next line: pass it as `start` to wait for lines after now."""
+        with self.cond:
+            return len(self.lines)
+
+    def wait_line(self, pred, start: int = 0, timeout: float = EVENT_TIMEOUT):
+        """The first line from index `start` on that matches `pred`, waiting at most
+        `timeout` s: (index, arrival monotonic ns, arrival wall ns, text)."""
+        deadline = time.monotonic() + timeout
+        i = start
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    mono, wall, text = self.lines[i]
+                    if pred(text):
+                        return i, mono, wall, text
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.eof and i >= len(self.lines)):
+                    break
+                self.cond.wait(left)
+        state = "exited" if self.eof else "still running"
+        raise BenchError(
+            f"{self.name}: expected line did not come within {timeout} s ({state}); "
+            f"last lines:\n  " + "\n  ".join(t for _, _, t in self.lines[-8:])
+        )
+
+    def lines_between(self, start: int, end: int) -> list[str]:
+        with self.cond:
+            return [t for _, _, t in self.lines[start:end]]
+
+    def signal_and_wait(self, sig: int, timeout: float = EXIT_TIMEOUT) -> tuple[float, int]:
+        """Sends `sig` and blocks until the process is reaped: (ms from kill() to the end of
+        waitpid, exit code). Uses a pidfd, so the wake-up comes with the exit, not on a
+        polling period."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        try:
+            t0 = time.monotonic_ns()
+            os.kill(self.pid, sig)
+            if pidfd is not None:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if not poller.poll(timeout * 1000):
+                    raise BenchError(f"{self.name}: no exit within {timeout} s of signal {sig}")
+                code = self.popen.wait(timeout=1)
+            else:
+                deadline = time.monotonic() + timeout
+                while (code := self.popen.poll()) is None:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{self.name}: no exit within {timeout} s of signal {sig}")
+                    time.sleep(0.0002)
+            t1 = time.monotonic_ns()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return ms(t1 - t0), code
+
+    def stop(self) -> None:
+        """Cleanup: SIGTERM, then SIGKILL after a grace period. Never raises."""
+        try:
+            if self.popen.poll() is None:
+                try:
+                    os.kill(self.pid, signal.SIGTERM)
+                    self.popen.wait(timeout=KILL_GRACE)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.pid, signal.SIGKILL)
+                    self.popen.wait(timeout=KILL_GRACE)
+        except (ProcessLookupError, subprocess.TimeoutExpired, OSError):
+            pass
+        self._reader.join(timeout=1)
+        try:
+            self.popen.stdout.close()
+        except OSError:
+            pass
+        self._stderr.close()
+
+
+class Sidecar:
+    """One sidecar in a directory of its own (config, log, queue, results)."""
+
+    def __init__(self, proc: Proc, directory: Path, agent_id: str, config: dict):
+        self.proc = proc
+        self.dir = directory
+        self.agent_id = agent_id
+        self.config = config
+        self.log_path = directory / "sidecar.log"
+
+    def log(self) -> list[dict]:
+        """The JSON-lines log, parsed (a line being written is skipped)."""
+        records = []
+        try:
+            text = self.log_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return records
+        for line in text.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return records
+
+    def log_event_ns(self, event: str, nth: int = 1, **fields) -> int:
+        """Wall-clock ns of the nth JSON log line with this event (and fields)."""
+        seen = 0
+        for record in self.log():
+            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+                seen += 1
+                if seen == nth:
+                    return log_ts_ns(record["ts"])
+        raise BenchError(f"{self.agent_id}: no {event} line #{nth} in {self.log_path}")
+
+
+class Bench:
+    """The temp dir, the dev hub, the sidecars, and the cleanup of all of them."""
+
+    def __init__(self, binary: Path, agents: list[str], keep_tmp: bool):
+        self.binary = binary
+        self.keep_tmp = keep_tmp
+        self.tmp = Path(tempfile.mkdtemp(prefix="agentcom-bench-"))
+        self.procs: list[Proc] = []
+        self.port = free_port()
+        self.tokens = {agent: secrets.token_hex(16) for agent in agents}
+        self.tokens_path = self.tmp / "tokens.json"
+        self.tokens_path.write_text(json.dumps(self.tokens))
+        os.chmod(self.tokens_path, 0o600)
+        self.hub: Proc | None = None
+        self.hub_starts = 0
+
+    @property
+    def hub_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start_hub(self) -> Proc:
+        """Starts the dev hub on the bench's port; returns once /health answers. A port
+        still held by the previous hub is retried for a few seconds."""
+        deadline = time.monotonic() + HUB_UP_TIMEOUT
+        while True:
+            self.hub_starts += 1
+            hub = self._spawn(
+                f"hub-{self.hub_starts}",
+                [str(self.binary), "dev-hub", "--listen", f"127.0.0.1:{self.port}",
+                 "--tokens", str(self.tokens_path)],
+            )
+            self.hub = hub
+            up = self.wait_health(deadline)
+            if up is not None:
+                hub.health_mono_ns = up
+                return hub
+            if hub.alive():
+                raise BenchError(f"dev hub on port {self.port} did not answer /health in time")
+            if time.monotonic() > deadline:
+                err = hub.stderr_path.read_text(errors="replace").strip()
+                raise BenchError(f"dev hub did not start on port {self.port}: {err}")
+            time.sleep(0.05)
+
+    def wait_health(self, deadline: float) -> int | None:
+        """Polls GET /health until it answers 200: monotonic ns of that answer, or None if
+        the hub process died or the deadline passed."""
+        while time.monotonic() < deadline:
+            try:
+                status, _ = http_get(self.port, "/health", timeout=0.5)
+                if status == 200:
+                    return time.monotonic_ns()
+            except OSError:
+                pass
+            if self.hub is not None and not self.hub.alive():
+                return None
+            time.sleep(0.001)
+        return None
+
+    def agents(self) -> list[dict]:
+        status, body = http_get(self.port, "/api/agents", timeout=2)
+        if status != 200:
+            raise BenchError(f"GET /api/agents answered {status}")
+        return json.loads(body)["agents"]
+
+    def start_sidecar(self, agent_id: str, hub_url: str | None = None, **settings) -> Sidecar:
+        directory = self.tmp / agent_id
+        directory.mkdir()
+        config = {
+            "agent_id": agent_id,
+            "token": self.tokens[agent_id],
+            "hub_url": hub_url or self.hub_url,
+            "capabilities": ["bench"],
+            **settings,
+        }
+        path = directory / "config.json"
+        path.write_text(json.dumps(config, indent=2))
+        os.chmod(path, 0o600)
+        # The working directory is the temp root: the sidecar must resolve its relative
+        # paths (log, queue, results) against the config file's directory.
+        proc = self._spawn(agent_id, [str(self.binary), "--config", str(path)], stderr_dir=directory)
+        shown = {k: v for k, v in config.items() if k != "token"}
+        return Sidecar(proc, directory, agent_id, shown)
+
+    def _spawn(self, name: str, argv: list[str], stderr_dir: Path | None = None) -> Proc:
+        proc = Proc(name, argv, self.tmp, (stderr_dir or self.tmp) / f"{name}.stderr")
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        if not self.keep_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# Build
+
+
+def build_release() -> Path:
+    """`cargo build --release` (a no-op when up to date); the binary's path as cargo
+    reports it (so CARGO_TARGET_DIR is honoured)."""
+    print(
+        "building the release binary (cargo build --release; fat LTO: the first build "
+        "takes several minutes on 2 cores, later runs reuse it) ...",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            ["cargo", "build", "--release", "--message-format=json-render-diagnostics"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            timeout=BUILD_TIMEOUT,
+        )
+    except FileNotFoundError:
+        raise BenchError("cargo not found on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"cargo build --release took longer than {BUILD_TIMEOUT} s") from None
+    if result.returncode != 0:
+        raise BenchError(f"cargo build --release failed (exit {result.returncode})")
+    binary = None
+    for line in result.stdout.decode("utf-8", "replace").splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        target = msg.get("target") or {}
+        if (msg.get("reason") == "compiler-artifact" and target.get("name") == BIN_NAME
+                and "bin" in target.get("kind", []) and msg.get("executable")):
+            binary = Path(msg["executable"])
+    binary = binary or REPO / "target" / "release" / BIN_NAME
+    if not binary.is_file():
+        raise BenchError(f"release binary not found at {binary}")
+    print(f"  {binary.relative_to(REPO) if binary.is_relative_to(REPO) else binary} "
+          f"ready after {time.monotonic() - started:.1f} s", flush=True)
+    return binary
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+
+
+def measure_startup(bench: Bench, runs: int) -> dict:
+    """Fresh sidecar processes, one after the other: launch -> identify_sent / identified,
+    from the log's timestamps (1 ms), from the arrival of the stdout lines (us, upper
+    bound), and at the hub (its presence line; its connected_at). Each run ends with a
+    SIGTERM, whose exit time is a sample for measure_shutdown."""
+    print(f"start-up: {runs} fresh sidecars ...", flush=True)
+    hub = bench.hub
+    keys = ("identify_sent_logts", "identify_sent_stdout", "hub_identified_stdout",
+            "hub_connected_at", "identified_logts", "identified_stdout")
+    samples = {k: [] for k in keys}
+    exits, codes, hub_waits, rss_at_identified = [], [], [], []
+    for i in range(runs):
+        agent = f"bench-start-{i}"
+        hub_mark = hub.mark()
+        sc = bench.start_sidecar(agent, **FAST)
+        p = sc.proc
+        _, sent_mono, _, _ = p.wait_line(is_event("identify_sent"))
+        _, ident_mono, _, _ = p.wait_line(is_event("identified"))
+        rss_at_identified.append(proc_status(p.pid)["VmRSS"])
+        _, hub_mono, _, _ = hub.wait_line(
+            lambda t, a=agent: t.startswith(f"hub: agent {a} identified"), start=hub_mark)
+        connected_at = next(a["connected_at"] for a in bench.agents() if a["agent_id"] == agent)
+        samples["identify_sent_logts"].append(ms(sc.log_event_ns("identify_sent") - p.launch_wall_ns))
+        samples["identified_logts"].append(ms(sc.log_event_ns("identified") - p.launch_wall_ns))
+        samples["identify_sent_stdout"].append(ms(sent_mono - p.launch_mono_ns))
+        samples["identified_stdout"].append(ms(ident_mono - p.launch_mono_ns))
+        samples["hub_identified_stdout"].append(ms(hub_mono - p.launch_mono_ns))
+        samples["hub_connected_at"].append(connected_at - ms(p.launch_wall_ns))
+        # Steady state before the stop: the first heartbeat has come back.
+        p.wait_line(is_event("heartbeat"))
+        elapsed, code = p.signal_and_wait(signal.SIGTERM)
+        exits.append(elapsed)
+        codes.append(code)
+        hub_waits.append(hub_close_wait_ms(sc))
+    out = {k: summary(v) for k, v in samples.items()}
+    out["rss_kib_at_identified"] = summary(rss_at_identified, 0)
+    out["sigterm_exit_ms"] = summary(exits)
+    out["sigterm_exit_codes"] = codes
+    out["sigterm_hub_close_wait_ms"] = summary(hub_waits)
+    return out
+
+
+def hub_close_wait_ms(sc: Sidecar) -> float | None:
+    """From the log of a stopped sidecar: ms between its close frame (ws_close) and the end
+    of the hub actor, i.e. the wait for the hub to end the TCP connection (1 ms res.)."""
+    try:
+        close = sc.log_event_ns("ws_close", initiator="sidecar")
+        stopped = sc.log_event_ns("actor_stopped", actor="hub")
+    except BenchError:
+        return None
+    return ms(stopped - close)
+
+
+def measure_idle(sidecars: dict[str, Sidecar], settle_s: float, window_s: float) -> dict:
+    """For each (identified) sidecar: VmRSS / VmHWM / Threads after `settle_s` idle, then
+    CPU over `window_s`: utime+stime (/proc/PID/stat, clock ticks) and the sum of the
+    threads' run time (/proc/PID/task/*/schedstat, ns), as % of one core. All sidecars are
+    sampled over the same window."""
+    print(f"idle: {settle_s:g} s settle, then {window_s:g} s CPU window ...", flush=True)
+    for sc in sidecars.values():
+        sc.proc.wait_line(is_event("identified"))
+    time.sleep(settle_s)
+    out = {}
+    for label, sc in sidecars.items():
+        out[label] = {"config": sc.config, "after_idle_s": settle_s, **proc_status(sc.proc.pid)}
+    tick = os.sysconf("SC_CLK_TCK")
+    begin = {label: (time.monotonic_ns(), cpu_ticks(sc.proc.pid), thread_times(sc.proc.pid))
+             for label, sc in sidecars.items()}
+    time.sleep(window_s)
+    schedstat_ok = schedstat_works()
+    for label, sc in sidecars.items():
+        t0, ticks0, threads0 = begin[label]
+        t1, ticks1, threads1 = time.monotonic_ns(), cpu_ticks(sc.proc.pid), thread_times(sc.proc.pid)
+        wall_s = (t1 - t0) / 1e9
+        run_ns = sum(th["run_ns"] for th in threads1.values()) - sum(
+            th["run_ns"] for tid, th in threads0.items() if tid in threads1)
+        switches = sum(th["switches"] for th in threads1.values()) - sum(
+            th["switches"] for tid, th in threads0.items() if tid in threads1)
+        out[label].update({
+            "window_s": round(wall_s, 3),
+            "cpu_ticks": ticks1 - ticks0,
+            "tick_ms": 1000 / tick,
+            "cpu_percent_ticks": round(100 * (ticks1 - ticks0) / tick / wall_s, 4),
+            "cpu_ms_schedstat": round(run_ns / 1e6, 3) if schedstat_ok else None,
+            "cpu_percent_schedstat": round(100 * run_ns / 1e9 / wall_s, 5) if schedstat_ok else None,
+            "context_switches": switches,
+            "wakeups_per_s": round(switches / wall_s, 2),
+            "threads_stable": sorted(threads0) == sorted(threads1),
+            "thread_names": sorted(th["name"] for th in threads1.values()),
+        })
+    return out
+
+
+def measure_heartbeat(sc: Sidecar, want: int = 10) -> dict:
+    """Median / p99 of rtt_us of the `heartbeat` debug lines (ping sent -> pong handled, as
+    the sidecar measures it), waiting for at least `want` of them."""
+    interval_s = sc.config.get("heartbeat_interval_ms", 30000) / 1000
+    deadline = time.monotonic() + want * interval_s + EVENT_TIMEOUT
+    while True:
+        rtts = [r["rtt_us"] for r in sc.log() if r.get("event") == "heartbeat" and "rtt_us" in r]
+        if len(rtts) >= want or time.monotonic() > deadline:
+            break
+        time.sleep(interval_s / 2)
+    if len(rtts) < want:
+        raise BenchError(f"{sc.agent_id}: only {len(rtts)} heartbeat lines, wanted {want}")
+    out = summary([float(v) for v in rtts], 0)
+    out["interval_ms"] = sc.config.get("heartbeat_interval_ms")
+    return out
+
+
+def measure_reconnect(bench: Bench, sc: Sidecar, reps: int) -> dict:
+    """Hub restarts (SIGTERM, then a new dev hub on the same port) while `sc` is identified:
+    ms from the kill and from the new hub's first /health answer to the sidecar's next
+    `identified` stdout line, with the attempts and backoff delays it took."""
+    print(f"reconnect: {reps} hub restarts ...", flush=True)
+    from_kill, from_health, from_listen, hub_down, rows = [], [], [], [], []
+    for _ in range(reps):
+        # Steady state: identified and a pong seen since (so the backoff was reset).
+        mark = sc.proc.mark()
+        sc.proc.wait_line(is_event("heartbeat"), start=mark, timeout=EVENT_TIMEOUT)
+        mark = sc.proc.mark()
+        old = bench.hub
+        t_kill = time.monotonic_ns()
+        _, code = old.signal_and_wait(signal.SIGTERM)
+        t_gone = time.monotonic_ns()
+        hub = bench.start_hub()
+        t_health = hub.health_mono_ns
+        _, t_listen, _, _ = hub.wait_line(lambda t: t.startswith("hub: listening"), timeout=1)
+        idx, t_ident, _, _ = sc.proc.wait_line(is_event("identified"), start=mark,
+                                               timeout=EVENT_TIMEOUT + FAST["reconnect_max_ms"] / 1000)
+        lines = sc.proc.lines_between(mark, idx + 1)
+        delays = []
+        for text in lines:
+            parsed = human_event(text)
+            if parsed and parsed[0] == "reconnect_scheduled":
+                m = re.search(r"\bdelay_ms=(\d+)", parsed[1])
+                if m:
+                    delays.append(int(m.group(1)))
+        attempts = sum(1 for t in lines if is_event("ws_connecting")(t))
+        from_kill.append(ms(t_ident - t_kill))
+        from_health.append(ms(t_ident - t_health))
+        from_listen.append(ms(t_ident - t_listen))
+        hub_down.append(ms(t_health - t_kill))
+        rows.append({"hub_exit_code": code, "hub_exit_ms": round(ms(t_gone - t_kill), 2),
+                     "hub_down_ms": round(ms(t_health - t_kill), 2),
+                     "kill_to_identified_ms": round(ms(t_ident - t_kill), 2),
+                     "health_to_identified_ms": round(ms(t_ident - t_health), 2),
+                     "attempts": attempts, "delays_ms": delays})
+    return {
+        "reconnect_initial_ms": FAST["reconnect_initial_ms"],
+        "reconnect_max_ms": FAST["reconnect_max_ms"],
+        "kill_to_identified_ms": summary(from_kill),
+        "health_to_identified_ms": summary(from_health),
+        "listening_to_identified_ms": summary(from_listen),
+        "hub_down_ms": summary(hub_down),
+        "restarts": rows,
+    }
+
+
+def measure_shutdown(bench: Bench, sc: Sidecar, runs_no_hub: int) -> dict:
+    """SIGTERM -> exit (kill() to waitpid returning, exit code must be 0): of `sc`, which is
+    connected to the dev hub; and of fresh sidecars that have no session (their hub port is
+    closed), which shows the sidecar's own share without the close handshake."""
+    print(f"shutdown: SIGTERM of the long-running sidecar, and {runs_no_hub} without a hub ...",
+          flush=True)
+    mark = sc.proc.mark()
+    sc.proc.wait_line(is_event("heartbeat"), start=mark)
+    status_before = proc_status(sc.proc.pid)
+    elapsed, code = sc.proc.signal_and_wait(signal.SIGTERM)
+    last = (sc.log() or [{}])[-1]
+    connected = {
+        "ms": round(elapsed, 2),
+        "exit_code": code,
+        "hub_close_wait_ms": hub_close_wait_ms(sc),
+        "last_log_line": {k: last.get(k) for k in ("event", "phase", "exit_code", "elapsed_ms")},
+        "status_before": status_before,
+    }
+    closed_port = free_port()
+    exits, codes = [], []
+    for i in range(runs_no_hub):
+        lone = bench.start_sidecar(f"bench-nohub-{i}", hub_url=f"ws://127.0.0.1:{closed_port}/ws",
+                                   **FAST)
+        lone.proc.wait_line(is_event("reconnect_scheduled"))
+        elapsed, code = lone.proc.signal_and_wait(signal.SIGTERM)
+        exits.append(elapsed)
+        codes.append(code)
+    return {
+        "connected": connected,
+        "no_session_ms": summary(exits),
+        "no_session_exit_codes": codes,
+    }
+
+
+def measure_binary(binary: Path) -> dict:
+    return {"path": str(binary.relative_to(REPO)) if binary.is_relative_to(REPO) else str(binary),
+            "bytes": binary.stat().st_size}
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def environment() -> dict:
+    def run(argv):
+        try:
+            return subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": run(["git", "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
+        "rustc": run(["rustc", "--version"]),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "loadavg": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+
+
+def fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def med_max(s: dict, unit: str, digits=1) -> str:
+    if not s.get("n"):
+        return "-"
+    return f"{fmt(s['median'], digits)} / {fmt(s['max'], digits)} {unit}"
+
+
+def verdict(value, limit) -> str:
+    if value is None:
+        return ""
+    return "ok" if value < limit else "MISSED"
+
+
+def table(r: dict) -> str:
+    st, idle, hb, rc, sd = r["startup"], r["idle"], r["heartbeat"], r["reconnect"], r["shutdown"]
+    fast, dflt = idle["fast"], idle["default"]
+    n = st["identify_sent_logts"]["n"]
+    rows = [
+        ("Start-up, n=%d fresh processes (median / max)" % n, None, None, None),
+        ("launch -> identify_sent   (log ts, 1 ms)", med_max(st["identify_sent_logts"], "ms"),
+         "< 10 ms", verdict(st["identify_sent_logts"]["max"], TARGETS["identify_sent_ms"])),
+        ("launch -> identify_sent   (stdout line seen)", med_max(st["identify_sent_stdout"], "ms", 2),
+         "< 10 ms", verdict(st["identify_sent_stdout"]["max"], TARGETS["identify_sent_ms"])),
+        ("launch -> hub identified  (hub stdout line)", med_max(st["hub_identified_stdout"], "ms", 2), "", ""),
+        ("launch -> hub connected_at (/api/agents, 1 ms)", med_max(st["hub_connected_at"], "ms"), "", ""),
+        ("launch -> identified      (log ts, 1 ms)", med_max(st["identified_logts"], "ms"),
+         f"Node: {NODE['start_to_identified_ms']} ms", ""),
+        ("launch -> identified      (stdout line seen)", med_max(st["identified_stdout"], "ms", 2), "", ""),
+        ("Idle (after %gs; CPU over %gs)" % (fast["after_idle_s"], fast["window_s"]), None, None, None),
+        ("VmRSS, 1 s heartbeat + debug log", f"{fast['VmRSS']} KiB ({fast['VmRSS'] / 1024:.2f} MiB)",
+         "< 6 MiB", verdict(fast["VmRSS"], TARGETS["idle_rss_kib"])),
+        ("VmHWM, 1 s heartbeat + debug log", f"{fast['VmHWM']} KiB", f"Node: {NODE['rss_mb']} MB", ""),
+        ("VmRSS, default config", f"{dflt['VmRSS']} KiB ({dflt['VmRSS'] / 1024:.2f} MiB)",
+         "< 6 MiB", verdict(dflt["VmRSS"], TARGETS["idle_rss_kib"])),
+        ("VmHWM, default config", f"{dflt['VmHWM']} KiB", "", ""),
+    ]
+    for label, d in (("default config (30 s heartbeat)", dflt), ("1 s heartbeat + debug log", fast)):
+        rows.append((f"CPU, {label}, schedstat",
+                     f"{fmt(d['cpu_percent_schedstat'], 4)} % ({fmt(d['cpu_ms_schedstat'], 2)} ms)",
+                     "< 0.05 %", verdict(d["cpu_percent_schedstat"], TARGETS["idle_cpu_percent"])))
+        rows.append((f"CPU, {label}, utime+stime",
+                     f"{fmt(d['cpu_percent_ticks'], 2)} % ({d['cpu_ticks']} ticks of {d['tick_ms']:g} ms)",
+                     "< 0.05 %", ""))
+        rows.append((f"wake-ups, {label}", f"{d['wakeups_per_s']:g} /s", "", ""))
+    rows += [
+        ("Threads idle (default / fast)", f"{dflt['Threads']} / {fast['Threads']}", "", ""),
+        ("Heartbeat", None, None, None),
+        ("ping -> pong rtt_us, n=%d (median / p99)" % hb["n"],
+         f"{hb['median']:.0f} / {hb['p99']:.0f} us", "", ""),
+        ("Reconnect after hub restart, n=%d (median / max)" % rc["kill_to_identified_ms"]["n"], None, None, None),
+        ("hub /health answers -> identified", med_max(rc["health_to_identified_ms"], "ms"),
+         f"initial {rc['reconnect_initial_ms']}, max {rc['reconnect_max_ms']} ms", ""),
+        ("hub SIGTERM -> identified", med_max(rc["kill_to_identified_ms"], "ms"), "", ""),
+        ("(hub down: SIGTERM -> new hub's /health)", med_max(rc["hub_down_ms"], "ms"), "", ""),
+        ("Shutdown (SIGTERM -> reaped; exit codes)", None, None, None),
+        ("long-running sidecar, session open",
+         f"{sd['connected']['ms']:.1f} ms (exit {sd['connected']['exit_code']})",
+         "< 50 ms", verdict(sd["connected"]["ms"], TARGETS["sigterm_exit_ms"])),
+        ("fresh sidecars, session open (median / max)",
+         med_max(st["sigterm_exit_ms"], "ms") + f" (exit {sorted(set(st['sigterm_exit_codes']))})",
+         f"Node: {NODE['sigterm_exit_ms']} ms", verdict(st["sigterm_exit_ms"]["max"], TARGETS["sigterm_exit_ms"])),
+        ("  of which waiting for the hub to drop TCP", med_max(st["sigterm_hub_close_wait_ms"], "ms"), "", ""),
+        ("no hub session (median / max)",
+         med_max(sd["no_session_ms"], "ms", 2) + f" (exit {sorted(set(sd['no_session_exit_codes']))})",
+         "< 50 ms", verdict(sd["no_session_ms"]["max"], TARGETS["sigterm_exit_ms"])),
+        ("Binary", None, None, None),
+        ("size of " + r["binary"]["path"],
+         f"{r['binary']['bytes']} B ({r['binary']['bytes'] / 1024 / 1024:.2f} MiB)", "", ""),
+        ("threads after the reconnects", f"{sd['connected']['status_before']['Threads']}", "", ""),
+        ("VmRSS after the reconnects", f"{sd['connected']['status_before']['VmRSS']} KiB", "", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows) + 2
+    w1 = max(len(r[1] or "") for r in rows) + 2
+    w2 = max(len(r[2] or "") for r in rows) + 2
+    out = [f"{'Figure':<{w0}}{'Measured':<{w1}}{'Target / ref.':<{w2}}Meets",
+           "-" * (w0 + w1 + w2 + 6)]
+    for name, value, target, ok in rows:
+        if value is None:
+            out.append(f"{name}")
+        else:
+            out.append(f"  {name:<{w0 - 2}}{value:<{w1}}{target:<{w2}}{ok}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10, help="fresh processes for start-up (10)")
+    ap.add_argument("--settle-seconds", type=float, default=5, help="idle before RSS (5)")
+    ap.add_argument("--idle-seconds", type=float, default=10, help="CPU window (10)")
+    ap.add_argument("--reconnects", type=int, default=5, help="hub restarts (5)")
+    ap.add_argument("--shutdown-runs", type=int, default=5, help="SIGTERM runs without hub (5)")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args()
+    if not sys.platform.startswith("linux"):
+        print("bench/run.py reads /proc: Linux only", file=sys.stderr)
+        return 2
+
+    # A SIGTERM/SIGHUP to this script unwinds through the finally below like Ctrl-C does.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
+
+    binary = build_release()
+    agents = ([f"bench-start-{i}" for i in range(args.runs)] + ["bench-idle", "bench-default"]
+              + [f"bench-nohub-{i}" for i in range(args.shutdown_runs)])
+    bench = Bench(binary, agents, args.keep_tmp)
+    results = {"environment": environment(), "targets": TARGETS, "node_sidecar": NODE}
+    try:
+        bench.start_hub()
+        print(f"dev hub on {bench.hub_url}; temp dir {bench.tmp}", flush=True)
+        results["startup"] = measure_startup(bench, args.runs)
+        # Two long-running sidecars side by side: the measured one (1 s heartbeat, debug
+        # log) and a second process with the default config, for realistic idle figures.
+        fast = bench.start_sidecar("bench-idle", **FAST)
+        default = bench.start_sidecar("bench-default")
+        results["idle"] = measure_idle({"fast": fast, "default": default},
+                                       args.settle_seconds, args.idle_seconds)
+        results["heartbeat"] = measure_heartbeat(fast)
+        ms_default, code_default = default.proc.signal_and_wait(signal.SIGTERM)
+        results["idle"]["default"]["sigterm_exit_ms"] = round(ms_default, 2)
+        results["idle"]["default"]["sigterm_exit_code"] = code_default
+        results["reconnect"] = measure_reconnect(bench, fast, args.reconnects)
+        results["shutdown"] = measure_shutdown(bench, fast, args.shutdown_runs)
+        results["binary"] = measure_binary(binary)
+    except BenchError as e:
+        results["error"] = str(e)
+        print(f"bench: error: {e}", file=sys.stderr)
+    finally:
+        bench.cleanup()
+        if args.keep_tmp:
+            print(f"temp dir kept: {bench.tmp}")
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if "error" in results:
+        print(f"partial results written to {args.json}", file=sys.stderr)
+        return 1
+    print()
+    print(table(results))
+    print(f"\nall samples: {args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
