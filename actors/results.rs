@@ -127,7 +127,9 @@ impl ResultsActor {
 
     fn on_path(&mut self, path: &Path, renamed_into_place: bool, ctx: &mut Context<Self>) {
         match classify(path) {
-            Some(Name::Started(task_id)) if path.exists() && self.started.insert(task_id.clone()) => {
+            Some(Name::Started(task_id))
+                if path.exists() && self.started.insert(task_id.clone()) =>
+            {
                 let _ = self.env.bus.send(StartedFileSeen { task_id });
             }
             Some(Name::Result(task_id)) => self.check(task_id, renamed_into_place, ctx),

@@ -41,7 +41,10 @@ fn stops_in_good_order(signal: i32, name: &str) {
         .filter(|l| l["event"] == "actor_stopped")
         .map(|l| l["actor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(stopped, ["queue", "waker", "results", "hub", "heartbeat", "shutdown"]);
+    assert_eq!(
+        stopped,
+        ["queue", "waker", "results", "hub", "heartbeat", "shutdown"]
+    );
 }
 
 #[test]

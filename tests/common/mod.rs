@@ -59,6 +59,7 @@ pub fn with(mut base: Value, extra: Value) -> Value {
 
 pub struct Sidecar {
     pub child: Child,
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub log_path: PathBuf,
     stdout: Arc<Mutex<String>>,
@@ -77,25 +78,41 @@ impl Sidecar {
 
     /// Starts the binary in `dir` with these arguments.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Sidecar {
-        let mut child = Command::new(bin())
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sidecar binary starts");
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, stdout, stderr) = spawn(dir.path(), &args);
         let log_path = dir.path().join("sidecar.log");
         Sidecar {
             child,
+            args,
             dir,
             log_path,
             stdout,
             stderr,
             exit: None,
         }
+    }
+
+    /// SIGKILLs the process (no chance to clean up) and starts it again in the same
+    /// directory with the same arguments, as a service manager would.
+    pub fn kill_and_restart(&mut self) {
+        self.signal(SIGKILL);
+        let _ = self.child.wait();
+        let (child, stdout, stderr) = spawn(self.dir.path(), &self.args);
+        self.child = child;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        self.exit = None;
+    }
+
+    /// The parsed queue file.
+    pub fn queue(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.path().join("queue.json"))
+            .unwrap_or_else(|_| "null".into());
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        self.dir.path().join("results")
     }
 
     pub fn pid(&self) -> i32 {
@@ -210,6 +227,50 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(dir: &Path, args: &[String]) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sidecar binary starts");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    (child, stdout, stderr)
+}
+
+/// Pushes a `task_assign` frame straight to the agent's connection.
+pub fn assign(hub: &DevHub, task: Value) {
+    let mut frame = json!({"type": "task_assign", "description": "do the thing", "metadata": {}, "assigned_at": 1_707_500_000_000u64});
+    frame
+        .as_object_mut()
+        .unwrap()
+        .extend(task.as_object().unwrap().clone());
+    assert_eq!(
+        hub.send(AGENT, RawFrame::Text(frame.to_string())),
+        1,
+        "agent not connected"
+    );
+}
+
+/// Frames of one type about one task.
+pub fn task_frames(hub: &DevHub, frame_type: &str, task_id: &str) -> Vec<Value> {
+    frames_of(hub, frame_type)
+        .into_iter()
+        .filter(|f| f["task_id"] == task_id)
+        .collect()
+}
+
+/// Waits for the n-th frame of this type about this task and returns it.
+pub fn wait_task_frame(hub: &DevHub, frame_type: &str, task_id: &str, n: usize) -> Value {
+    eventually(&format!("{n} `{frame_type}` for {task_id}"), || {
+        task_frames(hub, frame_type, task_id).len() >= n
+    });
+    task_frames(hub, frame_type, task_id).swap_remove(n - 1)
 }
 
 pub fn write_config(path: &Path, config: &Value) {

@@ -1,0 +1,586 @@
+//! Tasks end to end against the dev hub, with real wake commands (`sh -c`), real result
+//! files and real process kills: accept, persist, wake, watch, report — and lose nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A config whose wake command runs `script` (a file in the sidecar's directory).
+fn task_config(hub: &DevHub, dir: &Path, script: &str, extra: Value) -> Value {
+    let script_path = dir.join("agent.sh");
+    std::fs::write(&script_path, script).unwrap();
+    let base = with(
+        fast_config(&hub.ws_url()),
+        json!({
+            "wake_command": format!("sh {}", script_path.display()),
+            "wake_retry_delays_ms": [50, 50],
+            "wake_timeout_ms": 5000,
+            "confirmation_timeout_ms": 5000,
+            "result_settle_ms": 300,
+        }),
+    );
+    with(base, extra)
+}
+
+/// Starts a sidecar in a fresh directory with a wake script; waits for identify.
+fn start(hub: &DevHub, script: &str, extra: Value) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let config = task_config(hub, dir.path(), script, extra);
+    let path = dir.path().join("config.json");
+    write_config(&path, &config);
+    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
+    wait_identified(hub, 1);
+    sidecar
+}
+
+/// An agent that records its environment, confirms, and writes a result by rename.
+const AGENT_SCRIPT: &str = r#"
+dir=$(dirname "$RESULTS_DIR")/seen
+mkdir -p "$dir"
+printf '%s' "$TASK_ID" > "$dir/TASK_ID"
+printf '%s' "$TASK_JSON" > "$dir/TASK_JSON"
+printf '%s' "$TASK_DESCRIPTION" > "$dir/TASK_DESCRIPTION"
+printf '%s' "$TASK_FILE" > "$dir/TASK_FILE"
+cp "$TASK_FILE" "$dir/task_file_copy"
+(
+  touch "$RESULTS_DIR/$TASK_ID.started"
+  printf '{"status":"success","output":"done by %s"}' "$TASK_ID" > "$RESULTS_DIR/.$TASK_ID.tmp"
+  mv "$RESULTS_DIR/.$TASK_ID.tmp" "$RESULTS_DIR/$TASK_ID.json"
+) &
+"#;
+
+/// An agent that only confirms its start; the test writes the result.
+const CONFIRM_ONLY: &str = r#"touch "$RESULTS_DIR/$TASK_ID.started""#;
+
+#[test]
+fn happy_path_wakes_the_agent_with_the_task_in_env_and_reports_the_result() {
+    let hub = hub();
+    let sidecar = start(&hub, AGENT_SCRIPT, json!({}));
+    let raw = json!({"type": "task_assign", "task_id": "task-1", "description": "write tests", "metadata": {"p": 1}, "repo": "r", "generation": 4}).to_string();
+    hub.send(AGENT, RawFrame::Text(raw.clone()));
+
+    wait_task_frame(&hub, "task_accepted", "task-1", 1);
+    let complete = wait_task_frame(&hub, "task_complete", "task-1", 1);
+    assert_eq!(
+        complete["result"],
+        json!({"status": "success", "output": "done by task-1"})
+    );
+    assert_eq!(complete["generation"], 4);
+
+    let seen = sidecar.dir.path().join("seen");
+    let read = |name: &str| std::fs::read_to_string(seen.join(name)).unwrap();
+    assert_eq!(read("TASK_ID"), "task-1");
+    assert_eq!(
+        read("TASK_JSON"),
+        raw,
+        "TASK_JSON is the frame exactly as sent"
+    );
+    assert_eq!(read("TASK_DESCRIPTION"), "write tests");
+    assert_eq!(
+        read("task_file_copy"),
+        raw,
+        "TASK_FILE holds the frame exactly as sent"
+    );
+
+    for event in [
+        "task_received",
+        "wake_attempt",
+        "wake_success",
+        "confirmation_received",
+        "task_complete",
+    ] {
+        sidecar.wait_event(event);
+    }
+    // Acknowledged: queue cleared, files cleaned up.
+    eventually("an empty queue file", || {
+        let q = sidecar.queue();
+        q["active"].is_null() && q["outbox"].as_array().is_some_and(|o| o.is_empty())
+    });
+    eventually("result files removed", || {
+        let results = sidecar.results_dir();
+        !results.join("task-1.json").exists() && !results.join("task-1.started").exists()
+    });
+    assert!(
+        !Path::new(&read("TASK_FILE")).exists(),
+        "TASK_FILE removed when the task ended"
+    );
+}
+
+#[test]
+fn the_queue_file_holds_the_task_when_task_accepted_is_sent() {
+    let hub = hub();
+    let dir = tempfile::tempdir().unwrap();
+    // No wake command: the task stays active, waiting for a result.
+    let config = fast_config(&hub.ws_url());
+    let path = dir.path().join("config.json");
+    write_config(&path, &config);
+    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
+    wait_identified(&hub, 1);
+    assign(
+        &hub,
+        json!({"task_id": "t-persist", "extra_field": {"kept": true}}),
+    );
+    wait_task_frame(&hub, "task_accepted", "t-persist", 1);
+    let queue = sidecar.queue();
+    assert_eq!(queue["active"]["task_id"], "t-persist");
+    let stored: Value = serde_json::from_str(queue["active"]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        stored["extra_field"],
+        json!({"kept": true}),
+        "unknown fields are kept"
+    );
+    assert!(sidecar.dir.path().join("tasks/t-persist.json").exists());
+}
+
+#[test]
+fn a_second_task_while_busy_is_rejected_and_the_same_task_again_is_accepted_idempotently() {
+    let hub = hub();
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
+    assign(&hub, json!({"task_id": "first", "generation": 1}));
+    wait_task_frame(&hub, "task_accepted", "first", 1);
+    sidecar.wait_event("confirmation_received");
+
+    assign(&hub, json!({"task_id": "second", "generation": 1}));
+    let rejected = wait_task_frame(&hub, "task_rejected", "second", 1);
+    assert_eq!(rejected["reason"], "busy");
+
+    // The hub never saw the accept and pushes the same task with a higher generation.
+    assign(&hub, json!({"task_id": "first", "generation": 2}));
+    let again = wait_task_frame(&hub, "task_accepted", "first", 2);
+    assert_eq!(again["generation"], 2);
+    std::fs::write(
+        sidecar.results_dir().join("first.json"),
+        r#"{"status":"success","output":1}"#,
+    )
+    .unwrap();
+    let complete = wait_task_frame(&hub, "task_complete", "first", 1);
+    assert_eq!(complete["generation"], 2, "the new generation is echoed");
+    assert_eq!(
+        sidecar.events("wake_attempt").len(),
+        1,
+        "no second agent for the same task"
+    );
+}
+
+#[test]
+fn a_failing_wake_command_is_retried_then_reported_as_wake_failed() {
+    let hub = hub();
+    let sidecar = start(&hub, "echo \"attempt $TASK_ID\" >> \"$(dirname \"$RESULTS_DIR\")/attempts\"; echo oops >&2; exit 3", json!({}));
+    assign(&hub, json!({"task_id": "t-fail"}));
+    let failed = wait_task_frame(&hub, "task_failed", "t-fail", 1);
+    assert_eq!(failed["reason"], "wake_failed");
+    assert_eq!(failed["error"], "exit code 3");
+    let attempts = std::fs::read_to_string(sidecar.dir.path().join("attempts")).unwrap();
+    assert_eq!(attempts.lines().count(), 3, "1 attempt + 2 retries");
+    let errors = sidecar.events("wake_error");
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors[0]["output"].as_str().unwrap().contains("oops"),
+        "command output logged"
+    );
+    sidecar.wait_event("wake_failed");
+    // The slot is free again.
+    assign(&hub, json!({"task_id": "t-next"}));
+    wait_task_frame(&hub, "task_accepted", "t-next", 1);
+}
+
+#[test]
+fn no_started_file_within_the_confirmation_timeout_fails_the_task() {
+    let hub = hub();
+    let sidecar = start(&hub, "true", json!({"confirmation_timeout_ms": 300}));
+    assign(&hub, json!({"task_id": "t-silent"}));
+    let failed = wait_task_frame(&hub, "task_failed", "t-silent", 1);
+    assert_eq!(failed["reason"], "confirmation_timeout");
+    sidecar.wait_event("confirmation_timeout");
+}
+
+#[test]
+fn a_wake_command_past_its_timeout_has_its_whole_process_group_killed() {
+    let hub = hub();
+    let script = "sleep 30 & echo $! > \"$(dirname \"$RESULTS_DIR\")/grandchild.pid\"; sleep 30";
+    let sidecar = start(
+        &hub,
+        script,
+        json!({"wake_timeout_ms": 300, "wake_retry_delays_ms": []}),
+    );
+    assign(&hub, json!({"task_id": "t-slow"}));
+    let failed = wait_task_frame(&hub, "task_failed", "t-slow", 1);
+    assert_eq!(failed["reason"], "wake_failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("process group killed"),
+        "{failed}"
+    );
+    let pid: i32 = std::fs::read_to_string(sidecar.dir.path().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually(
+        "the background child of the wake command to be gone",
+        || {
+            // Gone, or a zombie waiting for its new parent to reap it: either way not running.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        },
+    );
+}
+
+#[test]
+fn shell_injection_in_task_data_runs_nothing() {
+    let hub = hub();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = |n: u32| dir.path().join(format!("pwned{n}"));
+    let description = format!(
+        "$(touch {}) `touch {}` \"; touch {}; echo \" '; touch {} #' ; touch {} #",
+        marker(1).display(),
+        marker(2).display(),
+        marker(3).display(),
+        marker(4).display(),
+        marker(5).display()
+    );
+    let metadata = json!({"note": format!("$(touch {})", marker(6).display()), "q": "`touch x`"});
+    // A Node-era command that pastes the variables into its arguments, quoted and unquoted.
+    let out = dir.path().join("echo.out");
+    let command = format!(
+        "echo \"Task: ${{TASK_JSON}}\" > {out}; echo ${{TASK_DESCRIPTION}} >> {out}; echo \"$TASK_DESCRIPTION\" >> {out}",
+        out = out.display()
+    );
+    let config = with(
+        fast_config(&hub.ws_url()),
+        json!({"wake_command": command, "confirmation_timeout_ms": 60000}),
+    );
+    let path = dir.path().join("config.json");
+    write_config(&path, &config);
+    let markers: Vec<_> = (1..=6).map(marker).collect();
+    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
+    wait_identified(&hub, 1);
+    assign(
+        &hub,
+        json!({"task_id": "t-inject", "description": description, "metadata": metadata}),
+    );
+    sidecar.wait_event("wake_success");
+    for m in &markers {
+        assert!(
+            !m.exists(),
+            "{} was created: task data ran as shell code",
+            m.display()
+        );
+    }
+    let echoed = std::fs::read_to_string(out).unwrap();
+    assert!(
+        echoed.contains("$(touch"),
+        "the description reached the command as text: {echoed}"
+    );
+}
+
+#[test]
+fn task_ids_that_are_not_safe_file_names_are_refused_and_nothing_runs() {
+    let hub = hub();
+    let long = "a".repeat(1000);
+    let sidecar = start(
+        &hub,
+        "touch \"$(dirname \"$RESULTS_DIR\")/woken\"",
+        json!({}),
+    );
+    for bad in ["../x", "a/b", ".", "..", "", long.as_str()] {
+        assign(&hub, json!({"task_id": bad}));
+        let rejected = wait_task_frame(&hub, "task_rejected", bad, 1);
+        assert_eq!(rejected["reason"], "invalid_task_id", "{bad}");
+    }
+    assign(&hub, json!({"task_id": 42}));
+    let rejected = wait_task_frame(&hub, "task_rejected", "42", 1);
+    assert_eq!(rejected["reason"], "invalid_task_id");
+    assert!(frames_of(&hub, "task_accepted").is_empty());
+    assert!(sidecar.events("wake_attempt").is_empty());
+    assert!(!sidecar.dir.path().join("woken").exists());
+    assert!(!sidecar.dir.path().join("x").exists() && !sidecar.dir.path().join("tasks/a").exists());
+}
+
+#[test]
+fn a_result_written_in_pieces_is_read_once_complete_and_a_rename_at_once() {
+    let hub = hub();
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({"result_settle_ms": 2000}));
+    assign(&hub, json!({"task_id": "t-pieces"}));
+    sidecar.wait_event("confirmation_received");
+    let result = sidecar.results_dir().join("t-pieces.json");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&result).unwrap();
+        f.write_all(br#"{"status":"succ"#).unwrap();
+        f.sync_all().unwrap();
+        // The agent pauses mid-write (well inside result_settle_ms).
+        std::thread::sleep(Duration::from_millis(150));
+        f.write_all(br#"ess","output":{"lines":[1,2,3]}}"#).unwrap();
+    }
+    let complete = wait_task_frame(&hub, "task_complete", "t-pieces", 1);
+    assert_eq!(complete["result"]["output"], json!({"lines": [1, 2, 3]}));
+
+    assign(&hub, json!({"task_id": "t-rename"}));
+    wait_task_frame(&hub, "task_accepted", "t-rename", 1);
+    let tmp = sidecar.results_dir().join("writing.tmp");
+    std::fs::write(
+        &tmp,
+        r#"{"status":"failure","reason":"tests_failed","error":"3 tests failed"}"#,
+    )
+    .unwrap();
+    std::fs::rename(&tmp, sidecar.results_dir().join("t-rename.json")).unwrap();
+    let failed = wait_task_frame(&hub, "task_failed", "t-rename", 1);
+    assert_eq!(
+        (failed["reason"].as_str(), failed["error"].as_str()),
+        (Some("tests_failed"), Some("3 tests failed"))
+    );
+}
+
+#[test]
+fn an_invalid_result_fails_the_task_and_is_kept_aside() {
+    let hub = hub();
+    let sidecar = start(
+        &hub,
+        CONFIRM_ONLY,
+        json!({"result_settle_ms": 100, "max_result_bytes": 1000}),
+    );
+    assign(&hub, json!({"task_id": "t-bad"}));
+    sidecar.wait_event("confirmation_received");
+    std::fs::write(sidecar.results_dir().join("t-bad.json"), "this is not json").unwrap();
+    let failed = wait_task_frame(&hub, "task_failed", "t-bad", 1);
+    assert_eq!(failed["reason"], "invalid_result");
+    assert!(failed["error"].as_str().unwrap().contains("not valid JSON"));
+    eventually("the invalid file kept as .invalid", || {
+        sidecar.results_dir().join("t-bad.json.invalid").exists()
+    });
+
+    assign(&hub, json!({"task_id": "t-huge"}));
+    sidecar.wait_count("confirmation_received", 2);
+    let tmp = sidecar.results_dir().join("big.tmp");
+    std::fs::write(
+        &tmp,
+        json!({"status": "success", "output": "x".repeat(5000)}).to_string(),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, sidecar.results_dir().join("t-huge.json")).unwrap();
+    let failed = wait_task_frame(&hub, "task_failed", "t-huge", 1);
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_result_bytes"),
+        "{failed}"
+    );
+
+    // A result for a task nobody assigned is logged and left alone.
+    std::fs::write(sidecar.results_dir().join("stranger.json"), "{}").unwrap();
+    let ignored = sidecar.wait_event("result_ignored");
+    assert_eq!(ignored["task_id"], "stranger");
+    assert!(sidecar.results_dir().join("stranger.json").exists());
+}
+
+#[test]
+fn a_result_that_lands_while_the_hub_is_down_is_delivered_after_reconnect() {
+    let hub = hub();
+    let addr = hub.addr();
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
+    assign(&hub, json!({"task_id": "t-offline", "generation": 9}));
+    sidecar.wait_event("confirmation_received");
+    hub.stop();
+    sidecar.wait_event("reconnect_scheduled");
+    std::fs::write(
+        sidecar.results_dir().join("t-offline.json"),
+        r#"{"status":"success","output":"x"}"#,
+    )
+    .unwrap();
+    sidecar.wait_event("task_complete");
+
+    let hub = DevHub::start(DevHubOptions {
+        listen: addr,
+        tokens: Some([(AGENT.to_string(), TOKEN.to_string())].into()),
+        ..DevHubOptions::default()
+    })
+    .unwrap();
+    let complete = wait_task_frame(&hub, "task_complete", "t-offline", 1);
+    assert_eq!(complete["generation"], 9);
+    eventually("the outbox emptied by the ack", || {
+        sidecar.queue()["outbox"]
+            .as_array()
+            .is_some_and(|o| o.is_empty())
+    });
+}
+
+#[test]
+fn unacknowledged_frames_are_sent_again_in_order_after_every_identify() {
+    let hub = hub();
+    hub.set_behaviour(Behaviour {
+        auto_ack: false,
+        ..hub.behaviour()
+    });
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
+    assign(&hub, json!({"task_id": "t-ack"}));
+    sidecar.wait_event("confirmation_received");
+    std::fs::write(
+        sidecar.results_dir().join("t-ack.json"),
+        r#"{"status":"success"}"#,
+    )
+    .unwrap();
+    wait_task_frame(&hub, "task_complete", "t-ack", 1);
+
+    hub.kill_connections(AGENT);
+    let second = wait_identified(&hub, 2);
+    wait_task_frame(&hub, "task_complete", "t-ack", 2);
+    let resent: Vec<String> = hub
+        .events()
+        .into_iter()
+        .filter(|e| e.conn == second.conn)
+        .filter_map(|e| e.frame_type().map(str::to_string))
+        .filter(|t| t.starts_with("task_"))
+        .collect();
+    assert_eq!(
+        resent,
+        ["task_accepted", "task_complete"],
+        "resent in order"
+    );
+
+    // An ack removes exactly the matching entry.
+    hub.send(
+        AGENT,
+        RawFrame::Text(
+            json!({"type": "task_ack", "task_id": "t-ack", "status": "accepted"}).to_string(),
+        ),
+    );
+    eventually("the accepted entry gone, the complete entry kept", || {
+        let kinds: Vec<Value> = sidecar.queue()["outbox"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        kinds == [json!("task_complete")]
+    });
+}
+
+#[test]
+fn sigkill_with_an_active_task_then_restart_reports_recovering_and_continue_resumes_it() {
+    let hub = hub();
+    let mut sidecar = start(&hub, "true", json!({"confirmation_timeout_ms": 60000}));
+    assign(
+        &hub,
+        json!({"task_id": "t-crash", "generation": 5, "description": "survive"}),
+    );
+    sidecar.wait_event("wake_success");
+    eventually("woken on disk", || {
+        sidecar.queue()["active"]["woken"] == true
+    });
+
+    sidecar.kill_and_restart();
+    let recovering = wait_task_frame(&hub, "task_recovering", "t-crash", 1);
+    assert_eq!(recovering["last_status"], "woken");
+    assert_eq!(recovering["generation"], 5);
+    assert_eq!(recovering["description"], "survive");
+    sidecar.wait_event("recovery_found");
+
+    hub.send(
+        AGENT,
+        RawFrame::Text(
+            json!({"type": "task_continue", "task_id": "t-crash", "generation": 6}).to_string(),
+        ),
+    );
+    sidecar.wait_event("recovery_continued");
+    // Woken but never confirmed: it waits for the agent again, and takes its result.
+    std::fs::write(
+        sidecar.results_dir().join("t-crash.json"),
+        r#"{"status":"success","output":"after crash"}"#,
+    )
+    .unwrap();
+    let complete = wait_task_frame(&hub, "task_complete", "t-crash", 1);
+    assert_eq!(complete["generation"], 6);
+    let lines = sidecar.lines();
+    let restart = lines.iter().rposition(|l| l["event"] == "startup").unwrap();
+    let woken_again = lines[restart..]
+        .iter()
+        .filter(|l| l["event"] == "wake_attempt")
+        .count();
+    assert_eq!(woken_again, 0, "woken before the crash: not woken again");
+}
+
+#[test]
+fn sigkill_before_the_wake_then_restart_and_reassign_drops_the_task() {
+    let hub = hub();
+    // The wake command hangs: the crash comes before the agent ever started.
+    let mut sidecar = start(&hub, "sleep 30", json!({}));
+    assign(&hub, json!({"task_id": "t-gone"}));
+    sidecar.wait_event("wake_attempt");
+    sidecar.kill_and_restart();
+    let recovering = wait_task_frame(&hub, "task_recovering", "t-gone", 1);
+    assert_eq!(recovering["last_status"], "accepted");
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "task_reassign", "task_id": "t-gone"}).to_string()),
+    );
+    sidecar.wait_event("recovery_reassigned");
+    eventually("the queue cleared", || {
+        sidecar.queue()["recovering"].is_null()
+    });
+    // Free for new work.
+    assign(&hub, json!({"task_id": "t-new"}));
+    wait_task_frame(&hub, "task_accepted", "t-new", 1);
+}
+
+#[test]
+fn a_corrupt_queue_file_is_kept_aside_and_the_sidecar_starts_empty() {
+    let hub = hub();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("queue.json"),
+        "{\"active\": {\"task_id\": tru",
+    )
+    .unwrap();
+    let path = dir.path().join("config.json");
+    write_config(&path, &fast_config(&hub.ws_url()));
+    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
+    let line = sidecar.wait_event("queue_corrupt");
+    let moved = line["moved_to"].as_str().unwrap();
+    assert!(moved.contains("queue.json.corrupt-"), "{moved}");
+    assert_eq!(
+        std::fs::read_to_string(moved).unwrap(),
+        "{\"active\": {\"task_id\": tru"
+    );
+    wait_identified(&hub, 1);
+    assign(&hub, json!({"task_id": "t-after"}));
+    wait_task_frame(&hub, "task_accepted", "t-after", 1);
+}
+
+#[test]
+fn task_cancelled_drops_the_task_and_stops_its_wake_command() {
+    let hub = hub();
+    let script = "echo $$ > \"$(dirname \"$RESULTS_DIR\")/wake.pid\"; sleep 30";
+    let sidecar = start(&hub, script, json!({"wake_timeout_ms": 60000}));
+    assign(&hub, json!({"task_id": "t-cancel"}));
+    sidecar.wait_event("wake_attempt");
+    let pid_file = sidecar.dir.path().join("wake.pid");
+    eventually("the wake command running", || pid_file.exists());
+    hub.send(
+        AGENT,
+        RawFrame::Text(
+            json!({"type": "task_cancelled", "task_id": "t-cancel", "timestamp": 1}).to_string(),
+        ),
+    );
+    sidecar.wait_event("task_cancelled");
+    sidecar.wait_event("wake_cancelled");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the wake command gone", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    assign(&hub, json!({"task_id": "t-after-cancel"}));
+    wait_task_frame(&hub, "task_accepted", "t-after-cancel", 1);
+    assert!(task_frames(&hub, "task_failed", "t-cancel").is_empty());
+}
