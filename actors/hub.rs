@@ -584,7 +584,9 @@ impl HubActor {
         }
         let Some(s) = self.session() else { return };
         if s.closing {
-            // The hub's answer to our close: the connection ends next.
+            // The hub's answer to our close: both close frames have crossed, so the
+            // handshake is complete and the socket can go now.
+            self.drop_session(ctx);
             return;
         }
         self.log_end("hub", code, &text);

@@ -175,14 +175,17 @@ impl Supervisor {
         match self.phase {
             Phase::Stopping { next, .. } => {
                 if next == index {
-                    log_event!(
-                        self.env.log,
-                        Info,
-                        "actor_stopped",
-                        actor = name,
-                        reason = ended.reason(),
-                        detail = ended.detail()
-                    );
+                    // After the logger itself has stopped there is nowhere left to log to.
+                    if self.env.bus.routes::<LogRecord>() {
+                        log_event!(
+                            self.env.log,
+                            Info,
+                            "actor_stopped",
+                            actor = name,
+                            reason = ended.reason(),
+                            detail = ended.detail()
+                        );
+                    }
                     self.stop_next(ctx);
                 }
             }

@@ -1,25 +1,36 @@
 //! `agentcom-sidecar demo`: the dev hub and a sidecar together, for a first look.
 //!
 //! Starts the dev hub on a free loopback port, writes a config for one agent into a fresh
-//! temporary directory, and runs the sidecar against it in this process, so its lifecycle
-//! (connect, identify, heartbeats) scrolls by on stdout next to the hub's presence lines,
-//! until Ctrl-C stops both in good order.
+//! temporary directory (with `config/sample-agent.sh` as the wake command), and runs the
+//! sidecar against it in this process. Once the agent is identified, a sample task is
+//! pushed through the hub's HTTP API, as an operator would with curl, so a task's whole
+//! life — received, accepted, woken, confirmed, completed, acknowledged — scrolls by on
+//! stdout next to the hub's presence lines and the heartbeats, until Ctrl-C stops both in
+//! good order.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
-use crate::devhub::{DevHub, DevHubOptions};
+use crate::devhub::{DevHub, DevHubOptions, HubEventKind};
 
 const AGENT: &str = "demo-agent";
+/// The wake command's agent, shipped in `config/`.
+const SAMPLE_AGENT: &str = include_str!("../config/sample-agent.sh");
 
 /// Runs the demo to its end; returns the exit code.
 pub fn run() -> i32 {
     match start() {
         Ok((hub, config, dir)) => {
+            let hub = Arc::new(hub);
+            let token = config.token.expose().to_string();
+            let pusher = hub.clone();
+            std::thread::spawn(move || push_sample_task(&pusher, &token));
             let code = crate::runtime::run(config);
-            hub.stop();
+            drop(hub);
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "demo: stopped; its files are in {}", dir.display());
             code
@@ -41,7 +52,7 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
     .map_err(|e| format!("dev hub: {e}"))?;
     let dir = std::env::temp_dir().join(format!("agentcom-sidecar-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "agent_id": AGENT,
         "token": token,
         "hub_url": hub.ws_url(),
@@ -50,6 +61,9 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
         "heartbeat_timeout_ms": 2000,
         "log_level": "debug",
     });
+    let agent = dir.join("sample-agent.sh");
+    std::fs::write(&agent, SAMPLE_AGENT).map_err(|e| format!("{}: {e}", agent.display()))?;
+    config["wake_command"] = format!("sh '{}'", agent.display()).into();
     let path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
     write_private(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -62,6 +76,61 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
         dir.display()
     );
     Ok((hub, config, dir))
+}
+
+/// Waits for the agent to be identified, then pushes one task through the hub's HTTP API.
+fn push_sample_task(hub: &DevHub, token: &str) {
+    let identified = hub.wait_for(
+        Duration::from_secs(60),
+        |e| matches!(&e.kind, HubEventKind::Identified { agent_id } if agent_id == AGENT),
+    );
+    if identified.is_none() {
+        return;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let body = serde_json::json!({
+        "agent_id": AGENT,
+        "description": "Say hello to the new operator",
+        "metadata": {"source": "demo"},
+    })
+    .to_string();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "demo: pushing a task: curl -X POST {}/api/admin/push-task -H 'Authorization: Bearer <token>' -d '{body}'",
+        hub.http_url()
+    );
+    drop(out);
+    if let Err(e) = http_post(hub.addr(), "/api/admin/push-task", token, &body) {
+        eprintln!(
+            "{}: demo could not push its task: {e}",
+            env!("CARGO_PKG_NAME")
+        );
+    }
+}
+
+/// A minimal HTTP/1.1 POST to the dev hub on loopback; returns the response text.
+fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(
+            response.lines().next().unwrap_or("no response").to_string(),
+        ));
+    }
+    Ok(response)
 }
 
 /// Writes a file only its owner can read (it holds a token).
