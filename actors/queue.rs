@@ -30,7 +30,9 @@ use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
 use crate::protocol::{Outgoing, TaskFrame, TaskFrameKind, TaskIdField};
-use crate::queue::{self, FileOp, Loaded, OutboxEntry, OutboxKind, QueueState, TaskRecord};
+use crate::queue::{
+    self, FileOp, Loaded, OutboxEntry, OutboxKind, QueueState, StepError, TaskRecord,
+};
 
 /// Whether this process has loaded the queue before (recovery happens only at the first).
 static LOADED_ONCE: AtomicBool = AtomicBool::new(false);
@@ -224,40 +226,36 @@ impl QueueActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(job).map(move |result, act, ctx| {
                 act.writing = false;
-                match result {
-                    Ok(Ok(())) => act.durable = upto,
-                    Ok(Err((error, before, after))) if error.starts_with("state saved") => {
+                let failure = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err((StepError::CleanupFailed(error), _, _))) => {
                         log_event!(act.env.log, Warn, "queue_cleanup_failed", error = error);
-                        let _ = (before, after);
-                        act.durable = upto;
+                        None
                     }
-                    Ok(Err((error, before, after))) => {
-                        log_event!(
-                            act.env.log,
-                            Error,
-                            "queue_write_failed",
-                            queue_file = act.env.config.queue_file,
-                            error = error,
-                            retry_ms = WRITE_RETRY.as_millis() as u64
-                        );
-                        // Keep the file work for the retry, ahead of anything newer.
-                        let newer = std::mem::take(&mut act.pending);
-                        act.pending.before = before.into_iter().chain(newer.before).collect();
-                        act.pending.after = after.into_iter().chain(newer.after).collect();
-                        ctx.run_later(WRITE_RETRY, |act, ctx| act.write(ctx));
-                        return;
+                    Ok(Err((StepError::NotSaved(error), before, after))) => {
+                        Some((error, before, after))
                     }
-                    Err(e) => {
-                        log_event!(
-                            act.env.log,
-                            Error,
-                            "queue_write_failed",
-                            error = e.to_string()
-                        );
-                        ctx.run_later(WRITE_RETRY, |act, ctx| act.write(ctx));
-                        return;
-                    }
+                    // The blocking task itself died: its file work is gone with it; the next
+                    // write saves the state again.
+                    Err(e) => Some((format!("writer task failed: {e}"), Vec::new(), Vec::new())),
+                };
+                if let Some((error, before, after)) = failure {
+                    log_event!(
+                        act.env.log,
+                        Error,
+                        "queue_write_failed",
+                        queue_file = act.env.config.queue_file,
+                        error = error,
+                        retry_ms = WRITE_RETRY.as_millis() as u64
+                    );
+                    // Keep the file work for the retry, ahead of anything newer.
+                    let newer = std::mem::take(&mut act.pending);
+                    act.pending.before = before.into_iter().chain(newer.before).collect();
+                    act.pending.after = after.into_iter().chain(newer.after).collect();
+                    ctx.run_later(WRITE_RETRY, |act, ctx| act.write(ctx));
+                    return;
                 }
+                act.durable = upto;
                 act.on_durable(ctx);
                 act.write(ctx);
             }),

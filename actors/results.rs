@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::Watcher;
 use serde_json::Value;
 
@@ -140,7 +140,7 @@ impl ResultsActor {
     /// Reads `<task_id>.json` and publishes it, unless it is still being written.
     fn check(&mut self, task_id: String, complete: bool, ctx: &mut Context<Self>) {
         let path = self.env.config.results_dir.join(format!("{task_id}.json"));
-        let Ok(meta) = std::fs::metadata(&path) else {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             // Removed (reported and cleaned up, or never finished).
             self.reported.remove(&task_id);
             self.started.remove(&task_id);
@@ -151,7 +151,10 @@ impl ResultsActor {
             return;
         }
         let limit = self.env.config.max_result_bytes;
-        let outcome = if meta.len() > limit {
+        let outcome = if !meta.is_file() {
+            // A link could make the sidecar read, and send, any file it can read.
+            Err("result path is not a regular file (symlinks are refused)".to_string())
+        } else if meta.len() > limit {
             Err(format!(
                 "result file is {} bytes; max_result_bytes is {limit}",
                 meta.len()
@@ -177,9 +180,10 @@ impl ResultsActor {
             // Maybe still being written: decide once it has stopped changing.
             let settle = self.env.config.result_settle;
             ctx.run_later(settle, move |act, ctx| {
-                let now =
-                    std::fs::metadata(act.env.config.results_dir.join(format!("{task_id}.json")))
-                        .map(|m| (m.len(), m.modified().ok()));
+                let now = std::fs::symlink_metadata(
+                    act.env.config.results_dir.join(format!("{task_id}.json")),
+                )
+                .map(|m| (m.len(), m.modified().ok()));
                 if now.ok() == Some(fingerprint) {
                     act.check(task_id, true, ctx);
                 }
@@ -264,6 +268,20 @@ impl Handler<FsChanged> for ResultsActor {
                 return;
             }
         };
+        // Our own reads open and close the file: only writes, creations and renames matter,
+        // or every read would trigger the next one.
+        let relevant = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Remove(_)
+                | EventKind::Any
+                | EventKind::Other
+        );
+        if !relevant {
+            return;
+        }
         let renamed_into_place = matches!(
             event.kind,
             EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))

@@ -226,18 +226,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.commit()
 }
 
+/// Why a durable step did not fully succeed.
+#[derive(Debug)]
+pub enum StepError {
+    /// Nothing of the step is certain to be on disk: retry it.
+    NotSaved(String),
+    /// The state is durable; only the cleanup after it failed (logged, not retried).
+    CleanupFailed(String),
+}
+
 /// One durable step: `before`, then the queue file, then `after`. Blocking: run it off the
-/// event loop. Failures of `after` (cleanup) are returned but the state is already durable.
+/// event loop.
 pub fn write_step(
     queue_file: &Path,
     snapshot: &[u8],
     before: &[FileOp],
     after: &[FileOp],
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     for op in before {
-        op.run().map_err(|e| format!("{op:?}: {e}"))?;
+        op.run()
+            .map_err(|e| StepError::NotSaved(format!("{op:?}: {e}")))?;
     }
-    write_atomic(queue_file, snapshot).map_err(|e| format!("{}: {e}", queue_file.display()))?;
+    write_atomic(queue_file, snapshot)
+        .map_err(|e| StepError::NotSaved(format!("{}: {e}", queue_file.display())))?;
     let failed: Vec<String> = after
         .iter()
         .filter_map(|op| op.run().err().map(|e| format!("{op:?}: {e}")))
@@ -245,10 +256,7 @@ pub fn write_step(
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "state saved, but cleanup failed: {}",
-            failed.join("; ")
-        ))
+        Err(StepError::CleanupFailed(failed.join("; ")))
     }
 }
 

@@ -355,6 +355,20 @@ fn an_invalid_result_fails_the_task_and_is_kept_aside() {
     eventually("the invalid file kept as .invalid", || {
         sidecar.results_dir().join("t-bad.json.invalid").exists()
     });
+    // An invalid file for a task nobody runs sits there: the watcher must not spin on its
+    // own reads (a loop burns a whole core; idle is near zero).
+    std::fs::write(sidecar.results_dir().join("orphan.json"), "{ not json").unwrap();
+    let orphan = sidecar.wait_for(WAIT, |l| {
+        l["event"] == "result_ignored" && l["task_id"] == "orphan"
+    });
+    assert!(orphan.is_some(), "{}", sidecar.dump());
+    let before = sidecar.cpu_time();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = sidecar.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(250),
+        "{used:?} of CPU in 500 ms while idle"
+    );
 
     assign(&hub, json!({"task_id": "t-huge"}));
     sidecar.wait_count("confirmation_received", 2);
@@ -374,10 +388,28 @@ fn an_invalid_result_fails_the_task_and_is_kept_aside() {
         "{failed}"
     );
 
+    // A symlink is refused: it could make the sidecar read and send any file.
+    assign(&hub, json!({"task_id": "t-link"}));
+    sidecar.wait_count("confirmation_received", 3);
+    let secret = sidecar.dir.path().join("secret.json");
+    std::fs::write(&secret, r#"{"status":"success","output":"private"}"#).unwrap();
+    std::os::unix::fs::symlink(&secret, sidecar.results_dir().join("t-link.json")).unwrap();
+    let failed = wait_task_frame(&hub, "task_failed", "t-link", 1);
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("symlinks are refused"),
+        "{failed}"
+    );
+    assert!(!failed.to_string().contains("private"));
+
     // A result for a task nobody assigned is logged and left alone.
     std::fs::write(sidecar.results_dir().join("stranger.json"), "{}").unwrap();
-    let ignored = sidecar.wait_event("result_ignored");
-    assert_eq!(ignored["task_id"], "stranger");
+    let ignored = sidecar.wait_for(WAIT, |l| {
+        l["event"] == "result_ignored" && l["task_id"] == "stranger"
+    });
+    assert!(ignored.is_some());
     assert!(sidecar.results_dir().join("stranger.json").exists());
 }
 
