@@ -27,6 +27,14 @@ pub struct HeartbeatActor {
     ticker: Option<SpawnHandle>,
 }
 
+/// Published for every answered ping: the round trip it took.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct HeartbeatAnswered {
+    pub session: u64,
+    pub rtt: Duration,
+}
+
 impl HeartbeatActor {
     pub fn new(env: &Env) -> Self {
         HeartbeatActor {
@@ -85,6 +93,8 @@ impl Actor for HeartbeatActor {
     type Context = Context<Self>;
 }
 
+crate::answers_probe!(HeartbeatActor);
+
 impl Child for HeartbeatActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<SessionIdentified>());
@@ -141,6 +151,10 @@ impl Handler<PongReceived> for HeartbeatActor {
                 rtt_us = rtt.as_micros() as u64,
                 hub_ts = msg.hub_timestamp
             );
+            let _ = self.env.bus.send(HeartbeatAnswered {
+                session: msg.session,
+                rtt,
+            });
         }
     }
 }

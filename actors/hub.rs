@@ -78,6 +78,26 @@ pub struct SessionLost {
     pub session: u64,
 }
 
+/// Where the session stands, for status reports and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HubState {
+    Connecting,
+    Identified,
+    Waiting,
+}
+
+/// Published on every change of [`HubState`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct HubStateChanged {
+    pub state: HubState,
+    /// The connect attempt (also the session id) this is about.
+    pub attempt: u64,
+    /// With `Waiting`: when the next attempt comes.
+    pub retry_in: Option<Duration>,
+}
+
 /// Published for every `pong` on an identified session.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -177,6 +197,7 @@ impl HubActor {
             hub_url = config.hub_url.as_str(),
             attempt = id
         );
+        self.publish_state(HubState::Connecting, None);
         let request = client
             .ws(config.hub_url.as_str())
             .max_frame_size(config.max_frame_bytes);
@@ -486,7 +507,16 @@ impl HubActor {
             attempt = self.attempts + 1,
             cooldown = cooldown.is_some(),
         );
+        self.publish_state(HubState::Waiting, Some(delay));
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    fn publish_state(&self, state: HubState, retry_in: Option<Duration>) {
+        let _ = self.env.bus.send(HubStateChanged {
+            state,
+            attempt: self.attempts,
+            retry_in,
+        });
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -659,6 +689,7 @@ impl HubActor {
                     hub_url = self.env.config.hub_url.as_str()
                 );
                 let _ = self.env.bus.send(SessionIdentified { session });
+                self.publish_state(HubState::Identified, None);
             }
             Incoming::Pong { timestamp } => {
                 if !identified {
@@ -813,6 +844,8 @@ fn build_client(config: &Config) -> Result<awc::Client, String> {
         .timeout(config.connect_timeout)
         .finish())
 }
+
+crate::answers_probe!(HubActor);
 
 impl Child for HubActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {

@@ -16,7 +16,7 @@ use actix::prelude::*;
 
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
-use crate::log::{LogRecord, LogWriter};
+use crate::log::{LogRecord, LogWriter, Rotation};
 
 /// Reopen the log file before the next line (SIGHUP, for logrotate's `create` mode).
 #[derive(Debug, Clone, Copy, Message)]
@@ -67,7 +67,11 @@ impl Actor for LoggerActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let config = &self.env.config;
-        match LogWriter::start(&config.log_file, &config.agent_id, true) {
+        let rotation = Rotation {
+            max_bytes: config.log_max_bytes,
+            keep: config.log_keep,
+        };
+        match LogWriter::start(&config.log_file, rotation, &config.agent_id, true) {
             Ok(writer) => self.writer = Some(writer),
             Err(e) => self.env.fail(ctx, format!("log writer did not start: {e}")),
         }
@@ -83,6 +87,8 @@ impl Actor for LoggerActor {
         }
     }
 }
+
+crate::answers_probe!(LoggerActor);
 
 impl Child for LoggerActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {

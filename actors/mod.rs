@@ -21,6 +21,7 @@ pub mod logger;
 pub mod queue;
 pub mod results;
 pub mod shutdown;
+pub mod status;
 pub mod supervisor;
 pub mod waker;
 
@@ -29,6 +30,7 @@ pub fn children() -> Vec<ChildSpec> {
     vec![
         ChildSpec::new("logger", logger::LoggerActor::new),
         ChildSpec::new("shutdown", shutdown::ShutdownActor::new),
+        ChildSpec::new("status", status::StatusActor::new),
         ChildSpec::new("heartbeat", heartbeat::HeartbeatActor::new),
         ChildSpec::new("hub", hub::HubActor::new),
         ChildSpec::new("results", results::ResultsActor::new),
@@ -93,8 +95,25 @@ impl ExitNote {
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// The watchdog's liveness probe: answered by every child as soon as its mailbox turns.
+/// Implement it with [`answers_probe!`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Probe;
+
+/// Implements the answer to [`Probe`] for a child actor type: `answers_probe!(MyActor);`.
+#[macro_export]
+macro_rules! answers_probe {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::actors::Probe> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::Probe, _: &mut Self::Context) {}
+        }
+    };
+}
+
 /// An actor the Supervisor can run.
-pub trait Child: Actor<Context = Context<Self>> + Handler<Stop> {
+pub trait Child: Actor<Context = Context<Self>> + Handler<Stop> + Handler<Probe> {
     /// Registers on the bus every message this actor accepts from the others. Called by the
     /// Supervisor with the new address before the actor runs, so nothing sent meanwhile is
     /// lost.
@@ -111,6 +130,7 @@ pub struct ChildSpec {
 /// stops, or with a panic).
 pub struct Running {
     pub stop: actix::Recipient<Stop>,
+    pub probe: actix::Recipient<Probe>,
     pub task: tokio::task::JoinHandle<()>,
     pub exit: ExitNote,
 }
@@ -126,7 +146,8 @@ impl ChildSpec {
                 A::routes(&env.bus, &addr);
                 let actor = make(&env);
                 Running {
-                    stop: addr.recipient(),
+                    stop: addr.clone().recipient(),
+                    probe: addr.recipient(),
                     // The Supervisor owns the task handle: a panic ends the task with an
                     // error it can see, instead of the actor silently vanishing.
                     task: actix_rt::spawn(ctx.into_future(actor)),

@@ -40,6 +40,26 @@ static LOADED_ONCE: AtomicBool = AtomicBool::new(false);
 /// How long a failed write waits before it is tried again.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 
+/// Published after every change of the queue: what is active, recovering, and waiting for
+/// an ack (for status reports and metrics).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct TasksChanged {
+    /// Task id and its status (`accepted`, `woken`, `working`).
+    pub active: Option<(String, &'static str)>,
+    pub recovering: Option<String>,
+    pub outbox: usize,
+}
+
+/// Published when a task leaves the sidecar's hands: `complete`, `failed`, `rejected`,
+/// `cancelled`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct TaskEnded {
+    pub task_id: String,
+    pub outcome: &'static str,
+}
+
 pub struct QueueActor {
     env: Env,
     state: QueueState,
@@ -197,6 +217,7 @@ impl QueueActor {
         if let Some(d) = then {
             self.deferred.push((self.change, d));
         }
+        self.publish_tasks();
         self.write(ctx);
     }
 
@@ -279,6 +300,25 @@ impl QueueActor {
         self.flush();
     }
 
+    fn publish_tasks(&self) {
+        let _ = self.env.bus.send(TasksChanged {
+            active: self
+                .state
+                .active
+                .as_ref()
+                .map(|t| (t.task_id.clone(), t.last_status())),
+            recovering: self.state.recovering.as_ref().map(|t| t.task_id.clone()),
+            outbox: self.state.outbox.len(),
+        });
+    }
+
+    fn publish_end(&self, task_id: &str, outcome: &'static str) {
+        let _ = self.env.bus.send(TaskEnded {
+            task_id: task_id.to_string(),
+            outcome,
+        });
+    }
+
     // ----- sending -----
 
     fn push_outbox(&mut self, entry: OutboxEntry) {
@@ -347,6 +387,7 @@ impl QueueActor {
             reason = reason,
             generation = generation
         );
+        self.publish_end(&task_id, "rejected");
         self.send_now(Outgoing::TaskRejected {
             task_id,
             reason: reason.to_string(),
@@ -593,6 +634,12 @@ impl QueueActor {
                 entry
             }
         };
+        let outcome = if entry.kind == OutboxKind::TaskComplete {
+            "complete"
+        } else {
+            "failed"
+        };
+        self.publish_end(id, outcome);
         self.push_outbox(entry);
         let result = config.results_dir.join(format!("{id}.json"));
         let mut after = vec![
@@ -795,6 +842,7 @@ impl QueueActor {
         // The hub no longer wants to hear about it.
         self.retain_outbox(|e| e.task_id != task_id);
         log_event!(self.env.log, Info, "task_cancelled", task_id = task_id);
+        self.publish_end(task_id, "cancelled");
         let config = &self.env.config;
         let after = vec![
             FileOp::Remove(config.task_file(task_id)),
@@ -846,6 +894,8 @@ impl Actor for QueueActor {
         self.on_durable(ctx);
     }
 }
+
+crate::answers_probe!(QueueActor);
 
 impl Child for QueueActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {

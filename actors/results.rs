@@ -228,6 +228,8 @@ impl Actor for ResultsActor {
     }
 }
 
+crate::answers_probe!(ResultsActor);
+
 impl Child for ResultsActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<RescanResults>());

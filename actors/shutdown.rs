@@ -117,6 +117,8 @@ fn listen(ctx: &mut Context<ShutdownActor>) -> std::io::Result<()> {
     installed.clone().map_err(std::io::Error::other)
 }
 
+crate::answers_probe!(ShutdownActor);
+
 impl Child for ShutdownActor {
     fn routes(_: &Bus, _: &Addr<Self>) {}
 }

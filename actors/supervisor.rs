@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{ChildSpec, Env, ExitNote, Running, Stop};
+use super::{ChildSpec, Env, ExitNote, Probe, Running, Stop};
 use crate::log::LogRecord;
 use crate::log_event;
 
@@ -50,6 +50,33 @@ pub struct RestartRequested {
     pub reason: String,
 }
 
+/// Whether every running child answers a [`Probe`] within the given time (the systemd
+/// watchdog's proof that the event loop and every mailbox turn).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub struct CheckAlive {
+    pub within: std::time::Duration,
+}
+
+/// Published once every child has been started.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct ChildrenStarted;
+
+/// Published when the orderly shutdown begins.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct ShutdownBegun;
+
+/// Published for every restart of a child.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ActorRestarted {
+    pub actor: &'static str,
+    pub reason: String,
+    pub restart_count: u32,
+}
+
 pub struct Supervisor {
     env: Env,
     children: Vec<Slot>,
@@ -70,6 +97,7 @@ struct Slot {
 /// A running incarnation as the Supervisor holds it.
 struct Live {
     stop: Recipient<Stop>,
+    probe: Recipient<Probe>,
     abort: tokio::task::AbortHandle,
     exit: ExitNote,
 }
@@ -131,11 +159,17 @@ impl Supervisor {
 
     fn start_child(&mut self, index: usize, ctx: &mut Context<Self>) {
         let slot = &mut self.children[index];
-        let Running { stop, task, exit } = slot.spec.start(&self.env);
+        let Running {
+            stop,
+            probe,
+            task,
+            exit,
+        } = slot.spec.start(&self.env);
         slot.incarnation += 1;
         let incarnation = slot.incarnation;
         slot.running = Some(Live {
             stop,
+            probe,
             abort: task.abort_handle(),
             exit,
         });
@@ -240,6 +274,14 @@ impl Supervisor {
             restart_count = slot.restart_count,
             delay_ms = delay.as_millis() as u64,
         );
+        let _ = self.env.bus.send(ActorRestarted {
+            actor: name,
+            reason: match ended.detail() {
+                Some(detail) => format!("{}: {detail}", ended.reason()),
+                None => ended.reason().to_string(),
+            },
+            restart_count: slot.restart_count,
+        });
         ctx.run_later(delay, move |act, ctx| {
             if matches!(act.phase, Phase::Running) {
                 act.start_child(index, ctx);
@@ -256,6 +298,7 @@ impl Supervisor {
             started: Instant::now(),
             next: self.children.len(),
         };
+        let _ = self.env.bus.send(ShutdownBegun);
         self.stop_next(ctx);
     }
 
@@ -348,6 +391,7 @@ impl Actor for Supervisor {
         let bus = self.env.bus.clone();
         bus.register(ctx.address().recipient::<ShutdownRequested>());
         bus.register(ctx.address().recipient::<RestartRequested>());
+        bus.register(ctx.address().recipient::<CheckAlive>());
         let mut startup_logged = false;
         for index in 0..self.children.len() {
             self.start_child(index, ctx);
@@ -367,6 +411,27 @@ impl Actor for Supervisor {
                 .map(|s| s.spec.name)
                 .collect::<Vec<_>>()
         );
+        let _ = self.env.bus.send(ChildrenStarted);
+    }
+}
+
+impl Handler<CheckAlive> for Supervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: CheckAlive, _: &mut Context<Self>) -> Self::Result {
+        let probes: Vec<_> = self
+            .children
+            .iter()
+            .filter_map(|slot| slot.running.as_ref().map(|live| live.probe.send(Probe)))
+            .collect();
+        // A child being restarted is the Supervisor doing its job, not a wedged loop: only the
+        // running ones are asked.
+        let all_running = matches!(self.phase, Phase::Running);
+        Box::pin(async move {
+            let answers =
+                tokio::time::timeout(msg.within, futures_util::future::join_all(probes)).await;
+            all_running && answers.is_ok_and(|a| a.iter().all(Result::is_ok))
+        })
     }
 }
 

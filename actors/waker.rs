@@ -299,6 +299,8 @@ impl Actor for WakerActor {
     type Context = Context<Self>;
 }
 
+crate::answers_probe!(WakerActor);
+
 impl Child for WakerActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<WakeTask>());

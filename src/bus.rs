@@ -66,6 +66,21 @@ impl Bus {
         Ok(())
     }
 
+    /// Sends `msg` to the first live recipient of `M` and returns its answer (for queries
+    /// such as the watchdog's liveness check); `None` if nobody accepts `M`.
+    pub fn ask<M>(&self, msg: M) -> Option<actix::dev::RecipientRequest<M>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let routes = self.routes.borrow();
+        let list = routes
+            .get(&TypeId::of::<M>())?
+            .downcast_ref::<Vec<Recipient<M>>>()?;
+        let recipient = list.iter().find(|r| r.connected())?;
+        Some(recipient.send(msg))
+    }
+
     /// Whether anyone accepts `M` right now.
     pub fn routes<M>(&self) -> bool
     where

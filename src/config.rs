@@ -119,6 +119,14 @@ pub struct Config {
     pub results_dir: PathBuf,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
+    /// Rotate the log file before it grows past this many bytes (0: never).
+    pub log_max_bytes: u64,
+    /// Rotated files kept (`sidecar.log.1` … `.N`).
+    pub log_keep: u32,
+    /// The running sidecar's state, for `agentcom-sidecar status`.
+    pub status_file: PathBuf,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub queue_file: PathBuf,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
@@ -187,6 +195,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "results_dir",
     "log_file",
     "log_level",
+    "log_max_bytes",
+    "log_keep",
+    "status_file",
+    "metrics_listen",
+    "metrics_public",
     "queue_file",
     "heartbeat_interval_ms",
     "heartbeat_timeout_ms",
@@ -311,6 +324,10 @@ impl Config {
             "restart_window_ms": ms(self.restart_window),
             "restart_delay_ms": ms(self.restart_delay),
             "shutdown_timeout_ms": ms(self.shutdown_timeout),
+            "log_max_bytes": self.log_max_bytes,
+            "log_keep": self.log_keep,
+            "status_file": self.status_file,
+            "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
         })
     }
 }
@@ -380,6 +397,7 @@ impl Raw<'_> {
                 ))
             }
         };
+        let metrics_listen = self.metrics_listen()?;
         if ca_file.is_some() && !hub_url.is_tls() {
             warnings.push(format!(
                 "{}: ca_file is set but hub_url {} is not wss://; ca_file is unused",
@@ -399,6 +417,10 @@ impl Raw<'_> {
             results_dir: self.path_or("results_dir", "./results")?,
             log_file: self.path_or("log_file", "./sidecar.log")?,
             log_level,
+            log_max_bytes: self.int("log_max_bytes", 10 * 1024 * 1024, 0, 1 << 40)?,
+            log_keep: self.int("log_keep", 5, 0, 1000)? as u32,
+            status_file: self.path_or("status_file", "./status.json")?,
+            metrics_listen,
             queue_file: self.path_or("queue_file", "./queue.json")?,
             heartbeat_interval: self.ms("heartbeat_interval_ms", 30_000, 1)?,
             heartbeat_timeout: self.ms("heartbeat_timeout_ms", 10_000, 1)?,
@@ -546,6 +568,34 @@ impl Raw<'_> {
                 _ => Err(self.wrong_type(key, expected, i)),
             })
             .collect()
+    }
+
+    /// `metrics_listen`: an IP address and port; loopback unless `metrics_public` is true, so
+    /// the endpoint is never exposed by accident.
+    fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let public = match self.get("metrics_public") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(self.wrong_type("metrics_public", "true or false", v)),
+        };
+        let Some(text) = self.opt_str("metrics_listen")?.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            self.invalid(
+                "metrics_listen",
+                "an IP address and port such as \"127.0.0.1:9464\"",
+                &format!("\"{text}\""),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !public {
+            return Err(self.invalid(
+                "metrics_listen",
+                "a loopback address (set \"metrics_public\": true to serve on other interfaces)",
+                &format!("\"{text}\""),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     fn opt_path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {

@@ -11,6 +11,8 @@
 //! - [`queue`] — the task queue's data and its file (active, recovering, outbox).
 //! - [`backoff`] — reconnect delays with equal jitter.
 //! - [`tls`] — rustls client configuration for `wss://`.
+//! - [`status`] — the running sidecar's report: state file, systemd status, Prometheus text.
+//! - [`metrics`] — the optional `/healthz`, `/readyz`, `/metrics` endpoint.
 //! - [`devhub`] — a small real hub for development, the demo and the tests.
 //! - [`demo`] — the dev hub and a sidecar together, for a first look.
 
@@ -22,7 +24,9 @@ pub mod config;
 pub mod demo;
 pub mod devhub;
 pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod runtime;
+pub mod status;
 pub mod tls;

@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -163,6 +163,19 @@ impl KV for RecordKv<'_> {
     }
 }
 
+/// When the log file is rotated: before it would pass `max_bytes` (0: never), keeping `keep`
+/// older files.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+/// Lines that could not go to the log file and went to stderr instead.
+pub static LINES_TO_STDERR: AtomicU64 = AtomicU64::new(0);
+/// Lines that could be written nowhere (log file and stderr both failed).
+pub static LINES_LOST: AtomicU64 = AtomicU64::new(0);
+
 /// The record could not be queued: the writer thread is behind. Try again later.
 pub struct WriterBusy;
 
@@ -181,9 +194,14 @@ const CHANNEL: usize = 1024;
 impl LogWriter {
     /// Starts the writer thread. The log file is opened lazily and never fails this call: an
     /// unwritable file means lines go to stderr until it can be written.
-    pub fn start(path: &Path, agent_id: &str, human_stdout: bool) -> io::Result<LogWriter> {
+    pub fn start(
+        path: &Path,
+        rotation: Rotation,
+        agent_id: &str,
+        human_stdout: bool,
+    ) -> io::Result<LogWriter> {
         let reopen = Arc::new(AtomicBool::new(false));
-        let sink = FileSink::new(path.to_path_buf(), reopen.clone());
+        let sink = FileSink::new(path.to_path_buf(), rotation, reopen.clone());
         let json = slog_json::Json::new(sink)
             .set_newlines(true)
             .set_flush(true)
@@ -249,7 +267,10 @@ impl Drop for LogWriter {
 /// written, and reopens the file when asked or when its path no longer leads to it.
 struct FileSink {
     path: PathBuf,
+    rotation: Rotation,
     file: Option<File>,
+    /// Bytes in the open file.
+    size: u64,
     line: Vec<u8>,
     reopen: Arc<AtomicBool>,
     next_open: Instant,
@@ -261,11 +282,13 @@ struct FileSink {
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl FileSink {
-    fn new(path: PathBuf, reopen: Arc<AtomicBool>) -> Self {
+    fn new(path: PathBuf, rotation: Rotation, reopen: Arc<AtomicBool>) -> Self {
         let now = Instant::now();
         FileSink {
             path,
+            rotation,
             file: None,
+            size: 0,
             line: Vec::with_capacity(512),
             reopen,
             next_open: now,
@@ -284,6 +307,7 @@ impl FileSink {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
         match options.open(&self.path) {
             Ok(f) => {
+                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
                 if self.failing {
                     self.failing = false;
@@ -332,6 +356,29 @@ impl FileSink {
         false
     }
 
+    /// `sidecar.log` → `.1` → `.2` … → `.keep` (the oldest is overwritten), then a fresh file.
+    /// Runs between two whole lines, so no line is ever split across files.
+    fn rotate(&mut self) {
+        self.file = None;
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        let moved = if self.rotation.keep == 0 {
+            std::fs::remove_file(&self.path)
+        } else {
+            for n in (1..self.rotation.keep).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))
+        };
+        if let Err(e) = moved {
+            self.notice("log_rotate_failed", Some(&e));
+        }
+        self.open();
+    }
+
     fn commit(&mut self) {
         let now = Instant::now();
         if self.reopen.swap(false, Ordering::Relaxed)
@@ -346,15 +393,29 @@ impl FileSink {
         if self.file.is_none() && now >= self.next_open {
             self.open();
         }
+        let max = self.rotation.max_bytes;
+        if self.file.is_some()
+            && max > 0
+            && self.size > 0
+            && self.size + self.line.len() as u64 > max
+        {
+            self.rotate();
+        }
         let written = match &mut self.file {
             Some(f) => f.write_all(&self.line),
             None => Err(io::Error::other("log file not open")),
         };
-        if let Err(e) = written {
-            if self.file.is_some() {
-                self.fail(&e);
+        match written {
+            Ok(()) => self.size += self.line.len() as u64,
+            Err(e) => {
+                if self.file.is_some() {
+                    self.fail(&e);
+                }
+                LINES_TO_STDERR.fetch_add(1, Ordering::Relaxed);
+                if io::stderr().lock().write_all(&self.line).is_err() {
+                    LINES_LOST.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            let _ = io::stderr().lock().write_all(&self.line);
         }
         self.line.clear();
     }
@@ -439,6 +500,11 @@ impl slog::Serializer for HumanLine {
 mod tests {
     use super::*;
 
+    const NO_ROTATION: Rotation = Rotation {
+        max_bytes: 0,
+        keep: 0,
+    };
+
     fn record(fields: Vec<(&'static str, Value)>) -> LogRecord {
         LogRecord {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_707_500_000_123),
@@ -452,7 +518,7 @@ mod tests {
     fn json_line_has_ts_level_event_agent_id_first_then_typed_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/sidecar.log");
-        let mut w = LogWriter::start(&path, "a1", false).unwrap();
+        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false).unwrap();
         let nested = serde_json::json!({"k": [1, 2]});
         w.write_blocking(&record(vec![
             ("attempt", 3.into()),
@@ -468,12 +534,54 @@ mod tests {
     }
 
     #[test]
+    fn rotation_keeps_whole_lines_and_at_most_keep_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("side.log");
+        let rotation = Rotation {
+            max_bytes: 2000,
+            keep: 2,
+        };
+        let mut w = LogWriter::start(&path, rotation, "a1", false).unwrap();
+        for n in 0..200 {
+            w.write_blocking(&record(vec![("n", n.into())]));
+        }
+        w.finish();
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 3, "{files:?}");
+        let mut seen = Vec::new();
+        for f in [
+            path.with_extension("log.2"),
+            path.with_extension("log.1"),
+            path.clone(),
+        ] {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(
+                text.len() <= 2000,
+                "{} is {} bytes",
+                f.display(),
+                text.len()
+            );
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).expect("whole JSON line");
+                seen.push(v["n"].as_u64().unwrap());
+            }
+        }
+        // The newest lines, contiguous, ending with the last one.
+        assert_eq!(*seen.last().unwrap(), 199);
+        assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seen:?}");
+    }
+
+    #[test]
     fn unwritable_log_file_does_not_fail_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         // A directory where the file should be: opening it for writing fails.
         let path = dir.path().join("is-a-dir");
         std::fs::create_dir(&path).unwrap();
-        let mut w = LogWriter::start(&path, "a1", false).unwrap();
+        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false).unwrap();
         w.write_blocking(&record(vec![]));
         w.finish();
         assert!(path.is_dir());

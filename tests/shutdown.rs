@@ -43,7 +43,15 @@ fn stops_in_good_order(signal: i32, name: &str) {
         .collect();
     assert_eq!(
         stopped,
-        ["queue", "waker", "results", "hub", "heartbeat", "shutdown"]
+        [
+            "queue",
+            "waker",
+            "results",
+            "hub",
+            "heartbeat",
+            "status",
+            "shutdown"
+        ]
     );
 }
 

@@ -55,6 +55,11 @@ impl<const MODE: usize> Actor for Faulty<MODE> {
     }
 }
 
+impl<const MODE: usize> Handler<agentcom_sidecar::actors::Probe> for Faulty<MODE> {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
 impl<const MODE: usize> Child for Faulty<MODE> {
     fn routes(_: &Bus, _: &Addr<Self>) {}
 }

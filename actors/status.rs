@@ -1,0 +1,393 @@
+//! StatusActor: tells the outside world what the sidecar is doing.
+//!
+//! It builds one [`Status`] from the events the other actors publish (session state,
+//! heartbeat round trips, restarts, tasks) and reports it three ways:
+//!
+//! - the state file (`status_file`) read by `agentcom-sidecar status`: written atomically,
+//!   off the event loop, at most about once a second, and once more with `stopped_at` on an
+//!   orderly stop;
+//! - systemd's notify protocol, when `$NOTIFY_SOCKET` is set: `READY=1` once every child
+//!   has started (config and queue loaded), `STATUS=` lines as the state changes,
+//!   `STOPPING=1` when shutdown begins, and `WATCHDOG=1` at half of `$WATCHDOG_USEC` — sent
+//!   only after a round trip through the Supervisor and every child's mailbox
+//!   ([`CheckAlive`]) succeeded, so a wedged event loop gets the process restarted;
+//! - with `metrics_listen`, an HTTP endpoint (actix-web, one worker): `/healthz`, `/readyz`
+//!   (identified) and `/metrics` (Prometheus text).
+//!
+//! It holds nothing that matters across a restart: a fresh one rebuilds the picture from the
+//! next events (and asks the hub to announce its session).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+
+use super::heartbeat::HeartbeatAnswered;
+use super::hub::{AnnounceSession, HubState, HubStateChanged, SessionIdentified};
+use super::queue::{TaskEnded, TasksChanged};
+use super::supervisor::{ActorRestarted, CheckAlive, ChildrenStarted, ShutdownBegun};
+use super::{Child, Env, Stop};
+use crate::bus::Bus;
+use crate::log::{LINES_LOST, LINES_TO_STDERR};
+use crate::log_event;
+use crate::status::{ActiveTask, Restarts, Status};
+
+/// At most one state-file write per this interval.
+const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+pub struct StatusActor {
+    env: Env,
+    /// Shared with the metrics endpoint's worker thread.
+    status: Arc<RwLock<Status>>,
+    last_write: Option<Instant>,
+    write_scheduled: bool,
+    writing: bool,
+    systemd_status: String,
+    server: Option<actix_web::dev::ServerHandle>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl StatusActor {
+    pub fn new(env: &Env) -> Self {
+        let config = &env.config;
+        let status = Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            agent_id: config.agent_id.clone(),
+            hub_url: config.hub_url.to_string(),
+            started_at: now(),
+            session: crate::status::Session {
+                state: "starting".into(),
+                ..Default::default()
+            },
+            ..Status::default()
+        };
+        StatusActor {
+            env: env.clone(),
+            status: Arc::new(RwLock::new(status)),
+            last_write: None,
+            write_scheduled: false,
+            writing: false,
+            systemd_status: String::new(),
+            server: None,
+        }
+    }
+
+    /// Applies a change, then reports it (state file soon, systemd status now).
+    fn update(&mut self, ctx: &mut Context<Self>, change: impl FnOnce(&mut Status)) {
+        if let Ok(mut status) = self.status.write() {
+            change(&mut status);
+            status.log.lines_to_stderr = LINES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed);
+            status.log.lines_lost = LINES_LOST.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        self.notify_status();
+        self.schedule_write(ctx);
+    }
+
+    fn snapshot(&self) -> Status {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn notify_status(&mut self) {
+        let line = self.snapshot().one_line();
+        if line != self.systemd_status {
+            notify(&[sd_notify::NotifyState::Status(&line)]);
+            self.systemd_status = line;
+        }
+    }
+
+    fn schedule_write(&mut self, ctx: &mut Context<Self>) {
+        if self.write_scheduled {
+            return;
+        }
+        self.write_scheduled = true;
+        let wait = self
+            .last_write
+            .map(|at| WRITE_EVERY.saturating_sub(at.elapsed()))
+            .unwrap_or_default();
+        ctx.run_later(wait, |act, ctx| {
+            act.write_scheduled = false;
+            act.write(ctx);
+        });
+    }
+
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            // One write at a time; the next one picks up this change.
+            return self.schedule_write(ctx);
+        }
+        self.writing = true;
+        self.last_write = Some(Instant::now());
+        let mut status = self.snapshot();
+        status.updated_at = now();
+        let path = self.env.config.status_file.clone();
+        let job = actix_rt::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
+            crate::queue::write_atomic(&path, &bytes)
+        });
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(job).map(|result, act, _| {
+                act.writing = false;
+                let error = match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log_event!(
+                    act.env.log,
+                    Warn,
+                    "status_write_failed",
+                    status_file = act.env.config.status_file,
+                    error = error
+                );
+            }),
+        );
+    }
+
+    /// Pings systemd's watchdog at half its interval, after proving the actors alive.
+    fn start_watchdog(&mut self, ctx: &mut Context<Self>) {
+        let Some(timeout) = watchdog_timeout() else {
+            return;
+        };
+        let interval = timeout / 2;
+        log_event!(
+            self.env.log,
+            Info,
+            "watchdog_enabled",
+            interval_ms = interval.as_millis() as u64
+        );
+        ctx.run_interval(interval, move |act, ctx| {
+            let Some(check) = act.env.bus.ask(CheckAlive {
+                within: interval / 2,
+            }) else {
+                return;
+            };
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(check).map(|alive, act, _| {
+                    if alive.unwrap_or(false) {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        log_event!(
+                            act.env.log,
+                            Warn,
+                            "watchdog_skipped",
+                            reason = "an actor did not answer in time"
+                        );
+                    }
+                }),
+            );
+        });
+    }
+
+    fn start_metrics(&mut self) {
+        let Some(addr) = self.env.config.metrics_listen else {
+            return;
+        };
+        match crate::metrics::serve(addr, self.status.clone()) {
+            Ok(handle) => {
+                log_event!(
+                    self.env.log,
+                    Info,
+                    "metrics_listening",
+                    address = addr.to_string()
+                );
+                self.server = Some(handle);
+            }
+            Err(e) => {
+                // The sidecar's job goes on without its metrics.
+                log_event!(
+                    self.env.log,
+                    Error,
+                    "metrics_bind_failed",
+                    address = addr.to_string(),
+                    error = e.to_string()
+                );
+            }
+        }
+    }
+}
+
+/// `$WATCHDOG_USEC`, as libsystemd reads it: set, non-zero, and `$WATCHDOG_PID` either
+/// unset or this process.
+fn watchdog_timeout() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = match std::env::var("WATCHDOG_PID") {
+        Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
+        Err(_) => true,
+    };
+    (usec > 0 && for_us).then(|| Duration::from_micros(usec))
+}
+
+/// Sends to systemd if it is listening; a no-op without `$NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+impl Actor for StatusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.start_metrics();
+        self.start_watchdog(ctx);
+        let _ = self.env.bus.send(AnnounceSession);
+        self.schedule_write(ctx);
+    }
+}
+
+crate::answers_probe!(StatusActor);
+
+impl Child for StatusActor {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(addr.clone().recipient::<ChildrenStarted>());
+        bus.register(addr.clone().recipient::<ShutdownBegun>());
+        bus.register(addr.clone().recipient::<ActorRestarted>());
+        bus.register(addr.clone().recipient::<HubStateChanged>());
+        bus.register(addr.clone().recipient::<SessionIdentified>());
+        bus.register(addr.clone().recipient::<HeartbeatAnswered>());
+        bus.register(addr.clone().recipient::<TasksChanged>());
+        bus.register(addr.clone().recipient::<TaskEnded>());
+    }
+}
+
+impl Handler<Stop> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        if let Some(server) = self.server.take() {
+            actix_rt::spawn(server.stop(false));
+        }
+        // The last word, written synchronously: the process is about to end.
+        let mut status = self.snapshot();
+        status.session.state = "stopping".into();
+        status.updated_at = now();
+        status.stopped_at = Some(now());
+        if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
+            if let Err(e) = crate::queue::write_atomic(&self.env.config.status_file, &bytes) {
+                log_event!(
+                    self.env.log,
+                    Warn,
+                    "status_write_failed",
+                    error = e.to_string()
+                );
+            }
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<ChildrenStarted> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, _: ChildrenStarted, ctx: &mut Context<Self>) {
+        // Every child answers a probe only after its `started()` ran (the queue is loaded):
+        // then the service is ready.
+        let Some(check) = self.env.bus.ask(CheckAlive {
+            within: Duration::from_secs(10),
+        }) else {
+            return;
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(check).map(|alive, act, _| {
+                if alive.unwrap_or(false) {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    let line = act.snapshot().one_line();
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    log_event!(act.env.log, Debug, "service_ready");
+                }
+            }),
+        );
+    }
+}
+
+impl Handler<ShutdownBegun> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, _: ShutdownBegun, ctx: &mut Context<Self>) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        self.update(ctx, |s| s.session.state = "stopping".into());
+    }
+}
+
+impl Handler<ActorRestarted> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
+        self.update(ctx, |s| {
+            let entry = s
+                .restarts
+                .entry(msg.actor.to_string())
+                .or_insert_with(Restarts::default);
+            entry.count += 1;
+            entry.last_reason = msg.reason;
+            entry.last_at = now();
+        });
+    }
+}
+
+impl Handler<HubStateChanged> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: HubStateChanged, ctx: &mut Context<Self>) {
+        self.update(ctx, |s| {
+            let session = &mut s.session;
+            session.attempt = msg.attempt;
+            session.retry_in_ms = msg.retry_in.map(|d| d.as_millis() as u64);
+            match msg.state {
+                HubState::Connecting => session.state = "connecting".into(),
+                HubState::Identified => {
+                    session.state = "identified".into();
+                    session.identified_since = Some(now());
+                }
+                HubState::Waiting => {
+                    session.state = "waiting".into();
+                    session.identified_since = None;
+                    s.reconnects += 1;
+                }
+            }
+        });
+    }
+}
+
+impl Handler<SessionIdentified> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, _: SessionIdentified, ctx: &mut Context<Self>) {
+        // After a restart of this actor: the session was already up.
+        self.update(ctx, |s| {
+            if s.session.state != "identified" {
+                s.session.state = "identified".into();
+                s.session.identified_since.get_or_insert_with(now);
+            }
+        });
+    }
+}
+
+impl Handler<HeartbeatAnswered> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: HeartbeatAnswered, ctx: &mut Context<Self>) {
+        self.update(ctx, |s| {
+            s.session.last_pong = Some(now());
+            s.session.heartbeat_rtt_ms = Some(msg.rtt.as_secs_f64() * 1000.0);
+        });
+    }
+}
+
+impl Handler<TasksChanged> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: TasksChanged, ctx: &mut Context<Self>) {
+        self.update(ctx, |s| {
+            s.tasks.active = msg.active.map(|(task_id, status)| ActiveTask {
+                task_id,
+                status: status.to_string(),
+            });
+            s.tasks.recovering = msg.recovering;
+            s.tasks.outbox = msg.outbox;
+        });
+    }
+}
+
+impl Handler<TaskEnded> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: TaskEnded, ctx: &mut Context<Self>) {
+        self.update(ctx, |s| {
+            *s.tasks.ended.entry(msg.outcome.to_string()).or_insert(0) += 1
+        });
+    }
+}

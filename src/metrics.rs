@@ -1,0 +1,64 @@
+//! The optional HTTP endpoint (`metrics_listen`): `/healthz` answers while the process is up,
+//! `/readyz` while the hub session is identified, `/metrics` gives the Prometheus text of
+//! the current [`Status`]. One actix-web worker thread, started by the StatusActor only when
+//! configured; the address was checked at config time (loopback unless `metrics_public`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+use crate::status::Status;
+
+type Shared = web::Data<Arc<RwLock<Status>>>;
+
+/// Binds and starts serving on the current actix System; the handle stops it.
+pub fn serve(
+    addr: SocketAddr,
+    status: Arc<RwLock<Status>>,
+) -> std::io::Result<actix_web::dev::ServerHandle> {
+    let data: Shared = web::Data::new(status);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    // The sidecar's own ShutdownActor handles signals.
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(status: Shared) -> HttpResponse {
+    let state = status
+        .read()
+        .map(|s| s.session.state.clone())
+        .unwrap_or_default();
+    if state == "identified" {
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("identified\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("{state}\n"))
+    }
+}
+
+async fn metrics(status: Shared) -> HttpResponse {
+    let text = status.read().map(|s| s.prometheus()).unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
+}

@@ -1,0 +1,405 @@
+//! What the running sidecar reports about itself: the state file behind
+//! `agentcom-sidecar status`, the systemd `STATUS=` line, and the Prometheus text of
+//! `/metrics`.
+//!
+//! The StatusActor keeps one [`Status`] up to date from the events the other actors
+//! publish and writes it to `status_file` (atomically, at most about once a second). This
+//! module is the data and its renderings; it does no waiting and owns no timers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `status` shows. Timestamps are RFC 3339, UTC, milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub agent_id: String,
+    pub hub_url: String,
+    pub started_at: String,
+    pub updated_at: String,
+    /// Set when the process stopped in good order.
+    #[serde(default)]
+    pub stopped_at: Option<String>,
+    pub session: Session,
+    pub reconnects: u64,
+    #[serde(default)]
+    pub restarts: BTreeMap<String, Restarts>,
+    pub tasks: Tasks,
+    pub log: LogCounters,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// `starting`, `connecting`, `identified`, `waiting`, `stopping`.
+    pub state: String,
+    pub attempt: u64,
+    pub identified_since: Option<String>,
+    /// With `waiting`: the next attempt's delay.
+    pub retry_in_ms: Option<u64>,
+    pub last_pong: Option<String>,
+    pub heartbeat_rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Restarts {
+    pub count: u64,
+    pub last_reason: String,
+    pub last_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tasks {
+    pub active: Option<ActiveTask>,
+    pub recovering: Option<String>,
+    pub outbox: usize,
+    /// Tasks that left the sidecar's hands, by outcome: complete, failed, rejected, cancelled.
+    #[serde(default)]
+    pub ended: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveTask {
+    pub task_id: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogCounters {
+    pub lines_to_stderr: u64,
+    pub lines_lost: u64,
+}
+
+impl Status {
+    /// One line for systemd's `STATUS=`: what it is doing now.
+    pub fn one_line(&self) -> String {
+        let session = match self.session.state.as_str() {
+            "identified" => format!("identified to {}", self.hub_url),
+            "waiting" => match self.session.retry_in_ms {
+                Some(ms) => format!("reconnecting to {} in {}", self.hub_url, human_ms(ms)),
+                None => format!("reconnecting to {}", self.hub_url),
+            },
+            "connecting" => format!(
+                "connecting to {} (attempt {})",
+                self.hub_url, self.session.attempt
+            ),
+            other => other.to_string(),
+        };
+        match (&self.tasks.active, &self.tasks.recovering) {
+            (Some(t), _) => format!("{session}; working on {} ({})", t.task_id, t.status),
+            (None, Some(r)) => format!("{session}; recovering {r}"),
+            (None, None) => format!("{session}; idle"),
+        }
+    }
+
+    /// The readable report of `agentcom-sidecar status`.
+    pub fn report(&self, liveness: &Liveness) -> String {
+        let mut out = String::new();
+        let state = match liveness {
+            Liveness::Running => "running".to_string(),
+            Liveness::Stopped => format!(
+                "STOPPED (in good order at {}); the state below is its last",
+                self.stopped_at.as_deref().unwrap_or("?")
+            ),
+            Liveness::Stale => format!(
+                "NOT RUNNING: pid {} is gone without a clean stop; the state below is stale (written {})",
+                self.pid, self.updated_at
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "agentcom-sidecar {} for agent {} (pid {}): {state}",
+            self.version, self.agent_id, self.pid
+        );
+        let s = &self.session;
+        let since = s
+            .identified_since
+            .as_deref()
+            .map(|t| format!(" since {t}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  session:    {}{since} (attempt {})",
+            self.one_line(),
+            s.attempt
+        );
+        let pong = match (&s.last_pong, s.heartbeat_rtt_ms) {
+            (Some(at), Some(rtt)) => format!("{at} (round trip {rtt:.1} ms)"),
+            (Some(at), None) => at.clone(),
+            _ => "none yet".to_string(),
+        };
+        let _ = writeln!(out, "  last pong:  {pong}");
+        let _ = writeln!(out, "  reconnects: {}", self.reconnects);
+        if self.restarts.is_empty() {
+            let _ = writeln!(out, "  restarts:   none");
+        }
+        for (actor, r) in &self.restarts {
+            let _ = writeln!(
+                out,
+                "  restarts:   {actor} ×{} (last {}: {})",
+                r.count, r.last_at, r.last_reason
+            );
+        }
+        let t = &self.tasks;
+        let active = t
+            .active
+            .as_ref()
+            .map(|a| format!("{} ({})", a.task_id, a.status))
+            .unwrap_or_else(|| "none".into());
+        let _ = writeln!(
+            out,
+            "  tasks:      active {active}; recovering {}; outbox {}",
+            t.recovering.as_deref().unwrap_or("none"),
+            t.outbox
+        );
+        let ended: Vec<String> = t.ended.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let ended = if ended.is_empty() {
+            "none".to_string()
+        } else {
+            ended.join(", ")
+        };
+        let _ = writeln!(out, "  finished:   {ended}");
+        let _ = writeln!(
+            out,
+            "  log:        {} lines to stderr, {} lost",
+            self.log.lines_to_stderr, self.log.lines_lost
+        );
+        let _ = writeln!(
+            out,
+            "  started:    {}; updated {}",
+            self.started_at, self.updated_at
+        );
+        out
+    }
+
+    /// The Prometheus text exposition of `/metrics`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+            let _ = writeln!(out, "# HELP agentcom_sidecar_{name} {help}");
+            let _ = writeln!(out, "# TYPE agentcom_sidecar_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "agentcom_sidecar_{name}{labels} {value}");
+            }
+        };
+        let s = &self.session;
+        let states = ["connecting", "identified", "waiting", "stopping"];
+        let session: Vec<(String, f64)> = states
+            .iter()
+            .map(|st| {
+                (
+                    format!("{{state=\"{st}\"}}"),
+                    f64::from(u8::from(s.state == *st)),
+                )
+            })
+            .collect();
+        metric(
+            "session_state",
+            "gauge",
+            "1 for the hub session's current state.",
+            &session,
+        );
+        metric(
+            "up",
+            "gauge",
+            "1 while the hub session is identified.",
+            &[(String::new(), f64::from(u8::from(s.state == "identified")))],
+        );
+        metric(
+            "reconnects_total",
+            "counter",
+            "Reconnects scheduled after a lost or failed session.",
+            &[(String::new(), self.reconnects as f64)],
+        );
+        if let Some(rtt) = s.heartbeat_rtt_ms {
+            metric(
+                "heartbeat_rtt_seconds",
+                "gauge",
+                "Round trip of the last answered heartbeat.",
+                &[(String::new(), rtt / 1000.0)],
+            );
+        }
+        let restarts: Vec<(String, f64)> = self
+            .restarts
+            .iter()
+            .map(|(actor, r)| (format!("{{actor=\"{}\"}}", escape(actor)), r.count as f64))
+            .collect();
+        metric(
+            "actor_restarts_total",
+            "counter",
+            "Restarts of each actor by the Supervisor.",
+            &restarts,
+        );
+        let outcomes = ["complete", "failed", "rejected", "cancelled"];
+        let ended: Vec<(String, f64)> = outcomes
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{outcome=\"{o}\"}}"),
+                    self.tasks.ended.get(*o).copied().unwrap_or(0) as f64,
+                )
+            })
+            .collect();
+        metric(
+            "tasks_total",
+            "counter",
+            "Tasks that left the sidecar, by outcome.",
+            &ended,
+        );
+        metric(
+            "task_active",
+            "gauge",
+            "1 while a task is active.",
+            &[(
+                String::new(),
+                f64::from(u8::from(self.tasks.active.is_some())),
+            )],
+        );
+        metric(
+            "outbox_length",
+            "gauge",
+            "Lifecycle frames waiting for the hub's ack.",
+            &[(String::new(), self.tasks.outbox as f64)],
+        );
+        metric(
+            "log_lines_to_stderr_total",
+            "counter",
+            "Log lines written to stderr because the log file could not be.",
+            &[(String::new(), self.log.lines_to_stderr as f64)],
+        );
+        metric(
+            "log_lines_dropped_total",
+            "counter",
+            "Log lines written nowhere (log file and stderr both failed).",
+            &[(String::new(), self.log.lines_lost as f64)],
+        );
+        out
+    }
+}
+
+/// Whether the process that wrote a state file is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    /// It wrote `stopped_at`: it stopped in good order.
+    Stopped,
+    /// Its pid is gone (or belongs to something else) and it never said it stopped.
+    Stale,
+}
+
+impl Status {
+    pub fn liveness(&self) -> Liveness {
+        if self.stopped_at.is_some() {
+            return Liveness::Stopped;
+        }
+        if process_is_ours(self.pid) {
+            Liveness::Running
+        } else {
+            Liveness::Stale
+        }
+    }
+}
+
+/// Whether `pid` is alive and is this program (a recycled pid is not).
+fn process_is_ours(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    !zombie && String::from_utf8_lossy(&cmdline).contains(env!("CARGO_PKG_NAME"))
+}
+
+/// Reads a state file.
+pub fn read(path: &Path) -> Result<Status, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no state file at {}: the sidecar has not run with this config",
+            path.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    })?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: not a state file: {e}", path.display()))
+}
+
+fn human_ms(ms: u64) -> String {
+    if ms >= 1000 {
+        format!("{:.0} s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// Prometheus label values escape backslash, quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        let mut s = Status {
+            version: "0.1.0".into(),
+            pid: u32::MAX,
+            agent_id: "a1".into(),
+            hub_url: "ws://hub/ws".into(),
+            ..Status::default()
+        };
+        s.session.state = "waiting".into();
+        s.session.retry_in_ms = Some(8000);
+        s.tasks.active = Some(ActiveTask {
+            task_id: "task-abc".into(),
+            status: "working".into(),
+        });
+        s.restarts.insert(
+            "hub".into(),
+            Restarts {
+                count: 2,
+                last_reason: "panic: boom".into(),
+                last_at: "t".into(),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn one_line_says_what_it_is_doing() {
+        assert_eq!(
+            sample().one_line(),
+            "reconnecting to ws://hub/ws in 8 s; working on task-abc (working)"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_has_help_type_and_labelled_samples() {
+        let text = sample().prometheus();
+        assert!(text.contains("# TYPE agentcom_sidecar_reconnects_total counter"));
+        assert!(text.contains("agentcom_sidecar_session_state{state=\"waiting\"} 1"));
+        assert!(text.contains("agentcom_sidecar_actor_restarts_total{actor=\"hub\"} 2"));
+        assert!(text.contains("agentcom_sidecar_tasks_total{outcome=\"failed\"} 0"));
+        assert!(text.contains("agentcom_sidecar_log_lines_dropped_total 0"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_pid_that_is_not_running_makes_the_state_stale() {
+        assert_eq!(sample().liveness(), Liveness::Stale);
+        let mut stopped = sample();
+        stopped.stopped_at = Some("t".into());
+        assert_eq!(stopped.liveness(), Liveness::Stopped);
+        assert!(sample().report(&Liveness::Stale).contains("NOT RUNNING"));
+    }
+}
