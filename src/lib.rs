@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) parses the command line and calls into this library:
 //!
 //! - [`config`] — the config file: located, read, validated into typed values.
+//! - [`check`] — `check-config`: what a valid config cannot promise (writable paths, the wake program).
 //! - [`runtime`] — builds the actor system from a config and runs it to its exit code.
 //! - [`actors`] — the actors (one file each, in `actors/`) and the Supervisor's child list.
 //! - [`bus`] — how actors reach each other by message type, across restarts.
@@ -20,6 +21,7 @@
 pub mod actors;
 pub mod backoff;
 pub mod bus;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod devhub;

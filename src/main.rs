@@ -2,15 +2,19 @@
 //!
 //! Exit codes: 0 clean shutdown; 1 configuration or start-up error; 2 the Supervisor gave up
 //! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
-//! during shutdown.
+//! during shutdown. `status` exits 0 while the sidecar runs and 3 when it does not (as
+//! `systemctl status` does).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use std::io::Write;
+
 use agentcom_sidecar::config::{self, Config};
-use agentcom_sidecar::{demo, devhub};
+use agentcom_sidecar::status::Liveness;
+use agentcom_sidecar::{check, demo, devhub};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +51,14 @@ enum Command {
     },
     /// Start the dev hub and a sidecar against it, and show what happens
     Demo,
+    /// Check the config and what it points to; print the effective config (token redacted)
+    CheckConfig,
+    /// Show what the running sidecar is doing (from its state file)
+    Status {
+        /// Print the state as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -60,18 +72,86 @@ fn main() {
             tls_key,
         } => dev_hub(listen, tokens, tls_cert.zip(tls_key)),
         Command::Demo => demo::run(),
+        Command::CheckConfig => check_config(cli.config),
+        Command::Status { json } => status(cli.config, json),
     };
     std::process::exit(code);
 }
 
 fn run(config: Option<PathBuf>) -> i32 {
-    let path = config::locate(config.as_deref());
-    match Config::load(&path) {
+    match load(config) {
         Ok(config) => agentcom_sidecar::runtime::run(config),
+        Err(code) => code,
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<Config, i32> {
+    let path = config::locate(config.as_deref());
+    Config::load(&path).map_err(|e| {
+        eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
+        1
+    })
+}
+
+fn check_config(config: Option<PathBuf>) -> i32 {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&config.effective()).unwrap_or_default()
+    );
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let problems = check::check(&config);
+    for p in &problems {
+        eprintln!(
+            "error: {}: \"{}\": {}",
+            config.path.display(),
+            p.key,
+            p.message
+        );
+    }
+    if problems.is_empty() {
+        let _ = writeln!(out, "config OK: {}", config.path.display());
+        0
+    } else {
+        1
+    }
+}
+
+fn status(config: Option<PathBuf>, json: bool) -> i32 {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state = match agentcom_sidecar::status::read(&config.status_file) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
-            1
+            eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
+            return 3;
         }
+    };
+    let liveness = state.liveness();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut value = serde_json::to_value(&state).unwrap_or_default();
+        value["liveness"] = format!("{liveness:?}").to_lowercase().into();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        let _ = write!(out, "{}", state.report(&liveness));
+    }
+    match liveness {
+        Liveness::Running => 0,
+        Liveness::Stopped | Liveness::Stale => 3,
     }
 }
 

@@ -74,6 +74,12 @@ impl<const MODE: usize> Handler<Stop> for Faulty<MODE> {
 /// Runs the sidecar (hub unreachable: it just retries) with the faulty child added;
 /// returns the exit code and the parsed log.
 fn run_with_faulty<const MODE: usize>(extra: Value) -> (i32, Vec<Value>) {
+    let (code, lines, _) = run_with_faulty_status::<MODE>(extra);
+    (code, lines)
+}
+
+/// As [`run_with_faulty`], plus the state file the run left behind.
+fn run_with_faulty_status<const MODE: usize>(extra: Value) -> (i32, Vec<Value>, Value) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -93,6 +99,7 @@ fn run_with_faulty<const MODE: usize>(extra: Value) -> (i32, Vec<Value>) {
         .extend(extra.as_object().unwrap().clone());
     let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
     let log_file = config.log_file.clone();
+    let status_file = config.status_file.clone();
     let code = run_with(config, || {
         let mut list = children();
         list.push(ChildSpec::new("faulty", Faulty::<MODE>::new));
@@ -103,7 +110,8 @@ fn run_with_faulty<const MODE: usize>(extra: Value) -> (i32, Vec<Value>) {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    (code, lines)
+    let status = serde_json::from_str(&std::fs::read_to_string(status_file).unwrap()).unwrap();
+    (code, lines, status)
 }
 
 fn events<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
@@ -112,7 +120,7 @@ fn events<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_panicking_child_is_restarted_fresh_and_the_restart_is_logged() {
-    let (code, lines) = run_with_faulty::<PANIC_ONCE>(json!({}));
+    let (code, lines, status) = run_with_faulty_status::<PANIC_ONCE>(json!({}));
     assert_eq!(code, 0);
     let restarted = events(&lines, "actor_restarted");
     assert_eq!(restarted.len(), 1, "{lines:#?}");
@@ -127,6 +135,13 @@ fn a_panicking_child_is_restarted_fresh_and_the_restart_is_logged() {
         .filter(|l| l["actor"] == "faulty")
         .collect();
     assert_eq!(started.len(), 2);
+    // The state file behind `agentcom-sidecar status` keeps the count and the last reason.
+    assert_eq!(status["restarts"]["faulty"]["count"], 1);
+    let reason = status["restarts"]["faulty"]["last_reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.starts_with("panic: injected fault"), "{reason}");
+    assert!(status["stopped_at"].is_string());
     assert_eq!(lines.last().unwrap()["phase"], "complete");
 }
 

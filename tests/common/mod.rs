@@ -60,6 +60,7 @@ pub fn with(mut base: Value, extra: Value) -> Value {
 pub struct Sidecar {
     pub child: Child,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
     pub log_path: PathBuf,
     stdout: Arc<Mutex<String>>,
@@ -78,12 +79,26 @@ impl Sidecar {
 
     /// Starts the binary in `dir` with these arguments.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Sidecar {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// Starts the binary in `dir` with these arguments and extra environment variables.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Sidecar {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, stdout, stderr) = spawn(dir.path(), &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let (child, stdout, stderr) = spawn(dir.path(), &args, &env);
         let log_path = dir.path().join("sidecar.log");
         Sidecar {
             child,
             args,
+            env,
             dir,
             log_path,
             stdout,
@@ -97,7 +112,7 @@ impl Sidecar {
     pub fn kill_and_restart(&mut self) {
         self.signal(SIGKILL);
         let _ = self.child.wait();
-        let (child, stdout, stderr) = spawn(self.dir.path(), &self.args);
+        let (child, stdout, stderr) = spawn(self.dir.path(), &self.args, &self.env);
         self.child = child;
         self.stdout = stdout;
         self.stderr = stderr;
@@ -247,9 +262,14 @@ impl Drop for Sidecar {
     }
 }
 
-fn spawn(dir: &Path, args: &[String]) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
+fn spawn(
+    dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
     let mut child = Command::new(bin())
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
