@@ -159,33 +159,20 @@ impl QueueActor {
 
     /// First start of the process: the active task was interrupted by a crash or stop.
     fn recover(&mut self, ctx: &mut Context<Self>) {
-        let Some(task) = self.state.active.take() else {
-            if let Some(r) = &self.state.recovering {
+        if let Some(task) = self.state.active.take() {
+            if let Some(older) = self.state.recovering.replace(task) {
+                // One recovering slot: the older task is reported failed so the hub reassigns it.
                 log_event!(
                     self.env.log,
-                    Info,
-                    "recovery_found",
-                    task_id = r.task_id,
-                    last_status = r.last_status(),
-                    generation = r.generation
+                    Warn,
+                    "task_failed",
+                    task_id = older.task_id,
+                    reason = "superseded_in_recovery"
                 );
+                let error = "a newer interrupted task took the recovery slot";
+                self.push_outbox(failed_entry(&older, "superseded_in_recovery", error));
             }
-            return;
-        };
-        if let Some(older) = self.state.recovering.replace(task) {
-            // Only one recovering slot: the older task is reported failed so the hub reassigns it.
-            log_event!(
-                self.env.log,
-                Warn,
-                "task_failed",
-                task_id = older.task_id,
-                reason = "superseded_in_recovery"
-            );
-            self.push_outbox(failed_entry(
-                &older,
-                "superseded_in_recovery",
-                "a newer interrupted task took the recovery slot",
-            ));
+            self.commit(ctx, Vec::new(), Vec::new(), None);
         }
         if let Some(r) = &self.state.recovering {
             log_event!(
@@ -197,7 +184,6 @@ impl QueueActor {
                 generation = r.generation
             );
         }
-        self.commit(ctx, Vec::new(), Vec::new(), None);
     }
 
     // ----- durability -----

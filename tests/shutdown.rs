@@ -65,8 +65,8 @@ fn sigint_closes_with_1000_flushes_the_log_and_exits_0() {
     stops_in_good_order(SIGINT, "SIGINT");
 }
 
-#[test]
-fn shutdown_does_not_wait_long_for_a_hub_that_never_answers_the_close() {
+/// A sidecar identified at a hub that never answers a close frame.
+fn with_a_hub_that_ignores_close(shutdown_timeout_ms: u64) -> (DevHub, Sidecar) {
     let hub = hub();
     hub.set_behaviour(Behaviour {
         echo_close: false,
@@ -74,10 +74,16 @@ fn shutdown_does_not_wait_long_for_a_hub_that_never_answers_the_close() {
     });
     let config = with(
         fast_config(&hub.ws_url()),
-        json!({"shutdown_timeout_ms": 1000}),
+        json!({ "shutdown_timeout_ms": shutdown_timeout_ms }),
     );
-    let mut sidecar = Sidecar::start(config);
+    let sidecar = Sidecar::start(config);
     wait_identified(&hub, 1);
+    (hub, sidecar)
+}
+
+#[test]
+fn shutdown_does_not_wait_long_for_a_hub_that_never_answers_the_close() {
+    let (_hub, mut sidecar) = with_a_hub_that_ignores_close(1000);
     let sent = Instant::now();
     sidecar.signal(SIGTERM);
     let status = sidecar.wait_exit(WAIT).expect("exits");
@@ -92,18 +98,8 @@ fn shutdown_does_not_wait_long_for_a_hub_that_never_answers_the_close() {
 
 #[test]
 fn a_second_signal_exits_at_once() {
-    let hub = hub();
-    hub.set_behaviour(Behaviour {
-        echo_close: false,
-        ..hub.behaviour()
-    });
     // The close wait would be 1 s: the second signal must not wait for it.
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"shutdown_timeout_ms": 8000}),
-    );
-    let mut sidecar = Sidecar::start(config);
-    wait_identified(&hub, 1);
+    let (_hub, mut sidecar) = with_a_hub_that_ignores_close(8000);
     sidecar.signal(SIGTERM);
     sidecar.wait_event("shutdown");
     let sent = Instant::now();
