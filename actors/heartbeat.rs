@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::hub::{DropSession, PongReceived, SendFrame, SessionIdentified, SessionLost};
+use super::hub::{
+    AnnounceSession, DropSession, PongReceived, SendFrame, SessionIdentified, SessionLost,
+};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -91,6 +93,11 @@ impl HeartbeatActor {
 
 impl Actor for HeartbeatActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        // After a restart of this actor alone, the session may already be up.
+        let _ = self.env.bus.send(AnnounceSession);
+    }
 }
 
 crate::answers_probe!(HeartbeatActor);

@@ -777,7 +777,7 @@ impl HubActor {
                 self.env.log,
                 Warn,
                 "task_frame_unrouted",
-                kind = format!("{kind:?}"),
+                frame = kind.wire_type(),
                 task_id = task_id
             );
         }

@@ -2,12 +2,16 @@
 //!
 //! On Unix it listens with tokio's signal streams, which tell signals apart and need no
 //! extra thread: SIGINT and SIGTERM ask the Supervisor for an orderly stop
-//! ([`ShutdownRequested`]); a second one exits at once (exit code 128 + signal number);
+//! ([`ShutdownRequested`]); a second one exits at once (exit code 128 + signal number),
+//! unless it is the same signal within 100 ms (one delivery to both the process and its
+//! group, as `timeout` does);
 //! SIGHUP asks the logger to reopen its file ([`ReopenLog`]). On Windows, `ctrlc` (Ctrl-C,
 //! Ctrl-Break, console close) does the same through one process-wide handler that forwards to
 //! the current incarnation. `ctrlc` is not used on Unix because it folds SIGINT, SIGTERM and
 //! SIGHUP into one callback. The actor stops on [`Stop`]; it fails (and is restarted) if a
 //! signal stream cannot be installed.
+
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -52,15 +56,26 @@ impl Signal {
 
 pub struct ShutdownActor {
     env: Env,
-    requested: bool,
+    /// The signal that asked for the shutdown, and when.
+    requested: Option<(Signal, Instant)>,
 }
 
 impl ShutdownActor {
     pub fn new(env: &Env) -> Self {
         ShutdownActor {
             env: env.clone(),
-            requested: false,
+            requested: None,
         }
+    }
+}
+
+/// A repeat of the first signal within this is one delivery seen twice, not a second signal.
+const DUPLICATE_WITHIN: Duration = Duration::from_millis(100);
+
+impl ShutdownActor {
+    fn is_duplicate(&self, signal: Signal) -> bool {
+        self.requested
+            .is_some_and(|(first, at)| first == signal && at.elapsed() < DUPLICATE_WITHIN)
     }
 }
 
@@ -155,7 +170,18 @@ impl Handler<SignalReceived> for ShutdownActor {
                 );
                 let _ = self.env.bus.send(ReopenLog);
             }
-            Signal::Interrupt | Signal::Terminate if self.requested => {
+            Signal::Interrupt | Signal::Terminate if self.is_duplicate(signal) => {
+                // The same signal delivered twice at once (e.g. `timeout` signals the process
+                // and its group): one request, not an operator insisting.
+                log_event!(
+                    self.env.log,
+                    Debug,
+                    "signal_received",
+                    signal = signal.name(),
+                    action = "ignored_duplicate"
+                );
+            }
+            Signal::Interrupt | Signal::Terminate if self.requested.is_some() => {
                 // The operator insists: no more waiting. Written directly: the logger may be
                 // the thing that is slow.
                 use std::io::Write;
@@ -168,7 +194,7 @@ impl Handler<SignalReceived> for ShutdownActor {
                 std::process::exit(signal.forced_exit_code());
             }
             Signal::Interrupt | Signal::Terminate => {
-                self.requested = true;
+                self.requested = Some((signal, Instant::now()));
                 if self
                     .env
                     .bus

@@ -42,6 +42,8 @@ pub struct StatusActor {
     last_write: Option<Instant>,
     write_scheduled: bool,
     writing: bool,
+    /// After [`Stop`]: only the final write happens.
+    stopping: bool,
     systemd_status: String,
     server: Option<actix_web::dev::ServerHandle>,
 }
@@ -71,6 +73,7 @@ impl StatusActor {
             last_write: None,
             write_scheduled: false,
             writing: false,
+            stopping: false,
             systemd_status: String::new(),
             server: None,
         }
@@ -94,7 +97,7 @@ impl StatusActor {
     fn notify_status(&mut self) {
         let line = self.snapshot().one_line();
         if line != self.systemd_status {
-            notify(&[sd_notify::NotifyState::Status(&line)]);
+            notify(Notify::Status(&line));
             self.systemd_status = line;
         }
     }
@@ -115,6 +118,9 @@ impl StatusActor {
     }
 
     fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         if self.writing {
             // One write at a time; the next one picks up this change.
             return self.schedule_write(ctx);
@@ -168,7 +174,7 @@ impl StatusActor {
             ctx.spawn(
                 actix::fut::wrap_future::<_, Self>(check).map(|alive, act, _| {
                     if alive.unwrap_or(false) {
-                        notify(&[sd_notify::NotifyState::Watchdog]);
+                        notify(Notify::Watchdog);
                     } else {
                         log_event!(
                             act.env.log,
@@ -210,6 +216,14 @@ impl StatusActor {
     }
 }
 
+/// What the service manager is told.
+enum Notify<'a> {
+    Ready,
+    Status(&'a str),
+    Stopping,
+    Watchdog,
+}
+
 /// `$WATCHDOG_USEC`, as libsystemd reads it: set, non-zero, and `$WATCHDOG_PID` either
 /// unset or this process.
 fn watchdog_timeout() -> Option<Duration> {
@@ -222,8 +236,20 @@ fn watchdog_timeout() -> Option<Duration> {
 }
 
 /// Sends to systemd if it is listening; a no-op without `$NOTIFY_SOCKET`.
-fn notify(state: &[sd_notify::NotifyState]) {
-    let _ = sd_notify::notify(false, state);
+fn notify(state: Notify) {
+    #[cfg(unix)]
+    {
+        use sd_notify::NotifyState;
+        let state = match state {
+            Notify::Ready => NotifyState::Ready,
+            Notify::Status(line) => NotifyState::Status(line),
+            Notify::Stopping => NotifyState::Stopping,
+            Notify::Watchdog => NotifyState::Watchdog,
+        };
+        let _ = sd_notify::notify(false, &[state]);
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 impl Actor for StatusActor {
@@ -255,6 +281,12 @@ impl Child for StatusActor {
 impl Handler<Stop> for StatusActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        if self.writing {
+            // Let the write in flight land first, or it would overwrite the last word.
+            ctx.run_later(Duration::from_millis(2), |act, ctx| act.handle(Stop, ctx));
+            return;
+        }
         if let Some(server) = self.server.take() {
             actix_rt::spawn(server.stop(false));
         }
@@ -290,9 +322,9 @@ impl Handler<ChildrenStarted> for StatusActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(check).map(|alive, act, _| {
                 if alive.unwrap_or(false) {
-                    notify(&[sd_notify::NotifyState::Ready]);
+                    notify(Notify::Ready);
                     let line = act.snapshot().one_line();
-                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    notify(Notify::Status(&line));
                     log_event!(act.env.log, Debug, "service_ready");
                 }
             }),
@@ -303,7 +335,7 @@ impl Handler<ChildrenStarted> for StatusActor {
 impl Handler<ShutdownBegun> for StatusActor {
     type Result = ();
     fn handle(&mut self, _: ShutdownBegun, ctx: &mut Context<Self>) {
-        notify(&[sd_notify::NotifyState::Stopping]);
+        notify(Notify::Stopping);
         self.update(ctx, |s| s.session.state = "stopping".into());
     }
 }

@@ -7,12 +7,12 @@
 //! is replaced by a fresh actor (clean state) after a delay that doubles with each recent
 //! restart of that child, and `actor_restarted` is logged. Restart intensity as in OTP:
 //! more than `restart_max` restarts within `restart_window` and the Supervisor gives up,
-//! logs `supervisor_gave_up`, stops everything and exits with [`ExitCode::GaveUp`] so the
+//! logs `supervisor_gave_up`, stops everything and exits with [`ExitCode::GaveUp`] (70) so the
 //! service manager restarts the process.
 //!
 //! Shutdown ([`ShutdownRequested`], [`RestartRequested`], giving up): children are stopped
-//! one by one in reverse start order; each gets half the shutdown timeout to finish before
-//! its task is aborted; the last line before the logger stops is `shutdown` complete. Then
+//! one by one in reverse start order, all within `shutdown_timeout`: a child still running
+//! when its share is used up is aborted; the last line before the logger stops is `shutdown` complete. Then
 //! the actix System stops with the exit code.
 
 use std::collections::VecDeque;
@@ -29,8 +29,9 @@ use crate::log_event;
 pub enum ExitCode {
     /// Orderly shutdown on a signal.
     Clean = 0,
-    /// Restart intensity exceeded.
-    GaveUp = 2,
+    /// Restart intensity exceeded (EX_SOFTWARE; 2 is what the command-line parser uses for
+    /// a usage error).
+    GaveUp = 70,
     /// The hub asked for a restart (`restart_sidecar`): exit non-zero so the service
     /// manager starts the process again.
     RestartRequested = 75,
@@ -313,7 +314,12 @@ impl Supervisor {
             return;
         };
         let (code, started) = (*code, *started);
-        let grace = self.env.config.shutdown_timeout / 2;
+        // One deadline for the whole stop; a child that has not stopped by then is aborted
+        // (each still gets a few milliseconds to finish what it was doing).
+        let deadline = started + self.env.config.shutdown_timeout;
+        let grace = deadline
+            .saturating_duration_since(Instant::now())
+            .max(std::time::Duration::from_millis(10));
         while *next > 0 {
             *next -= 1;
             let index = *next;

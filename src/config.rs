@@ -127,6 +127,8 @@ pub struct Config {
     pub status_file: PathBuf,
     /// Serve `/healthz`, `/readyz` and `/metrics` here.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `metrics_listen` may be a non-loopback address.
+    pub metrics_public: bool,
     pub queue_file: PathBuf,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
@@ -328,6 +330,7 @@ impl Config {
             "log_keep": self.log_keep,
             "status_file": self.status_file,
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
+            "metrics_public": self.metrics_public,
         })
     }
 }
@@ -355,7 +358,10 @@ impl Raw<'_> {
                 &format!("\"{url}\" ({why})"),
             )
         })?;
-        let name = self.opt_str("name")?.unwrap_or_else(|| agent_id.clone());
+        let name = self
+            .opt_str("name")?
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| agent_id.clone());
         let capabilities = self.str_list("capabilities")?;
         let wake_command = self
             .opt_str("wake_command")?
@@ -397,7 +403,7 @@ impl Raw<'_> {
                 ))
             }
         };
-        let metrics_listen = self.metrics_listen()?;
+        let (metrics_listen, metrics_public) = self.metrics_listen()?;
         if ca_file.is_some() && !hub_url.is_tls() {
             warnings.push(format!(
                 "{}: ca_file is set but hub_url {} is not wss://; ca_file is unused",
@@ -421,6 +427,7 @@ impl Raw<'_> {
             log_keep: self.int("log_keep", 5, 0, 1000)? as u32,
             status_file: self.path_or("status_file", "./status.json")?,
             metrics_listen,
+            metrics_public,
             queue_file: self.path_or("queue_file", "./queue.json")?,
             heartbeat_interval: self.ms("heartbeat_interval_ms", 30_000, 1)?,
             heartbeat_timeout: self.ms("heartbeat_timeout_ms", 10_000, 1)?,
@@ -572,14 +579,14 @@ impl Raw<'_> {
 
     /// `metrics_listen`: an IP address and port; loopback unless `metrics_public` is true, so
     /// the endpoint is never exposed by accident.
-    fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    fn metrics_listen(&self) -> Result<(Option<std::net::SocketAddr>, bool), ConfigError> {
         let public = match self.get("metrics_public") {
             None => false,
             Some(Value::Bool(b)) => *b,
             Some(v) => return Err(self.wrong_type("metrics_public", "true or false", v)),
         };
         let Some(text) = self.opt_str("metrics_listen")?.filter(|s| !s.is_empty()) else {
-            return Ok(None);
+            return Ok((None, public));
         };
         let addr: std::net::SocketAddr = text.parse().map_err(|_| {
             self.invalid(
@@ -595,7 +602,7 @@ impl Raw<'_> {
                 &format!("\"{text}\""),
             ));
         }
-        Ok(Some(addr))
+        Ok((Some(addr), public))
     }
 
     fn opt_path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {

@@ -91,7 +91,9 @@ impl Log {
 /// interleave with other stderr output): the path of last resort.
 pub fn write_to_stderr(record: &LogRecord, agent_id: &str) {
     let line = Arc::new(std::sync::Mutex::new(Vec::with_capacity(256)));
-    let drain = slog_json::Json::new(SharedBuf(line.clone())).set_newlines(true).build();
+    let drain = slog_json::Json::new(SharedBuf(line.clone()))
+        .set_newlines(true)
+        .build();
     let _ = with_slog_record(record, agent_id, |r| drain.log(r, &slog::o!().into()));
     let bytes = line.lock().map(|b| b.clone()).unwrap_or_default();
     LINES_TO_STDERR.fetch_add(1, Ordering::Relaxed);
@@ -105,7 +107,10 @@ struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Write for SharedBuf {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(buf);
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

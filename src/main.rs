@@ -1,6 +1,6 @@
 //! The `agentcom-sidecar` binary: command line, then one of the library's entry points.
 //!
-//! Exit codes: 0 clean shutdown; 1 configuration or start-up error; 2 the Supervisor gave up
+//! Exit codes: 0 clean shutdown; 1 configuration or start-up error; 70 the Supervisor gave up
 //! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
 //! during shutdown. `status` exits 0 while the sidecar runs and 3 when it does not (as
 //! `systemctl status` does).

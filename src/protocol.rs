@@ -146,6 +146,19 @@ pub enum TaskFrameKind {
     Cancelled,
 }
 
+impl TaskFrameKind {
+    /// The frame's `type` on the wire.
+    pub fn wire_type(self) -> &'static str {
+        match self {
+            TaskFrameKind::Assign => "task_assign",
+            TaskFrameKind::Ack => "task_ack",
+            TaskFrameKind::Reassign => "task_reassign",
+            TaskFrameKind::Continue => "task_continue",
+            TaskFrameKind::Cancelled => "task_cancelled",
+        }
+    }
+}
+
 /// What the hub put in `task_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskIdField {

@@ -133,3 +133,14 @@ fn sighup_reopens_a_log_file_that_was_moved_away() {
         .lines()
         .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+#[test]
+fn the_same_signal_delivered_twice_at_once_is_one_request() {
+    // `timeout` and some service managers signal both the process and its group.
+    let (_hub, mut sidecar) = with_a_hub_that_ignores_close(8000);
+    sidecar.signal(SIGTERM);
+    sidecar.signal(SIGTERM);
+    let status = sidecar.wait_exit(WAIT).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", sidecar.dump());
+    assert_eq!(sidecar.lines().last().unwrap()["phase"], "complete");
+}

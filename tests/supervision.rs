@@ -165,7 +165,7 @@ fn a_child_that_stops_unexpectedly_is_restarted() {
 fn past_the_restart_intensity_the_supervisor_gives_up_and_exits_non_zero() {
     let (code, lines) =
         run_with_faulty::<ALWAYS_PANIC>(json!({"restart_max": 3, "restart_window_ms": 60000}));
-    assert_eq!(code, 2);
+    assert_eq!(code, 70);
     let delays: Vec<_> = events(&lines, "actor_restarted")
         .iter()
         .map(|l| l["delay_ms"].as_u64().unwrap())
@@ -182,6 +182,6 @@ fn past_the_restart_intensity_the_supervisor_gives_up_and_exits_non_zero() {
     let last = lines.last().unwrap();
     assert_eq!(
         (last["event"].as_str(), last["exit_code"].as_i64()),
-        (Some("shutdown"), Some(2))
+        (Some("shutdown"), Some(70))
     );
 }
