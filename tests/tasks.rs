@@ -509,7 +509,14 @@ fn sigkill_with_an_active_task_then_restart_reports_recovering_and_continue_resu
         sidecar.queue()["active"]["woken"] == true
     });
 
-    sidecar.kill_and_restart();
+    sidecar.kill();
+    // The agent finishes while the sidecar is down: the start-up scan must find it.
+    std::fs::write(
+        sidecar.results_dir().join("t-crash.json"),
+        r#"{"status":"success","output":"after crash"}"#,
+    )
+    .unwrap();
+    sidecar.restart();
     let recovering = wait_task_frame(&hub, "task_recovering", "t-crash", 1);
     assert_eq!(recovering["last_status"], "woken");
     assert_eq!(recovering["generation"], 5);
@@ -523,12 +530,7 @@ fn sigkill_with_an_active_task_then_restart_reports_recovering_and_continue_resu
         ),
     );
     sidecar.wait_event("recovery_continued");
-    // Woken but never confirmed: it waits for the agent again, and takes its result.
-    std::fs::write(
-        sidecar.results_dir().join("t-crash.json"),
-        r#"{"status":"success","output":"after crash"}"#,
-    )
-    .unwrap();
+    // Woken but never confirmed: it takes the result that is already there.
     let complete = wait_task_frame(&hub, "task_complete", "t-crash", 1);
     assert_eq!(complete["generation"], 6);
     let lines = sidecar.lines();
@@ -615,4 +617,35 @@ fn task_cancelled_drops_the_task_and_stops_its_wake_command() {
     assign(&hub, json!({"task_id": "t-after-cancel"}));
     wait_task_frame(&hub, "task_accepted", "t-after-cancel", 1);
     assert!(task_frames(&hub, "task_failed", "t-cancel").is_empty());
+}
+
+#[test]
+fn the_agent_started_by_the_wake_command_outlives_a_sidecar_restart() {
+    let hub = hub();
+    // The "agent" detaches and keeps running; the wake command returns at once.
+    let script = "sleep 60 >/dev/null 2>&1 & echo $! > \"$(dirname \"$RESULTS_DIR\")/agent.pid\"";
+    let mut sidecar = start(&hub, script, json!({"confirmation_timeout_ms": 60000}));
+    assign(&hub, json!({"task_id": "t-survive"}));
+    sidecar.wait_event("wake_success");
+    let pid_file = sidecar.dir.path().join("agent.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    assert!(alive(pid));
+
+    // An orderly stop, then a crash: the agent is left alone both times.
+    sidecar.signal(SIGTERM);
+    assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    assert!(alive(pid), "SIGTERM to the sidecar killed the agent");
+    sidecar.restart();
+    wait_task_frame(&hub, "task_recovering", "t-survive", 1);
+    sidecar.kill();
+    assert!(alive(pid), "SIGKILL of the sidecar killed the agent");
+    // SAFETY: kill(2) on the agent this test started; no memory is touched.
+    unsafe { libc::kill(pid, SIGKILL) };
 }

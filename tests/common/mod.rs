@@ -110,8 +110,18 @@ impl Sidecar {
     /// SIGKILLs the process (no chance to clean up) and starts it again in the same
     /// directory with the same arguments, as a service manager would.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill(&mut self) {
         self.signal(SIGKILL);
         let _ = self.child.wait();
+    }
+
+    /// Starts the process again in the same directory with the same arguments.
+    pub fn restart(&mut self) {
         let (child, stdout, stderr) = spawn(self.dir.path(), &self.args, &self.env);
         self.child = child;
         self.stdout = stdout;
