@@ -3,11 +3,12 @@
 
 Builds the release binary, starts the dev hub on a free loopback port, runs release
 sidecars against it and measures: launch -> identify_sent / identified, idle memory, idle
-CPU, heartbeat round trip, reconnect after a hub restart, SIGTERM -> exit, threads and
-binary size. Prints a table with the targets beside the figures and writes everything
-(every sample included) to bench/last-run.json.
+CPU, heartbeat round trip, reconnect after a hub restart, SIGTERM -> exit, task latencies
+(task_assign -> task_accepted, result file -> task_complete), threads and binary size.
+Prints a table with the targets beside the figures and writes everything (every sample
+included) to bench/last-run.json.
 
-    python3 bench/run.py [--runs 10] [--settle-seconds 5] [--idle-seconds 10] ...
+    python3 bench/run.py [--runs 10] [--settle-seconds 5] [--idle-seconds 10] [--tasks 300] ...
 
 Python 3.11 standard library only; Linux only (/proc, pidfd). Every process it starts is
 stopped again, also on error or Ctrl-C; every wait is bounded; only 127.0.0.1 is used.
@@ -48,11 +49,15 @@ TARGETS = {
     "idle_rss_kib": 6 * 1024,
     "idle_cpu_percent": 0.05,
     "sigterm_exit_ms": 50.0,
+    # R10: "a result reported within milliseconds of the file landing"; judged on the p99.
+    "task_latency_p99_ms": 10.0,
 }
 NODE = {
     "start_to_identified_ms": 282,
     "rss_mb": 54,
     "sigterm_exit_ms": 515,
+    # chokidar's awaitWriteFinish: a result file was read once it had not changed for 500 ms.
+    "result_settle_ms": 500,
 }
 
 # Config of the measured sidecar: debug log (heartbeat lines with rtt_us), 1 s heartbeat,
@@ -70,6 +75,17 @@ HUB_UP_TIMEOUT = 10
 EVENT_TIMEOUT = 10
 EXIT_TIMEOUT = 10
 KILL_GRACE = 3
+# Task measurement: one long poll of /api/events waits at most this long (then asks again);
+# the queue file is read this often while waiting for the sidecar to settle between phases.
+EVENTS_POLL_S = 1.0
+QUEUE_POLL_S = 0.0005
+# Pause once the sidecar has settled (queue file, results dir), before the next timed step:
+# lets the directory fsync of its last queue write and its log lines finish.
+TASK_SETTLE_S = 0.005
+
+# The wake command of the task sidecar: it only confirms, with shell built-ins (no exec), so
+# waking is quick and not what is measured. The bench writes the results itself.
+TASK_WAKE_COMMAND = ': > "$RESULTS_DIR/$TASK_ID.started"'
 
 
 class BenchError(Exception):
@@ -107,6 +123,44 @@ def summary(values: list[float], digits: int = 2) -> dict:
     }
 
 
+def percentiles(values: list[float], digits: int = 3) -> dict:
+    """n, p50, p90, p99 (nearest rank), min, max and mean of the samples, and the samples."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    rank = lambda q: ordered[max(0, math.ceil(q * len(ordered)) - 1)]  # noqa: E731
+    r = lambda v: round(v, digits)  # noqa: E731
+    return {
+        "n": len(values),
+        "p50": r(rank(0.50)),
+        "p90": r(rank(0.90)),
+        "p99": r(rank(0.99)),
+        "min": r(ordered[0]),
+        "max": r(ordered[-1]),
+        "mean": r(statistics.fmean(ordered)),
+        "samples": [r(v) for v in values],
+    }
+
+
+def filesystem_of(path: Path) -> dict:
+    """Mount point, type and device of the filesystem holding `path` (/proc/self/mountinfo):
+    fsync costs depend on it (tmpfs makes it free)."""
+    best = {"mount_point": None, "fstype": None, "source": None}
+    target = str(path.resolve())
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mount_point = left.split()[4].replace("\\040", " ")
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best["mount_point"] or ""):
+                    fstype, source = (right.split() + ["", ""])[:2]
+                    best = {"mount_point": mount_point, "fstype": fstype, "source": source}
+    except (OSError, IndexError):
+        pass
+    return best
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -117,6 +171,19 @@ def http_get(port: int, path: str, timeout: float = 0.5) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def http_post_json(port: int, path: str, body: dict, token: str,
+                   timeout: float = 2) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json",
+                              "Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -461,6 +528,77 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class HubEvents:
+    """The dev hub's recorded events, read with `GET /api/events` long polls on one
+    keep-alive connection. Each event carries `mono_ns`, the hub's CLOCK_MONOTONIC at the
+    event: the clock of time.monotonic_ns() here, so it can be compared with this script's
+    own timestamps."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+        self.events: list[dict] = []
+        self.next = 0
+
+    def _get(self, path: str) -> dict:
+        # One retry on a fresh connection: a keep-alive connection may have been closed.
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=EVENTS_POLL_S + EVENT_TIMEOUT)
+            try:
+                self.conn.request("GET", path)
+                response = self.conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if attempt:
+                    raise BenchError(f"GET {path} failed: {e}") from None
+                continue
+            if response.status != 200:
+                raise BenchError(f"GET {path} answered {response.status}: {body[:200]!r}")
+            page = json.loads(body)
+            if page.get("clock") != "CLOCK_MONOTONIC":
+                raise BenchError(f"the dev hub's event clock is {page.get('clock')!r}, not "
+                                 "CLOCK_MONOTONIC: its times cannot be compared with ours")
+            return page
+        raise AssertionError("unreachable")
+
+    def skip_past(self) -> None:
+        """Starts after every event recorded so far (older ones are never fetched)."""
+        self.next = self._get("/api/events?since=0&limit=1")["total"]
+
+    def mark(self) -> int:
+        """Index of the next event fetched: pass it as `start` to wait for later ones."""
+        return len(self.events)
+
+    def poll(self, wait_s: float) -> None:
+        """Fetches the events after the last one fetched, waiting up to `wait_s` for one."""
+        page = self._get(f"/api/events?since={self.next}&wait_ms={max(0, int(wait_s * 1000))}")
+        self.events.extend(page["events"])
+        self.next = page["next"]
+
+    def wait_for(self, pred, start: int, what: str, timeout: float = EVENT_TIMEOUT) -> dict:
+        """The first event from index `start` on that matches `pred`, fetching more for at
+        most `timeout` s."""
+        deadline = time.monotonic() + timeout
+        i = start
+        while True:
+            while i < len(self.events):
+                if pred(self.events[i]):
+                    return self.events[i]
+                i += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"the dev hub did not record {what} within {timeout} s")
+            self.poll(min(left, EVENTS_POLL_S))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 # --------------------------------------------------------------------------------------
 # Build
 
@@ -721,6 +859,146 @@ def measure_shutdown(bench: Bench, sc: Sidecar, runs_no_hub: int) -> dict:
     }
 
 
+def read_queue(sc: Sidecar) -> dict | None:
+    """The sidecar's queue file, parsed; None while it is missing or unreadable."""
+    try:
+        return json.loads((sc.dir / "queue.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_settled(sc: Sidecar, cond, what: str, timeout: float = EVENT_TIMEOUT) -> None:
+    """Polls the sidecar's queue file (and whatever `cond` looks at) until `cond(queue)`
+    holds, then pauses TASK_SETTLE_S. Between timed steps only: it is not measured."""
+    deadline = time.monotonic() + timeout
+    while True:
+        queue = read_queue(sc)
+        if queue is not None and cond(queue):
+            time.sleep(TASK_SETTLE_S)
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{sc.agent_id}: not settled within {timeout} s ({what}); "
+                             f"queue file: {json.dumps(queue)[:500]}")
+        if not sc.proc.alive():
+            raise BenchError(f"{sc.agent_id}: exited while waiting ({what})")
+        time.sleep(QUEUE_POLL_S)
+
+
+def measure_tasks(bench: Bench, agent_id: str, count: int, budget_s: float) -> dict:
+    """Task latencies, on a sidecar of its own whose wake command only confirms. One task at
+    a time, up to `count` tasks or `budget_s` seconds:
+
+    1. POST /api/admin/push-task; task_assign -> task_accepted is the hub's time of the
+       sidecar's task_accepted frame minus the hub's time of sending the task_assign frame
+       (both on the hub's clock, from GET /api/events).
+    2. Once the sidecar has settled (task woken, confirmed, the accept acked, all on disk),
+       the result is written to a temporary name in results_dir and renamed into place;
+       result file -> task_complete is the hub's time of the task_complete frame minus
+       time.monotonic_ns() taken right after os.rename returned (same clock).
+    3. Wait until the sidecar has settled again (task gone, complete acked, files removed)."""
+    print(f"tasks: up to {count} tasks, one at a time, at most {budget_s:g} s ...", flush=True)
+    sc = bench.start_sidecar(agent_id, wake_command=TASK_WAKE_COMMAND)
+    sc.proc.wait_line(is_event("identified"))
+    results_dir = sc.dir / "results"
+    token = bench.tokens[agent_id]
+    hub = HubEvents(bench.port)
+    status_before = proc_status(sc.proc.pid)
+    accepted_ms, complete_ms, push_http_ms, rename_us, seen_lag_ms = [], [], [], [], []
+    result_body = json.dumps({"status": "success", "output": {"summary": "bench result",
+                                                             "lines": ["x" * 64] * 8}}) + "\n"
+    started = time.monotonic()
+    try:
+        hub.skip_past()
+        for i in range(count):
+            if time.monotonic() - started > budget_s:
+                break
+            # 1. task_assign -> task_accepted, both at the hub.
+            mark = hub.mark()
+            t_post = time.monotonic_ns()
+            status, body = http_post_json(
+                bench.port, "/api/admin/push-task",
+                {"agent_id": agent_id, "description": f"bench task {i}", "metadata": {"n": i}},
+                token)
+            t_posted = time.monotonic_ns()
+            if status != 200:
+                raise BenchError(f"push-task answered {status}: {body[:200]!r}")
+            task_id = json.loads(body)["task_id"]
+            pushed = hub.wait_for(
+                lambda e: e["kind"] == "task_pushed" and e.get("task_id") == task_id,
+                mark, f"the push of {task_id}")
+            answer = hub.wait_for(
+                lambda e: e["kind"] == "frame" and e.get("task_id") == task_id
+                and e.get("type") in ("task_accepted", "task_rejected", "task_failed"),
+                mark, f"an answer to {task_id}")
+            t_seen = time.monotonic_ns()
+            if answer["type"] != "task_accepted":
+                raise BenchError(f"{task_id}: the sidecar answered {answer['type']}")
+            if not t_post <= pushed["mono_ns"] <= answer["mono_ns"] <= t_seen:
+                raise BenchError(
+                    f"{task_id}: hub times out of order with ours (post {t_post}, pushed "
+                    f"{pushed['mono_ns']}, accepted {answer['mono_ns']}, seen {t_seen}): "
+                    "not the same clock?")
+            accepted_ms.append(ms(answer["mono_ns"] - pushed["mono_ns"]))
+            push_http_ms.append(ms(t_posted - t_post))
+            seen_lag_ms.append(ms(t_seen - answer["mono_ns"]))
+
+            # Woken, confirmed, the accept acked: nothing left in flight.
+            wait_settled(sc, lambda q: (q.get("active") or {}).get("task_id") == task_id
+                         and q["active"].get("woken") and q["active"].get("confirmed")
+                         and not q.get("outbox"), f"{task_id} woken and confirmed")
+
+            # 2. result file renamed into place -> task_complete at the hub.
+            final = results_dir / f"{task_id}.json"
+            tmp = results_dir / f".{task_id}.json.tmp"
+            tmp.write_text(result_body)
+            mark = hub.mark()
+            t_rename = time.monotonic_ns()
+            os.rename(tmp, final)
+            t_renamed = time.monotonic_ns()
+            done = hub.wait_for(
+                lambda e: e["kind"] == "frame" and e.get("task_id") == task_id
+                and e.get("type") in ("task_complete", "task_failed"),
+                mark, f"the result of {task_id}")
+            if done["type"] != "task_complete":
+                raise BenchError(f"{task_id}: the sidecar reported {done['type']}")
+            if done["mono_ns"] < t_renamed:
+                raise BenchError(f"{task_id}: task_complete recorded at {done['mono_ns']}, "
+                                 f"before the rename returned at {t_renamed}: not the same clock?")
+            complete_ms.append(ms(done["mono_ns"] - t_renamed))
+            rename_us.append((t_renamed - t_rename) / 1000)
+
+            # 3. Idle again: no task, the complete acked, the agent's files removed.
+            wait_settled(sc, lambda q: q.get("active") is None and not q.get("outbox")
+                         and not final.exists()
+                         and not (results_dir / f"{task_id}.started").exists(),
+                         f"{task_id} finished")
+    finally:
+        hub.close()
+    wall_s = time.monotonic() - started
+    n = len(accepted_ms)
+    status_after = proc_status(sc.proc.pid)
+    exit_ms, exit_code = sc.proc.signal_and_wait(signal.SIGTERM)
+    return {
+        "tasks_requested": count,
+        "tasks_done": n,
+        "stopped_by_budget": n < count,
+        "budget_s": budget_s,
+        "wall_s": round(wall_s, 2),
+        "wake_command": TASK_WAKE_COMMAND,
+        "result_bytes": len(result_body),
+        "filesystem": filesystem_of(sc.dir),
+        "assign_to_accepted_ms": percentiles(accepted_ms),
+        "result_to_complete_ms": percentiles(complete_ms),
+        "push_http_roundtrip_ms": percentiles(push_http_ms),
+        "accepted_event_to_seen_by_bench_ms": percentiles(seen_lag_ms),
+        "rename_syscall_us": percentiles(rename_us, 1),
+        "status_before": status_before,
+        "status_after": status_after,
+        "sigterm_exit_ms": round(exit_ms, 2),
+        "sigterm_exit_code": exit_code,
+    }
+
+
 def measure_binary(binary: Path) -> dict:
     return {"path": str(binary.relative_to(REPO)) if binary.is_relative_to(REPO) else str(binary),
             "bytes": binary.stat().st_size}
@@ -775,7 +1053,48 @@ def verdict(value, limit, exit_codes=(0,)) -> str:
     return "ok" if value < limit else "MISSED"
 
 
+def pct_row(s: dict, unit: str, digits=2) -> str:
+    if not s.get("n"):
+        return "-"
+    return " / ".join(fmt(s[k], digits) for k in ("p50", "p90", "p99", "max")) + f" {unit}"
+
+
+def task_rows(r: dict) -> list:
+    tk = r["tasks"]
+    fs = tk["filesystem"]
+    acc, done = tk["assign_to_accepted_ms"], tk["result_to_complete_ms"]
+    limit = TARGETS["task_latency_p99_ms"]
+    return [
+        ("Tasks, n=%d one at a time (p50 / p90 / p99 / max; hub clock)" % tk["tasks_done"],
+         None, None, None),
+        ("task_assign sent -> task_accepted received", pct_row(acc, "ms", 3),
+         f"p99 < {limit:g} ms", verdict(acc.get("p99"), limit)),
+        ("result renamed in -> task_complete received", pct_row(done, "ms", 3),
+         f"p99 < {limit:g} ms", verdict(done.get("p99"), limit)),
+        ("  (Node: result read after 500 ms unchanged)", "", f"Node: >= {NODE['result_settle_ms']} ms", ""),
+        ("  queue and results on", f"{fs['fstype']} ({fs['mount_point']})", "", ""),
+        ("VmRSS before / after the tasks",
+         f"{tk['status_before']['VmRSS']} / {tk['status_after']['VmRSS']} KiB", "", ""),
+    ]
+
+
+def render(rows: list) -> str:
+    w0 = max(len(r[0]) for r in rows) + 4
+    w1 = max(len(r[1] or "") for r in rows) + 2
+    w2 = max(len(r[2] or "") for r in rows) + 2
+    out = [f"{'Figure':<{w0}}{'Measured':<{w1}}{'Target / ref.':<{w2}}Meets",
+           "-" * (w0 + w1 + w2 + 6)]
+    for name, value, target, ok in rows:
+        if value is None:
+            out.append(f"{name}")
+        else:
+            out.append(f"  {name:<{w0 - 2}}{value:<{w1}}{target:<{w2}}{ok}")
+    return "\n".join(out)
+
+
 def table(r: dict) -> str:
+    if "startup" not in r:
+        return render(task_rows(r))
     st, idle, hb, rc, sd = r["startup"], r["idle"], r["heartbeat"], r["reconnect"], r["shutdown"]
     fast, dflt = idle["fast"], idle["default"]
     n = st["identify_sent_logts"]["n"]
@@ -839,26 +1158,37 @@ def table(r: dict) -> str:
          med_max(sd["no_session_ms"], "ms", 2) + f" (exit {sorted(set(sd['no_session_exit_codes']))})",
          "< 50 ms",
          verdict(sd["no_session_ms"]["max"], TARGETS["sigterm_exit_ms"], sd["no_session_exit_codes"])),
+        *task_rows(r),
         ("Binary", None, None, None),
         ("size of " + r["binary"]["path"],
          f"{r['binary']['bytes']} B ({r['binary']['bytes'] / 1024 / 1024:.2f} MiB)", "", ""),
         ("threads after the reconnects", f"{sd['connected']['status_before']['Threads']}", "", ""),
         ("VmRSS after the reconnects", f"{sd['connected']['status_before']['VmRSS']} KiB", "", ""),
     ]
-    w0 = max(len(r[0]) for r in rows) + 4
-    w1 = max(len(r[1] or "") for r in rows) + 2
-    w2 = max(len(r[2] or "") for r in rows) + 2
-    out = [f"{'Figure':<{w0}}{'Measured':<{w1}}{'Target / ref.':<{w2}}Meets",
-           "-" * (w0 + w1 + w2 + 6)]
-    for name, value, target, ok in rows:
-        if value is None:
-            out.append(f"{name}")
-        else:
-            out.append(f"  {name:<{w0 - 2}}{value:<{w1}}{target:<{w2}}{ok}")
-    return "\n".join(out)
+    return render(rows)
 
 
 # --------------------------------------------------------------------------------------
+
+
+def measure_all(bench: Bench, binary: Path, args, results: dict) -> None:
+    """Every measurement, in order, into `results`."""
+    results["startup"] = measure_startup(bench, args.runs)
+    # Two long-running sidecars side by side: the measured one (1 s heartbeat, debug
+    # log) and a second process with the default config, for realistic idle figures.
+    fast = bench.start_sidecar("bench-idle", **FAST)
+    default = bench.start_sidecar("bench-default")
+    results["idle"] = measure_idle({"fast": fast, "default": default},
+                                   args.settle_seconds, args.idle_seconds)
+    results["heartbeat"] = measure_heartbeat(fast)
+    ms_default, code_default = default.proc.signal_and_wait(signal.SIGTERM)
+    results["idle"]["default"]["sigterm_exit_ms"] = round(ms_default, 2)
+    results["idle"]["default"]["sigterm_exit_code"] = code_default
+    results["reconnect"] = measure_reconnect(bench, fast, args.reconnects, args.hub_down_ms)
+    results["shutdown"] = measure_shutdown(bench, fast, args.shutdown_runs)
+    # On the (last restarted) hub, with every other sidecar stopped.
+    results["tasks"] = measure_tasks(bench, "bench-tasks", args.tasks, args.tasks_seconds)
+    results["binary"] = measure_binary(binary)
 
 
 def main() -> int:
@@ -870,7 +1200,14 @@ def main() -> int:
     ap.add_argument("--hub-down-ms", type=int, default=0,
                     help="pause between the hub's exit and its restart (0)")
     ap.add_argument("--shutdown-runs", type=int, default=5, help="SIGTERM runs without hub (5)")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
+    ap.add_argument("--tasks", type=int, default=300, help="tasks for the task latencies (300)")
+    ap.add_argument("--tasks-seconds", type=float, default=60,
+                    help="time budget of the task part; fewer tasks if it runs out (60)")
+    ap.add_argument("--only-tasks", action="store_true",
+                    help="measure the task latencies only (no start-up, idle, reconnect, ...)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the figures (bench/last-run.json; with --only-tasks, "
+                         "nowhere unless given)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args()
     if not sys.platform.startswith("linux"):
@@ -885,26 +1222,16 @@ def main() -> int:
 
     binary = build_release()
     agents = ([f"bench-start-{i}" for i in range(args.runs)] + ["bench-idle", "bench-default"]
-              + [f"bench-nohub-{i}" for i in range(args.shutdown_runs)])
+              + [f"bench-nohub-{i}" for i in range(args.shutdown_runs)] + ["bench-tasks"])
     bench = Bench(binary, agents, args.keep_tmp)
     results = {"environment": environment(), "targets": TARGETS, "node_sidecar": NODE}
     try:
         bench.start_hub()
         print(f"dev hub on {bench.hub_url}; temp dir {bench.tmp}", flush=True)
-        results["startup"] = measure_startup(bench, args.runs)
-        # Two long-running sidecars side by side: the measured one (1 s heartbeat, debug
-        # log) and a second process with the default config, for realistic idle figures.
-        fast = bench.start_sidecar("bench-idle", **FAST)
-        default = bench.start_sidecar("bench-default")
-        results["idle"] = measure_idle({"fast": fast, "default": default},
-                                       args.settle_seconds, args.idle_seconds)
-        results["heartbeat"] = measure_heartbeat(fast)
-        ms_default, code_default = default.proc.signal_and_wait(signal.SIGTERM)
-        results["idle"]["default"]["sigterm_exit_ms"] = round(ms_default, 2)
-        results["idle"]["default"]["sigterm_exit_code"] = code_default
-        results["reconnect"] = measure_reconnect(bench, fast, args.reconnects, args.hub_down_ms)
-        results["shutdown"] = measure_shutdown(bench, fast, args.shutdown_runs)
-        results["binary"] = measure_binary(binary)
+        if args.only_tasks:
+            results["tasks"] = measure_tasks(bench, "bench-tasks", args.tasks, args.tasks_seconds)
+        else:
+            measure_all(bench, binary, args, results)
     except BenchError as e:
         results["error"] = str(e)
         print(f"bench: error: {e}", file=sys.stderr)
@@ -916,14 +1243,18 @@ def main() -> int:
         if args.keep_tmp:
             print(f"temp dir kept: {bench.tmp}")
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    out = args.json or (None if args.only_tasks else DEFAULT_JSON)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
     if "error" in results:
-        print(f"partial results written to {args.json}", file=sys.stderr)
+        if out is not None:
+            print(f"partial results written to {out}", file=sys.stderr)
         return 1
     print()
     print(table(results))
-    print(f"\nall samples: {args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json}")
+    if out is not None:
+        print(f"\nall samples: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0
 
 

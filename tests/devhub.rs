@@ -265,6 +265,130 @@ fn push_task_reaches_the_agent_over_http() {
     assert!(hub.wait_for(WAIT, pushed).is_some());
 }
 
+/// The moment `GET /api/events` stamps events with: CLOCK_MONOTONIC, read here directly.
+#[cfg(unix)]
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes only the timespec it is given, which lives on this stack.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[test]
+fn events_are_served_over_http_with_monotonic_times() {
+    let hub = hub_with_tokens();
+    run(async {
+        let client = awc::Client::new();
+        let events_url = |query: &str| format!("{}/api/events?{query}", hub.http_url());
+        let empty = get_json(&client, events_url("since=0")).await;
+        assert_eq!(empty["events"], json!([]));
+        assert_eq!((&empty["next"], &empty["total"]), (&json!(0), &json!(0)));
+
+        #[cfg(unix)]
+        let before = monotonic_ns();
+        let mut ws = identified(&client, &hub, "a1", "t1").await;
+        let (status, body) = push_task(&hub, Some("t1"), json!({"agent_id": "a1"})).await;
+        assert_eq!(status, 200);
+        let task_id = body["task_id"].as_str().expect("task id").to_string();
+        assert_eq!(recv_json(&mut ws).await["type"], "task_assign");
+        let accepted = json!({"type": "task_accepted", "task_id": task_id, "protocol_version": 1});
+        assert_eq!(ask(&mut ws, accepted.clone()).await["status"], "accepted");
+        #[cfg(unix)]
+        let after = monotonic_ns();
+
+        let page = get_json(&client, events_url("since=0")).await;
+        assert_eq!(
+            page["clock"],
+            if cfg!(unix) {
+                "CLOCK_MONOTONIC"
+            } else {
+                "hub_start"
+            }
+        );
+        let events = page["events"].as_array().expect("events list");
+        let kinds: Vec<(&str, Option<&str>)> = events
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap(), e["type"].as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("connected", None),
+                ("frame", Some("identify")),
+                ("identified", None),
+                ("task_pushed", None),
+                ("frame", Some("task_accepted")),
+            ]
+        );
+        assert_eq!((&page["next"], &page["total"]), (&json!(5), &json!(5)));
+        assert!(!page.to_string().contains(r#""t1""#), "no token is served");
+        assert_eq!(events[2]["agent_id"], "a1");
+        assert_eq!(events[3]["task_id"], task_id.as_str());
+        assert_eq!(events[4]["task_id"], task_id.as_str());
+        assert_eq!(events[4]["bytes"], accepted.to_string().len());
+
+        // The same events and times as the hub's own log; times in order, on the same clock.
+        let recorded = hub.events();
+        let times: Vec<u64> = events
+            .iter()
+            .map(|e| e["mono_ns"].as_u64().unwrap())
+            .collect();
+        for (i, (served, event)) in events.iter().zip(&recorded).enumerate() {
+            assert_eq!(served["seq"], i);
+            assert_eq!(served["conn"], event.conn);
+            assert_eq!(served["mono_ns"], event.mono_ns);
+        }
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        #[cfg(unix)]
+        assert!(
+            before <= times[0] && times[4] <= after,
+            "{before} <= {times:?} <= {after}"
+        );
+
+        // Paging: `since` and `limit`.
+        let tail = get_json(&client, events_url("since=3&limit=1")).await;
+        assert_eq!(tail["events"][0]["seq"], 3);
+        assert_eq!(tail["events"][0]["kind"], "task_pushed");
+        assert_eq!((&tail["next"], &tail["total"]), (&json!(4), &json!(5)));
+
+        // Nothing new: an empty answer at once, or after `wait_ms`.
+        let none = get_json(&client, events_url("since=5")).await;
+        assert_eq!((&none["events"], &none["next"]), (&json!([]), &json!(5)));
+        let started = std::time::Instant::now();
+        let none = get_json(&client, events_url("since=5&wait_ms=100")).await;
+        assert_eq!(none["events"], json!([]));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+
+        // A long poll answers as soon as the next event is recorded.
+        let started = std::time::Instant::now();
+        let (polled, ()) = tokio::join!(
+            get_json(&client, events_url("since=5&wait_ms=10000")),
+            async {
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+                send(&mut ws, json!({"type": "task_progress", "task_id": "x"})).await;
+            }
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(polled["events"][0]["seq"], 5);
+        assert_eq!(polled["events"][0]["type"], "task_progress");
+        assert_eq!(polled["next"], 6);
+
+        let status = client
+            .get(events_url("since=-1"))
+            .send()
+            .await
+            .expect("HTTP answer")
+            .status();
+        assert_eq!(status.as_u16(), 400);
+    });
+}
+
 #[test]
 fn health_and_agents_list_identified_agents() {
     let hub = hub_with_tokens();

@@ -1,12 +1,24 @@
 //! The hub's HTTP side: `/health`, `/api/agents` and the admin route that pushes a task to a
-//! connected agent.
+//! connected agent, as the real hub has them; and, for the dev hub only, `/api/events`, the
+//! recorded events for clients in other processes (the benchmark).
+
+use std::time::Duration;
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::state::{now_ms, Hub};
+use super::{HubEvent, HubEventKind};
+
+/// Events per `/api/events` answer when the request does not say.
+const EVENTS_PAGE: usize = 1000;
+/// Most events per `/api/events` answer.
+const EVENTS_PAGE_MAX: usize = 10_000;
+/// Longest `wait_ms` of `/api/events`.
+const EVENTS_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// `GET /health`.
 pub(crate) async fn health(hub: web::Data<Hub>) -> HttpResponse {
@@ -46,6 +58,101 @@ pub(crate) async fn push_task(
         return error(StatusCode::NOT_FOUND, "agent_not_connected");
     }
     HttpResponse::Ok().json(json!({ "status": "queued", "task_id": task_id }))
+}
+
+/// The query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    /// The first event wanted, by `seq`: the `next` of the previous answer. Default 0.
+    #[serde(default)]
+    since: usize,
+    /// At most this many events (default 1000, at most 10000).
+    limit: Option<usize>,
+    /// With no event from `since` on yet, wait up to this long (at most 30 s) for one.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// `GET /api/events?since=N&limit=L&wait_ms=W`: the events the hub recorded (connections,
+/// frames received, identifies, tasks pushed), from `seq` N on, oldest first:
+///
+/// ```json
+/// {"events": [{"seq": 7, "conn": 2, "mono_ns": 81234567890123, "kind": "frame",
+///              "type": "task_accepted", "task_id": "task-0123456789abcdef", "bytes": 70}],
+///  "next": 8, "total": 8, "clock": "CLOCK_MONOTONIC"}
+/// ```
+///
+/// `mono_ns` is the moment of the event on the machine's monotonic clock (see
+/// [`HubEvent::mono_ns`]); `clock` says which clock that is. Frames are described by their
+/// `type`, `task_id` and size only: their text, identify tokens included, is never served.
+/// With `wait_ms`, an answer that would be empty waits for the next event instead (a long
+/// poll), so a client learns of an event at once without polling in a loop.
+///
+/// There is no authentication: this is a development hub, listening on loopback unless told
+/// otherwise, and the real hub has no such route. Anyone who can reach the port can read
+/// which agents connect and which tasks they get.
+pub(crate) async fn events(query: web::Query<EventsQuery>, hub: web::Data<Hub>) -> HttpResponse {
+    let since = query.since;
+    let limit = query.limit.unwrap_or(EVENTS_PAGE).clamp(1, EVENTS_PAGE_MAX);
+    let wait = Duration::from_millis(query.wait_ms).min(EVENTS_WAIT_MAX);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look: an event recorded in between still wakes the wait.
+    let mut added = hub.watch_events();
+    let mut closed = false;
+    loop {
+        let (events, total) = hub.read_events(since, |events, total| {
+            let page = events.iter().take(limit).enumerate();
+            let page = page.map(|(i, event)| event_json(since + i, event));
+            (page.collect::<Vec<Value>>(), total)
+        });
+        if !events.is_empty() || closed || tokio::time::Instant::now() >= deadline {
+            return HttpResponse::Ok().json(json!({
+                "next": since + events.len(),
+                "total": total,
+                "clock": CLOCK,
+                "events": events,
+            }));
+        }
+        let changed = tokio::time::timeout_at(deadline, added.changed()).await;
+        closed = matches!(changed, Ok(Err(_)));
+    }
+}
+
+#[cfg(unix)]
+const CLOCK: &str = "CLOCK_MONOTONIC";
+#[cfg(not(unix))]
+const CLOCK: &str = "hub_start";
+
+/// One event as `/api/events` serves it.
+fn event_json(seq: usize, event: &HubEvent) -> Value {
+    let mut out = json!({"seq": seq, "conn": event.conn, "mono_ns": event.mono_ns});
+    let fields = match &event.kind {
+        HubEventKind::Connected => json!({"kind": "connected"}),
+        HubEventKind::Frame { text, json } => {
+            let text_field = |key: &str| json.get(key).and_then(Value::as_str);
+            json!({"kind": "frame", "type": text_field("type"), "task_id": text_field("task_id"),
+                "bytes": text.len()})
+        }
+        HubEventKind::BinaryFrame(bytes) => json!({"kind": "binary_frame", "bytes": bytes}),
+        HubEventKind::WsPong(payload) => json!({"kind": "ws_pong", "bytes": payload.len()}),
+        HubEventKind::CloseReceived { code, reason } => {
+            json!({"kind": "close_received", "code": code, "reason": reason})
+        }
+        HubEventKind::Identified { agent_id } => {
+            json!({"kind": "identified", "agent_id": agent_id})
+        }
+        HubEventKind::IdentifyRefused { agent_id, error } => {
+            json!({"kind": "identify_refused", "agent_id": agent_id, "error": error})
+        }
+        HubEventKind::Disconnected => json!({"kind": "disconnected"}),
+        HubEventKind::TaskPushed { agent_id, task_id } => {
+            json!({"kind": "task_pushed", "agent_id": agent_id, "task_id": task_id})
+        }
+    };
+    if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
+        out.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    out
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -1,9 +1,12 @@
-//! The dev hub: a small but real AgentCom hub, for the `dev-hub` subcommand, the demo and the
-//! integration tests. It speaks the hub's protocol on `/ws` (identify, pings, task reports),
-//! serves the hub's HTTP side (`/health`, `/api/agents`, `/api/admin/push-task`), over TLS when
-//! given a certificate, and runs on its own thread with its own actix System. Tests drive it
-//! through [`DevHub`]: every connection event is recorded and can be waited for, any frame can
-//! be sent to a connection, and [`Behaviour`] switches make it misbehave on purpose.
+//! The dev hub: a small but real AgentCom hub, for the `dev-hub` subcommand, the demo, the
+//! integration tests and the benchmark. It speaks the hub's protocol on `/ws` (identify, pings,
+//! task reports), serves the hub's HTTP side (`/health`, `/api/agents`,
+//! `/api/admin/push-task`), over TLS when given a certificate, and runs on its own thread with
+//! its own actix System. Tests drive it through [`DevHub`]: every connection event is recorded
+//! and can be waited for, any frame can be sent to a connection, and [`Behaviour`] switches make
+//! it misbehave on purpose. Other processes read the same events over HTTP with
+//! `GET /api/events` (no auth: a dev hub, on loopback by default), each stamped with the
+//! machine's monotonic clock.
 
 mod http;
 mod state;
@@ -89,6 +92,10 @@ pub enum RawFrame {
 #[derive(Clone, Debug)]
 pub struct HubEvent {
     pub at: Instant,
+    /// The same moment as `at`, as CLOCK_MONOTONIC nanoseconds: comparable with the monotonic
+    /// clock of any other process on the machine (on Linux, Python's `time.monotonic_ns()`).
+    /// Where there is no CLOCK_MONOTONIC it counts from the hub's first event instead.
+    pub mono_ns: u64,
     pub conn: u64,
     pub kind: HubEventKind,
 }
@@ -118,7 +125,8 @@ pub enum HubEventKind {
         error: String,
     },
     Disconnected,
-    /// `POST /api/admin/push-task` pushed a task.
+    /// `POST /api/admin/push-task` pushed a task: recorded when the connection's task hands
+    /// the `task_assign` frame to the WebSocket session.
     TaskPushed {
         agent_id: String,
         task_id: String,
@@ -295,8 +303,13 @@ fn serve(
                 .route("/health", web::get().to(http::health))
                 .route("/api/agents", web::get().to(http::agents))
                 .route("/api/admin/push-task", web::post().to(http::push_task))
+                .route("/api/events", web::get().to(http::events))
         })
         .workers(1)
+        // Frames go out when written, as from a hub served by Cowboy (Ranch enables
+        // TCP_NODELAY by default). With Nagle's algorithm, a frame sent while the previous
+        // one still waits for the client's delayed ACK is held back, for up to 40 ms.
+        .tcp_nodelay(true)
         .disable_signals();
         let server = match tls {
             Some(config) => server.bind_rustls_0_23(listen, config),

@@ -2,6 +2,9 @@
 //! identified as, the behaviour switches and the token check. It is reached from the server's
 //! worker thread and from the thread that owns the [`DevHub`](super::DevHub), so everything
 //! sits behind std locks; a poisoned lock is used as is, never turned into a panic.
+//!
+//! Every event is stamped twice: with an [`Instant`] for the tests, and with
+//! [`monotonic_ns`] for clients outside the process (`GET /api/events`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 use super::{Behaviour, HubEvent, HubEventKind, RawFrame};
 
@@ -18,6 +22,9 @@ use super::{Behaviour, HubEvent, HubEventKind, RawFrame};
 #[derive(Debug)]
 pub(crate) enum Command {
     Send(RawFrame),
+    /// Send the frame, then record the event: its time is the moment the frame was handed
+    /// to the WebSocket session (the socket write follows on the same thread).
+    SendAndRecord(RawFrame, HubEventKind),
     /// End the connection without a Close frame.
     Kill,
 }
@@ -77,11 +84,12 @@ impl Conn {
     }
 }
 
-/// Every event since the hub started, and a condition variable to wait for new ones.
-#[derive(Default)]
+/// Every event since the hub started, and two ways to wait for new ones: a condition
+/// variable for threads, a watch of the event count for async tasks.
 struct EventLog {
     list: Mutex<Vec<HubEvent>>,
     added: Condvar,
+    count: watch::Sender<usize>,
 }
 
 pub(crate) struct Hub {
@@ -97,6 +105,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of [`Instant`] on Linux, and of every other
+/// process's monotonic clock on the same machine (Python's `time.monotonic_ns()`, for one), so
+/// times recorded here can be compared with times taken outside the process.
+#[cfg(unix)]
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = std::mem::MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: clock_gettime(2) only writes the timespec it is given, which lives on this stack;
+    // it is read only when the call succeeded, i.e. filled it in.
+    let now = unsafe {
+        if libc::clock_gettime(libc::CLOCK_MONOTONIC, now.as_mut_ptr()) != 0 {
+            return 0;
+        }
+        now.assume_init()
+    };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+/// Nanoseconds of a monotonic clock that starts with the first call: comparable only within
+/// this process on systems without CLOCK_MONOTONIC.
+#[cfg(not(unix))]
+pub(crate) fn monotonic_ns() -> u64 {
+    static ANCHOR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -107,7 +142,11 @@ pub(crate) fn now_ms() -> u64 {
 impl Hub {
     pub fn new(tokens: Option<HashMap<String, String>>, print_presence: bool) -> Hub {
         Hub {
-            events: EventLog::default(),
+            events: EventLog {
+                list: Mutex::new(Vec::new()),
+                added: Condvar::new(),
+                count: watch::Sender::new(0),
+            },
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             behaviour: Mutex::new(Behaviour::default()),
@@ -119,15 +158,33 @@ impl Hub {
     pub fn record(&self, conn: u64, kind: HubEventKind) {
         let event = HubEvent {
             at: Instant::now(),
+            mono_ns: monotonic_ns(),
             conn,
             kind,
         };
-        lock(&self.events.list).push(event);
+        let mut list = lock(&self.events.list);
+        list.push(event);
+        let count = list.len();
+        drop(list);
         self.events.added.notify_all();
+        self.events.count.send_replace(count);
     }
 
     pub fn events(&self) -> Vec<HubEvent> {
         lock(&self.events.list).clone()
+    }
+
+    /// Runs `read` on the events from index `since` on (none if there are fewer), without
+    /// copying them; also passes the number of events recorded so far.
+    pub fn read_events<R>(&self, since: usize, read: impl FnOnce(&[HubEvent], usize) -> R) -> R {
+        let list = lock(&self.events.list);
+        read(list.get(since..).unwrap_or_default(), list.len())
+    }
+
+    /// A receiver that sees the event count change: subscribe before looking at the events,
+    /// then wait on it, and no event recorded in between is missed.
+    pub fn watch_events(&self) -> watch::Receiver<usize> {
+        self.events.count.subscribe()
     }
 
     /// The events recorded after the first `seen` ones, waiting for at least one until
@@ -247,22 +304,26 @@ impl Hub {
         reached
     }
 
-    /// Queues a `task_assign` frame for the connection of `agent_id`, recording the push
-    /// first so that it precedes the client's answers in the log; `false` if not connected.
+    /// Queues a `task_assign` frame for the connection of `agent_id`; `false` if not
+    /// connected. The `TaskPushed` event is recorded by the connection's task as it sends the
+    /// frame, so its time is the send, not this call, and it still precedes the client's
+    /// answers in the log (the same task records those, later).
     pub fn push_task(&self, agent_id: &str, task_id: &str, frame: String) -> bool {
         let conns = lock(&self.conns);
-        let Some((&id, conn)) = conns.iter().find(|(_, conn)| conn.is_agent(agent_id)) else {
+        let Some(conn) = conns.values().find(|conn| conn.is_agent(agent_id)) else {
             return false;
         };
         let pushed = HubEventKind::TaskPushed {
             agent_id: agent_id.to_string(),
             task_id: task_id.to_string(),
         };
-        self.record(id, pushed);
-        let _ = conn.commands.send(Command::Send(RawFrame::Text(frame)));
+        let command = Command::SendAndRecord(RawFrame::Text(frame), pushed);
+        let queued = conn.commands.send(command).is_ok();
         drop(conns);
-        self.presence(format_args!("pushed task {task_id} to {agent_id}"));
-        true
+        if queued {
+            self.presence(format_args!("pushed task {task_id} to {agent_id}"));
+        }
+        queued
     }
 
     pub fn command_conn(&self, id: u64, command: Command) -> bool {

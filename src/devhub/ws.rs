@@ -209,6 +209,13 @@ impl Connection {
     async fn on_command(&mut self, command: Option<Command>) -> Flow {
         match command {
             Some(Command::Send(frame)) => self.write(frame).await,
+            Some(Command::SendAndRecord(frame, event)) => {
+                let flow = self.write(frame).await;
+                if !matches!(flow, Flow::End) {
+                    self.record(event);
+                }
+                flow
+            }
             Some(Command::Kill) | None => Flow::End,
         }
     }
