@@ -836,6 +836,7 @@ fn build_client(config: &Config) -> Result<awc::Client, String> {
     // No `max_http_version`, on the connector or the builder: it replaces the TLS config (and
     // `ca_file` with it) by awc's default. Ours already offers only HTTP/1.1 in ALPN.
     let connector = awc::Connector::new()
+        .connector(NoDelay::default())
         .rustls_0_23(tls)
         .timeout(config.connect_timeout)
         .handshake_timeout(config.connect_timeout);
@@ -846,6 +847,38 @@ fn build_client(config: &Config) -> Result<awc::Client, String> {
 }
 
 crate::answers_probe!(HubActor);
+
+/// The TCP connector with `TCP_NODELAY` set on every connection: a frame the hub does not
+/// answer (`task_rejected`, `task_recovering`) must not hold the next one back for the
+/// peer's delayed ACK (about 40 ms on Linux). awc's default connector leaves Nagle on.
+#[derive(Clone, Default)]
+struct NoDelay(actix_tls::connect::ConnectorService);
+
+impl actix_service::Service<actix_tls::connect::ConnectInfo<awc::http::Uri>> for NoDelay {
+    type Response = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>;
+    type Error = actix_tls::connect::ConnectError;
+    type Future =
+        futures_util::future::LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        actix_service::Service::<actix_tls::connect::ConnectInfo<awc::http::Uri>>::poll_ready(
+            &self.0, cx,
+        )
+    }
+
+    fn call(&self, request: actix_tls::connect::ConnectInfo<awc::http::Uri>) -> Self::Future {
+        let connecting = self.0.call(request);
+        Box::pin(async move {
+            let connection = connecting.await?;
+            // Best effort: a socket that refuses the option still works, only slower.
+            let _ = connection.io_ref().set_nodelay(true);
+            Ok(connection)
+        })
+    }
+}
 
 impl Child for HubActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {

@@ -270,6 +270,8 @@ impl QueueActor {
     }
 
     fn on_durable(&mut self, ctx: &mut Context<Self>) {
+        // The hub hears first (task_accepted); starting the agent can wait a moment.
+        self.flush();
         let durable = self.durable;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
             .into_iter()
@@ -283,7 +285,6 @@ impl QueueActor {
                 }
             }
         }
-        self.flush();
     }
 
     fn publish_tasks(&self) {
