@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::hub::{AnnounceSession, SendFrame, SessionIdentified, SessionLost, TaskFrameReceived};
 use super::results::{RescanResults, ResultFileRead, StartedFileSeen};
-use super::waker::{CancelWake, WakeFailed, WakeSucceeded, WakeTask};
+use super::waker::{CancelWake, WakeConfirmed, WakeFailed, WakeSucceeded, WakeTask, WakerStarted};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -50,6 +50,11 @@ pub struct TasksChanged {
     pub recovering: Option<String>,
     pub outbox: usize,
 }
+
+/// Publish [`TasksChanged`] now (for an observer that started later).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct AnnounceTasks;
 
 /// Published when a task leaves the sidecar's hands: `complete`, `failed`, `rejected`,
 /// `cancelled`.
@@ -160,19 +165,27 @@ impl QueueActor {
     /// First start of the process: the active task was interrupted by a crash or stop.
     fn recover(&mut self, ctx: &mut Context<Self>) {
         if let Some(task) = self.state.active.take() {
+            let mut after = Vec::new();
             if let Some(older) = self.state.recovering.replace(task) {
-                // One recovering slot: the older task is reported failed so the hub reassigns it.
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "task_failed",
-                    task_id = older.task_id,
-                    reason = "superseded_in_recovery"
-                );
-                let error = "a newer interrupted task took the recovery slot";
-                self.push_outbox(failed_entry(&older, "superseded_in_recovery", error));
+                // One recovering slot. The older task is reported with the result its agent
+                // left, if any; else failed, so the hub reassigns it.
+                let outcome = self
+                    .result_on_disk(&older.task_id)
+                    .unwrap_or(Outcome::Failed {
+                        reason: "superseded_in_recovery".into(),
+                        error: "a newer interrupted task took the recovery slot".into(),
+                    });
+                let entry = self.conclude(&older, outcome);
+                self.push_outbox(entry);
+                after = self.task_files(&older.task_id);
+                after.push(FileOp::Remove(
+                    self.env
+                        .config
+                        .results_dir
+                        .join(format!("{}.json", older.task_id)),
+                ));
             }
-            self.commit(ctx, Vec::new(), Vec::new(), None);
+            self.commit(ctx, Vec::new(), after, None);
         }
         if let Some(r) = &self.state.recovering {
             log_event!(
@@ -442,7 +455,15 @@ impl QueueActor {
                 generation = recovered.generation,
                 via = "task_assign"
             );
-            return self.activate(recovered, ctx);
+            // Pushed again because the hub never saw an accept: it gets one.
+            log_event!(
+                self.env.log,
+                Info,
+                "task_accepted",
+                task_id = task_id,
+                generation = recovered.generation
+            );
+            return self.activate(recovered, true, ctx);
         }
         self.state.active = Some(record);
         self.push_outbox(accepted_entry(&task_id, generation));
@@ -490,8 +511,9 @@ impl QueueActor {
         self.commit(ctx, Vec::new(), Vec::new(), None);
     }
 
-    /// A recovering task made active again (`task_continue`, or pushed again).
-    fn activate(&mut self, task: TaskRecord, ctx: &mut Context<Self>) {
+    /// A recovering task made active again: by `task_continue`, or pushed again by a
+    /// `task_assign` (which is answered with `task_accepted`).
+    fn activate(&mut self, task: TaskRecord, accept: bool, ctx: &mut Context<Self>) {
         let task_id = task.task_id.clone();
         let generation = task.generation;
         let task_file = FileOp::Write {
@@ -500,7 +522,9 @@ impl QueueActor {
         };
         let awaiting_confirmation = task.woken && !task.confirmed;
         self.state.active = Some(task);
-        self.push_outbox(accepted_entry(&task_id, generation));
+        if accept {
+            self.push_outbox(accepted_entry(&task_id, generation));
+        }
         let then = self.next_step(&task_id);
         self.commit(ctx, vec![task_file], Vec::new(), Some(then));
         if awaiting_confirmation {
@@ -585,55 +609,10 @@ impl QueueActor {
         };
         let config = self.env.config.clone();
         let id = &task.task_id;
-        let elapsed_ms = now_ms().saturating_sub(task.accepted_at_ms);
-        let entry = match outcome {
-            Outcome::Complete(result) => {
-                log_event!(
-                    self.env.log,
-                    Info,
-                    "task_complete",
-                    task_id = id,
-                    generation = task.generation,
-                    duration_ms = elapsed_ms
-                );
-                OutboxEntry {
-                    kind: OutboxKind::TaskComplete,
-                    task_id: id.clone(),
-                    generation: task.generation,
-                    result: Some(Value::Object(result)),
-                    reason: None,
-                    error: None,
-                }
-            }
-            Outcome::Failed { reason, error } => {
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "task_failed",
-                    task_id = id,
-                    reason = reason,
-                    error = error,
-                    generation = task.generation,
-                    duration_ms = elapsed_ms
-                );
-                let mut entry = failed_entry(&task, &reason, &error);
-                entry.error = Some(error);
-                entry
-            }
-        };
-        let outcome = if entry.kind == OutboxKind::TaskComplete {
-            "complete"
-        } else {
-            "failed"
-        };
-        self.publish_end(id, outcome);
+        let entry = self.conclude(&task, outcome);
         self.push_outbox(entry);
         let result = config.results_dir.join(format!("{id}.json"));
-        let mut after = vec![
-            FileOp::Remove(config.results_dir.join(format!("{id}.started"))),
-            FileOp::Remove(config.task_file(id)),
-            FileOp::Remove(config.wake_output_file(id)),
-        ];
+        let mut after = self.task_files(id);
         after.push(if invalid_result {
             // Kept for the operator, out of the way of a new result.
             FileOp::Rename {
@@ -646,7 +625,75 @@ impl QueueActor {
         let _ = self.env.bus.send(CancelWake {
             task_id: id.clone(),
         });
+        // A recovering task whose `task_continue` had to wait is offered again now.
+        self.recovery_reported_on = None;
         self.commit(ctx, Vec::new(), after, None);
+    }
+
+    /// Logs how a task ended and makes its outbox entry.
+    fn conclude(&self, task: &TaskRecord, outcome: Outcome) -> OutboxEntry {
+        let id = &task.task_id;
+        let elapsed_ms = now_ms().saturating_sub(task.accepted_at_ms);
+        let (entry, ended) = match outcome {
+            Outcome::Complete(result) => {
+                log_event!(
+                    self.env.log,
+                    Info,
+                    "task_complete",
+                    task_id = id,
+                    generation = task.generation,
+                    duration_ms = elapsed_ms
+                );
+                let entry = OutboxEntry {
+                    kind: OutboxKind::TaskComplete,
+                    task_id: id.clone(),
+                    generation: task.generation,
+                    result: Some(Value::Object(result)),
+                    reason: None,
+                    error: None,
+                };
+                (entry, "complete")
+            }
+            Outcome::Failed { reason, error } => {
+                log_event!(
+                    self.env.log,
+                    Warn,
+                    "task_failed",
+                    task_id = id,
+                    reason = reason,
+                    error = error,
+                    generation = task.generation,
+                    duration_ms = elapsed_ms
+                );
+                (failed_entry(task, &reason, &error), "failed")
+            }
+        };
+        self.publish_end(id, ended);
+        entry
+    }
+
+    /// A task's own files, removed when it ends (its result file is handled by the caller).
+    fn task_files(&self, task_id: &str) -> Vec<FileOp> {
+        let config = &self.env.config;
+        vec![
+            FileOp::Remove(config.results_dir.join(format!("{task_id}.started"))),
+            FileOp::Remove(config.task_file(task_id)),
+            FileOp::Remove(config.wake_output_file(task_id)),
+        ]
+    }
+
+    /// A result the agent wrote for `task_id`, read straight from disk (at start-up only,
+    /// when the watcher has not run yet): its outcome, or `None` if there is none usable.
+    fn result_on_disk(&self, task_id: &str) -> Option<Outcome> {
+        let path = self.env.config.results_dir.join(format!("{task_id}.json"));
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() > self.env.config.max_result_bytes {
+            return None;
+        }
+        match serde_json::from_slice(&std::fs::read(&path).ok()?).ok()? {
+            Value::Object(result) => Some(outcome_of(result)),
+            _ => None,
+        }
     }
 
     fn on_result(&mut self, msg: ResultFileRead, ctx: &mut Context<Self>) {
@@ -666,20 +713,7 @@ impl QueueActor {
             return;
         }
         match msg.outcome {
-            Ok(result) => {
-                let success = result.get("status").and_then(Value::as_str) == Some("success");
-                let outcome = if success {
-                    Outcome::Complete(result)
-                } else {
-                    let text = |k: &str| result.get(k).and_then(Value::as_str).map(str::to_string);
-                    let reason = text("reason")
-                        .or_else(|| text("error"))
-                        .unwrap_or_else(|| "agent_reported_failure".into());
-                    let error = text("error").unwrap_or_else(|| reason.clone());
-                    Outcome::Failed { reason, error }
-                };
-                self.finish(outcome, false, ctx);
-            }
+            Ok(result) => self.finish(outcome_of(result), false, ctx),
             Err(why) => self.finish(
                 Outcome::Failed {
                     reason: "invalid_result".into(),
@@ -746,7 +780,7 @@ impl QueueActor {
         {
             self.state.recovering = None;
             log_event!(self.env.log, Info, "recovery_reassigned", task_id = task_id);
-            let after = vec![FileOp::Remove(self.env.config.task_file(task_id))];
+            let after = self.task_files(task_id);
             self.commit(ctx, Vec::new(), after, None);
         } else {
             log_event!(
@@ -795,7 +829,7 @@ impl QueueActor {
             generation = task.generation,
             last_status = task.last_status()
         );
-        self.activate(task, ctx);
+        self.activate(task, false, ctx);
     }
 
     fn on_cancel(&mut self, task_id: &str, ctx: &mut Context<Self>) {
@@ -830,13 +864,23 @@ impl QueueActor {
         self.retain_outbox(|e| e.task_id != task_id);
         log_event!(self.env.log, Info, "task_cancelled", task_id = task_id);
         self.publish_end(task_id, "cancelled");
-        let config = &self.env.config;
-        let after = vec![
-            FileOp::Remove(config.task_file(task_id)),
-            FileOp::Remove(config.results_dir.join(format!("{task_id}.started"))),
-        ];
+        let after = self.task_files(task_id);
         self.commit(ctx, Vec::new(), after, None);
     }
+}
+
+/// What a result object says: `"status":"success"` is complete, anything else failed with
+/// the file's `reason` or `error`.
+fn outcome_of(result: serde_json::Map<String, Value>) -> Outcome {
+    if result.get("status").and_then(Value::as_str) == Some("success") {
+        return Outcome::Complete(result);
+    }
+    let text = |k: &str| result.get(k).and_then(Value::as_str).map(str::to_string);
+    let reason = text("reason")
+        .or_else(|| text("error"))
+        .unwrap_or_else(|| "agent_reported_failure".into());
+    let error = text("error").unwrap_or_else(|| reason.clone());
+    Outcome::Failed { reason, error }
 }
 
 fn accepted_entry(task_id: &str, generation: Option<u64>) -> OutboxEntry {
@@ -891,6 +935,8 @@ impl Child for QueueActor {
         bus.register(addr.clone().recipient::<SessionLost>());
         bus.register(addr.clone().recipient::<WakeSucceeded>());
         bus.register(addr.clone().recipient::<WakeFailed>());
+        bus.register(addr.clone().recipient::<WakerStarted>());
+        bus.register(addr.clone().recipient::<AnnounceTasks>());
         bus.register(addr.clone().recipient::<StartedFileSeen>());
         bus.register(addr.clone().recipient::<ResultFileRead>());
     }
@@ -968,18 +1014,55 @@ impl Handler<WakeSucceeded> for QueueActor {
 impl Handler<WakeFailed> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: WakeFailed, ctx: &mut Context<Self>) {
-        if self
+        let Some(task) = self
             .state
             .active
             .as_ref()
-            .is_some_and(|t| t.task_id == msg.task_id)
-        {
-            let outcome = Outcome::Failed {
-                reason: "wake_failed".into(),
-                error: msg.error,
-            };
-            self.finish(outcome, false, ctx);
+            .filter(|t| t.task_id == msg.task_id)
+        else {
+            return;
+        };
+        if task.confirmed {
+            // The agent confirmed its start: it runs, whatever the wake command said.
+            log_event!(
+                self.env.log,
+                Info,
+                "wake_failure_ignored",
+                task_id = msg.task_id,
+                reason = "the agent confirmed its start"
+            );
+            return;
         }
+        let outcome = Outcome::Failed {
+            reason: "wake_failed".into(),
+            error: msg.error,
+        };
+        self.finish(outcome, false, ctx);
+    }
+}
+
+impl Handler<WakerStarted> for QueueActor {
+    type Result = ();
+    fn handle(&mut self, _: WakerStarted, ctx: &mut Context<Self>) {
+        // A restarted waker forgot what it was doing: ask again if the agent never started.
+        let pending = self
+            .state
+            .active
+            .as_ref()
+            .filter(|t| !t.woken && !t.confirmed)
+            .map(|t| t.task_id.clone());
+        if let Some(task_id) = pending {
+            if self.durable == self.change {
+                self.wake(&task_id, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<AnnounceTasks> for QueueActor {
+    type Result = ();
+    fn handle(&mut self, _: AnnounceTasks, _: &mut Context<Self>) {
+        self.publish_tasks();
     }
 }
 
@@ -995,6 +1078,9 @@ impl Handler<StartedFileSeen> for QueueActor {
             return;
         };
         task.confirmed = true;
+        let _ = self.env.bus.send(WakeConfirmed {
+            task_id: msg.task_id.clone(),
+        });
         log_event!(
             self.env.log,
             Info,

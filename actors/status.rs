@@ -24,7 +24,7 @@ use actix::prelude::*;
 
 use super::heartbeat::HeartbeatAnswered;
 use super::hub::{AnnounceSession, HubState, HubStateChanged, SessionIdentified};
-use super::queue::{TaskEnded, TasksChanged};
+use super::queue::{AnnounceTasks, TaskEnded, TasksChanged};
 use super::supervisor::{ActorRestarted, CheckAlive, ChildrenStarted, ShutdownBegun};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
@@ -55,7 +55,7 @@ fn now() -> String {
 impl StatusActor {
     pub fn new(env: &Env) -> Self {
         let config = &env.config;
-        let status = Status {
+        let mut status = Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             agent_id: config.agent_id.clone(),
@@ -67,6 +67,16 @@ impl StatusActor {
             },
             ..Status::default()
         };
+        // A restart of this actor alone keeps the process's counters: they are in the state
+        // file it wrote itself.
+        if let Ok(previous) = crate::status::read(&config.status_file) {
+            if previous.pid == status.pid && previous.stopped_at.is_none() {
+                status.started_at = previous.started_at;
+                status.reconnects = previous.reconnects;
+                status.restarts = previous.restarts;
+                status.tasks.ended = previous.tasks.ended;
+            }
+        }
         StatusActor {
             env: env.clone(),
             status: Arc::new(RwLock::new(status)),
@@ -258,7 +268,9 @@ impl Actor for StatusActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.start_metrics();
         self.start_watchdog(ctx);
+        // After a restart of this actor alone: learn the present from the others.
         let _ = self.env.bus.send(AnnounceSession);
+        let _ = self.env.bus.send(AnnounceTasks);
         self.schedule_write(ctx);
     }
 }

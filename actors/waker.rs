@@ -12,9 +12,10 @@
 //! An attempt that exits non-zero, cannot start, or runs past `wake_timeout` (its whole
 //! process group is killed) is retried after each of `wake_retry_delays`; then
 //! [`WakeFailed`]. Exit 0 is [`WakeSucceeded`]. [`CancelWake`] kills a running attempt's
-//! process group and drops the retries. On [`Stop`] nothing is killed: a wake in progress
-//! is re-run after restart if the agent never confirmed. A restart loses the retry
-//! schedule only; the QueueActor asks again.
+//! process group and drops the retries; [`WakeConfirmed`] (the agent wrote `.started`) drops
+//! them without killing anything. On [`Stop`] nothing is killed: a wake in progress is re-run
+//! after restart if the agent never confirmed. A restart of this actor loses the retry
+//! schedule only: it publishes [`WakerStarted`] and the QueueActor asks again.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -45,6 +46,20 @@ pub struct CancelWake {
     pub task_id: String,
 }
 
+/// The agent confirmed its start: no more attempts for this task. Nothing is killed (a
+/// wake command still running may be the agent itself); its outcome no longer matters.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct WakeConfirmed {
+    pub task_id: String,
+}
+
+/// Published when a WakerActor starts: after a restart of the waker alone, a task that was
+/// being woken has to be asked for again.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct WakerStarted;
+
 /// Published: the wake command exited 0.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -73,6 +88,8 @@ struct Waking {
     attempt: u32,
     /// Process group of the running attempt.
     running: Option<i32>,
+    /// The agent confirmed its start: the running attempt is the last, whatever it returns.
+    confirmed: bool,
 }
 
 enum Outcome {
@@ -211,6 +228,11 @@ impl WakerActor {
             error = error,
             output = output
         );
+        if self.current.as_ref().is_some_and(|w| w.confirmed) {
+            // The agent runs (it confirmed): no retry, and nothing to report as failed.
+            self.current = None;
+            return;
+        }
         let delays = &self.env.config.wake_retry_delays;
         match delays.get(attempt as usize - 1) {
             Some(delay) => {
@@ -297,6 +319,10 @@ fn kill_group(group: Option<i32>) {
 
 impl Actor for WakerActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let _ = self.env.bus.send(WakerStarted);
+    }
 }
 
 crate::answers_probe!(WakerActor);
@@ -305,6 +331,7 @@ impl Child for WakerActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<WakeTask>());
         bus.register(addr.clone().recipient::<CancelWake>());
+        bus.register(addr.clone().recipient::<WakeConfirmed>());
     }
 }
 
@@ -331,8 +358,29 @@ impl Handler<WakeTask> for WakerActor {
             task: msg,
             attempt: 0,
             running: None,
+            confirmed: false,
         });
         self.run_attempt(ctx);
+    }
+}
+
+impl Handler<WakeConfirmed> for WakerActor {
+    type Result = ();
+    fn handle(&mut self, msg: WakeConfirmed, _: &mut Context<Self>) {
+        let Some(waking) = self
+            .current
+            .as_mut()
+            .filter(|w| w.task.task_id == msg.task_id)
+        else {
+            return;
+        };
+        if waking.running.is_some() {
+            // Its outcome is still logged when it ends; then no retry follows.
+            waking.confirmed = true;
+        } else {
+            // Between attempts: the pending retry finds nothing to do.
+            self.current = None;
+        }
     }
 }
 

@@ -60,7 +60,7 @@ const BUILTINS: &[&str] = &[
 fn program_found(command: &str) -> Result<(), String> {
     let program = command
         .split_whitespace()
-        .find(|w| !is_assignment(w) && !PREFIXES.contains(w))
+        .find(|w| !is_assignment(w) && !PREFIXES.contains(w) && !is_prefix_argument(w))
         .ok_or_else(|| "the wake command is empty".to_string())?
         .trim_matches(|c| c == '"' || c == '\'');
     if BUILTINS.contains(&program) || program.contains('$') || program.starts_with('(') {
@@ -82,6 +82,11 @@ fn program_found(command: &str) -> Result<(), String> {
                 path.to_string_lossy()
             )
         })
+}
+
+/// An option of a prefix word (`setsid -f`, `nice -n 10`): never the program itself.
+fn is_prefix_argument(word: &str) -> bool {
+    word.starts_with('-') || word.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_assignment(word: &str) -> bool {
@@ -113,6 +118,8 @@ mod tests {
     fn the_program_is_the_first_word_after_assignments_and_prefixes() {
         assert!(program_found("sh -c 'x'").is_ok());
         assert!(program_found("FOO=1 exec nohup sh run.sh").is_ok());
+        assert!(program_found("setsid -f nice -n 10 sh -c 'agent'").is_ok());
+        assert!(program_found("setsid -f no-such-agent-binary").is_err());
         assert!(program_found("echo \"Task: ${TASK_JSON}\"").is_ok());
         assert!(program_found("$AGENT_BIN --run").is_ok());
         let e = program_found("no-such-agent-binary --message x").unwrap_err();

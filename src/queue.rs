@@ -135,7 +135,7 @@ impl OutboxEntry {
 }
 
 /// Everything in `queue_file`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueState {
     #[serde(default = "version")]
     pub version: u32,
@@ -149,6 +149,17 @@ pub struct QueueState {
 
 fn version() -> u32 {
     1
+}
+
+impl Default for QueueState {
+    fn default() -> Self {
+        QueueState {
+            version: version(),
+            active: None,
+            recovering: None,
+            outbox: Vec::new(),
+        }
+    }
 }
 
 /// What reading `queue_file` found.

@@ -4,6 +4,7 @@
 //! Shutdown is a value passed in by whoever runs it: the binary lets the ShutdownActor turn
 //! signals into it, and tests can pass their own child list to [`run_with`].
 
+use std::path::Path;
 use std::rc::Rc;
 
 use actix::Actor;
@@ -21,6 +22,14 @@ pub fn run(config: Config) -> i32 {
 
 /// Runs the sidecar with the children `make_children` returns (called inside the System).
 pub fn run_with(config: Config, make_children: impl FnOnce() -> Vec<ChildSpec>) -> i32 {
+    // Held until the process ends (the kernel releases it even on SIGKILL).
+    let _lock = match lock_queue(&config.queue_file) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
+            return 1;
+        }
+    };
     // One crypto provider for every rustls user in the process (awc builds a default
     // client configuration of its own, which needs it).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -40,4 +49,47 @@ pub fn run_with(config: Config, make_children: impl FnOnce() -> Vec<ChildSpec>) 
             1
         }
     }
+}
+
+/// One sidecar per queue: an exclusive lock on `<queue_file>.lock`, which also holds the
+/// owner's pid for the message a second sidecar prints.
+#[cfg(unix)]
+fn lock_queue(queue_file: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    let mut name = queue_file.as_os_str().to_os_string();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let shown = path.display();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut owner = String::new();
+        let _ = file.read_to_string(&mut owner);
+        return Err(format!(
+            "another sidecar (pid {}) is already using queue_file {}: each sidecar needs its own queue_file",
+            owner.trim(),
+            queue_file.display()
+        ));
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()));
+    written.map_err(|e| format!("cannot write {shown}: {e}"))?;
+    Ok(file)
+}
+
+#[cfg(not(unix))]
+fn lock_queue(_: &Path) -> Result<(), String> {
+    Ok(())
 }

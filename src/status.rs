@@ -76,22 +76,25 @@ pub struct LogCounters {
 impl Status {
     /// One line for systemd's `STATUS=`: what it is doing now.
     pub fn one_line(&self) -> String {
-        let session = match self.session.state.as_str() {
-            "identified" => format!("identified to {}", self.hub_url),
-            "waiting" => match self.session.retry_in_ms {
-                Some(ms) => format!("reconnecting to {} in {}", self.hub_url, human_ms(ms)),
-                None => format!("reconnecting to {}", self.hub_url),
-            },
-            "connecting" => format!(
-                "connecting to {} (attempt {})",
-                self.hub_url, self.session.attempt
-            ),
-            other => other.to_string(),
-        };
+        let session = self.session_line();
         match (&self.tasks.active, &self.tasks.recovering) {
             (Some(t), _) => format!("{session}; working on {} ({})", t.task_id, t.status),
             (None, Some(r)) => format!("{session}; recovering {r}"),
             (None, None) => format!("{session}; idle"),
+        }
+    }
+
+    /// Where the hub session stands.
+    fn session_line(&self) -> String {
+        let hub = &self.hub_url;
+        match self.session.state.as_str() {
+            "identified" => format!("identified to {hub}"),
+            "waiting" => match self.session.retry_in_ms {
+                Some(ms) => format!("reconnecting to {hub} in {}", human_ms(ms)),
+                None => format!("reconnecting to {hub}"),
+            },
+            "connecting" => format!("connecting to {hub} (attempt {})", self.session.attempt),
+            other => other.to_string(),
         }
     }
 
@@ -123,7 +126,7 @@ impl Status {
         let _ = writeln!(
             out,
             "  session:    {}{since} (attempt {})",
-            self.one_line(),
+            self.session_line(),
             s.attempt
         );
         let pong = match (&s.last_pong, s.heartbeat_rtt_ms) {
@@ -303,8 +306,16 @@ impl Status {
     }
 }
 
-/// Whether `pid` is alive and is this program (a recycled pid is not).
+/// Whether `pid` is alive and is this program (a recycled pid is not). Without `/proc`, only
+/// "alive" can be checked.
 fn process_is_ours(pid: u32) -> bool {
+    if !Path::new("/proc/self").exists() {
+        #[cfg(unix)]
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        return i32::try_from(pid).is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        #[cfg(not(unix))]
+        return false;
+    }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };

@@ -166,3 +166,23 @@ fn relative_paths_are_relative_to_the_config_file_not_the_working_directory() {
     wait_identified(&hub, 1);
     sidecar.wait_event("identified");
 }
+
+#[test]
+fn a_second_sidecar_on_the_same_queue_file_refuses_to_start() {
+    let hub = hub();
+    let first = Sidecar::start(fast_config(&hub.ws_url()));
+    wait_identified(&hub, 1);
+    let config = first.dir.path().join("config.json");
+    let (code, err) = run(
+        first.dir.path(),
+        &["--config", config.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("another sidecar (pid {})", first.pid()))
+            && err.contains("queue_file"),
+        "{err}"
+    );
+    assert_eq!(identified(&hub).len(), 1, "the second one never connected");
+}

@@ -540,6 +540,8 @@ fn sigkill_with_an_active_task_then_restart_reports_recovering_and_continue_resu
         .filter(|l| l["event"] == "wake_attempt")
         .count();
     assert_eq!(woken_again, 0, "woken before the crash: not woken again");
+    // task_continue is not an assignment: no second task_accepted.
+    assert_eq!(task_frames(&hub, "task_accepted", "t-crash").len(), 1);
 }
 
 #[test]
@@ -557,6 +559,10 @@ fn sigkill_before_the_wake_then_restart_and_reassign_drops_the_task() {
         RawFrame::Text(json!({"type": "task_reassign", "task_id": "t-gone"}).to_string()),
     );
     sidecar.wait_event("recovery_reassigned");
+    eventually("its files removed", || {
+        !sidecar.dir.path().join("tasks/t-gone.json").exists()
+    });
+    assert!(!sidecar.dir.path().join("tasks/t-gone.wake.log").exists());
     eventually("the queue cleared", || {
         sidecar.queue()["recovering"].is_null()
     });
@@ -616,6 +622,8 @@ fn task_cancelled_drops_the_task_and_stops_its_wake_command() {
     });
     assign(&hub, json!({"task_id": "t-after-cancel"}));
     wait_task_frame(&hub, "task_accepted", "t-after-cancel", 1);
+    assert!(!sidecar.dir.path().join("tasks/t-cancel.wake.log").exists());
+    assert!(!sidecar.dir.path().join("tasks/t-cancel.json").exists());
     assert!(task_frames(&hub, "task_failed", "t-cancel").is_empty());
 }
 
@@ -648,4 +656,56 @@ fn the_agent_started_by_the_wake_command_outlives_a_sidecar_restart() {
     assert!(alive(pid), "SIGKILL of the sidecar killed the agent");
     // SAFETY: kill(2) on the agent this test started; no memory is touched.
     unsafe { libc::kill(pid, SIGKILL) };
+}
+
+#[test]
+fn a_wake_command_that_fails_after_the_agent_confirmed_does_not_fail_the_task() {
+    let hub = hub();
+    // Starts the agent (which confirms), then exits non-zero anyway.
+    let script = "touch \"$RESULTS_DIR/$TASK_ID.started\"; exit 1";
+    let sidecar = start(&hub, script, json!({"wake_retry_delays_ms": [1000, 1000]}));
+    assign(&hub, json!({"task_id": "t-confirmed"}));
+    sidecar.wait_event("confirmation_received");
+    sidecar.wait_event("wake_error");
+    std::fs::write(
+        sidecar.results_dir().join("t-confirmed.json"),
+        r#"{"status":"success"}"#,
+    )
+    .unwrap();
+    wait_task_frame(&hub, "task_complete", "t-confirmed", 1);
+    assert!(task_frames(&hub, "task_failed", "t-confirmed").is_empty());
+    assert_eq!(
+        sidecar.events("wake_attempt").len(),
+        1,
+        "no second agent after the confirmation"
+    );
+}
+
+#[test]
+fn a_superseded_recovering_task_is_reported_with_the_result_its_agent_left() {
+    let hub = hub();
+    let mut sidecar = start(&hub, "true", json!({"confirmation_timeout_ms": 60000}));
+    assign(&hub, json!({"task_id": "t-old", "generation": 2}));
+    sidecar.wait_event("wake_success");
+    sidecar.kill_and_restart();
+    // t-old is recovering; the hub does not answer, and assigns another task.
+    wait_task_frame(&hub, "task_recovering", "t-old", 1);
+    assign(&hub, json!({"task_id": "t-new"}));
+    wait_task_frame(&hub, "task_accepted", "t-new", 1);
+    eventually("t-new woken", || sidecar.queue()["active"]["woken"] == true);
+    // t-old's agent finishes meanwhile; nobody is watching for it.
+    std::fs::write(
+        sidecar.results_dir().join("t-old.json"),
+        r#"{"status":"success","output":"kept"}"#,
+    )
+    .unwrap();
+    sidecar.kill_and_restart();
+    // t-new takes the recovery slot; t-old is reported with its result, not lost.
+    let complete = wait_task_frame(&hub, "task_complete", "t-old", 1);
+    assert_eq!(complete["result"]["output"], "kept");
+    assert_eq!(complete["generation"], 2);
+    wait_task_frame(&hub, "task_recovering", "t-new", 1);
+    eventually("t-old's result removed", || {
+        !sidecar.results_dir().join("t-old.json").exists()
+    });
 }
