@@ -11,7 +11,7 @@
 //! appended to a complete object and leave it valid). A read that does not parse waits
 //! until the file has stopped changing for `result_settle` before it is declared invalid,
 //! so an agent writing in pieces is not cut short. Files over `max_result_bytes` are
-//! refused unread. The actor decides nothing about tasks: the QueueActor does, and removes
+//! refused unread; reading and parsing happen on the blocking pool, never on the event loop. The actor decides nothing about tasks: the QueueActor does, and removes
 //! the files. It fails (and is restarted) only if `results_dir` cannot be created.
 
 use std::collections::{HashMap, HashSet};
@@ -63,6 +63,9 @@ pub struct ResultsActor {
     /// Results already published, by task id, with the content they had.
     reported: HashMap<String, Fingerprint>,
     started: HashSet<String>,
+    /// Results being read right now, and those that changed meanwhile.
+    reading: HashSet<String>,
+    look_again: HashSet<String>,
 }
 
 /// What a file in the results directory is.
@@ -78,6 +81,8 @@ impl ResultsActor {
             watcher: None,
             reported: HashMap::new(),
             started: HashSet::new(),
+            reading: HashSet::new(),
+            look_again: HashSet::new(),
         }
     }
 
@@ -137,7 +142,8 @@ impl ResultsActor {
         }
     }
 
-    /// Reads `<task_id>.json` and publishes it, unless it is still being written.
+    /// Reads `<task_id>.json` (off the event loop) and publishes it, unless it is still
+    /// being written.
     fn check(&mut self, task_id: String, complete: bool, ctx: &mut Context<Self>) {
         let path = self.env.config.results_dir.join(format!("{task_id}.json"));
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -151,39 +157,72 @@ impl ResultsActor {
             return;
         }
         let limit = self.env.config.max_result_bytes;
-        let outcome = if !meta.is_file() {
+        if !meta.is_file() {
             // A link could make the sidecar read, and send, any file it can read.
-            Err("result path is not a regular file (symlinks are refused)".to_string())
-        } else if meta.len() > limit {
-            Err(format!(
+            let why = "result path is not a regular file (symlinks are refused)".to_string();
+            return self.decide(task_id, fingerprint, true, Err(why), ctx);
+        }
+        if meta.len() > limit {
+            let why = format!(
                 "result file is {} bytes; max_result_bytes is {limit}",
                 meta.len()
-            ))
-        } else {
-            match std::fs::read(&path).map(|b| serde_json::from_slice::<Value>(&b)) {
-                Err(e) => {
-                    log_event!(
-                        self.env.log,
-                        Warn,
-                        "result_read_failed",
-                        task_id = task_id,
-                        error = e.to_string()
-                    );
-                    return;
+            );
+            return self.decide(task_id, fingerprint, true, Err(why), ctx);
+        }
+        if !self.reading.insert(task_id.clone()) {
+            // A read is under way: look again when it is done.
+            self.look_again.insert(task_id);
+            return;
+        }
+        let read = actix_rt::task::spawn_blocking(move || read_result(&path));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
+                act.reading.remove(&task_id);
+                match result {
+                    Ok(Ok(outcome)) => {
+                        act.decide(task_id.clone(), fingerprint, complete, outcome, ctx)
+                    }
+                    Ok(Err(e)) => {
+                        log_event!(
+                            act.env.log,
+                            Warn,
+                            "result_read_failed",
+                            task_id = task_id,
+                            error = e.to_string()
+                        );
+                    }
+                    Err(e) => {
+                        log_event!(
+                            act.env.log,
+                            Warn,
+                            "result_read_failed",
+                            task_id = task_id,
+                            error = e.to_string()
+                        );
+                    }
                 }
-                Ok(Ok(Value::Object(object))) => Ok(object),
-                Ok(Ok(_)) => Err("result file is JSON but not an object".to_string()),
-                Ok(Err(e)) => Err(format!("result file is not valid JSON: {e}")),
-            }
-        };
+                if act.look_again.remove(&task_id) {
+                    act.check(task_id, false, ctx);
+                }
+            }),
+        );
+    }
+
+    /// Publishes what a read found, or waits for a file that may still be being written.
+    fn decide(
+        &mut self,
+        task_id: String,
+        fingerprint: Fingerprint,
+        complete: bool,
+        outcome: Result<serde_json::Map<String, Value>, String>,
+        ctx: &mut Context<Self>,
+    ) {
         if outcome.is_err() && !complete {
             // Maybe still being written: decide once it has stopped changing.
             let settle = self.env.config.result_settle;
             ctx.run_later(settle, move |act, ctx| {
-                let now = std::fs::symlink_metadata(
-                    act.env.config.results_dir.join(format!("{task_id}.json")),
-                )
-                .map(|m| (m.len(), m.modified().ok()));
+                let path = act.env.config.results_dir.join(format!("{task_id}.json"));
+                let now = std::fs::symlink_metadata(path).map(|m| (m.len(), m.modified().ok()));
                 if now.ok() == Some(fingerprint) {
                     act.check(task_id, true, ctx);
                 }
@@ -193,6 +232,16 @@ impl ResultsActor {
         self.reported.insert(task_id.clone(), fingerprint);
         let _ = self.env.bus.send(ResultFileRead { task_id, outcome });
     }
+}
+
+/// Reads and parses a result file: the object, or why it is not a valid result. Blocking.
+fn read_result(path: &Path) -> std::io::Result<Result<serde_json::Map<String, Value>, String>> {
+    let bytes = std::fs::read(path)?;
+    Ok(match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err("result file is JSON but not an object".to_string()),
+        Err(e) => Err(format!("result file is not valid JSON: {e}")),
+    })
 }
 
 /// `<id>.started` or `<id>.json` with a valid task id; anything else is not ours.
