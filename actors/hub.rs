@@ -908,9 +908,7 @@ impl Handler<SendFrame> for HubActor {
     fn handle(&mut self, msg: SendFrame, _: &mut Context<Self>) {
         let kind = msg.frame.kind();
         let usable = match &self.state {
-            State::Open(s) => {
-                s.identified && !s.closing && msg.session.map_or(true, |id| id == s.id)
-            }
+            State::Open(s) => s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id),
             _ => false,
         };
         if usable && self.transmit(&msg.frame) {

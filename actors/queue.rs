@@ -697,11 +697,11 @@ impl QueueActor {
     }
 
     fn on_result(&mut self, msg: ResultFileRead, ctx: &mut Context<Self>) {
-        if !self
+        if self
             .state
             .active
             .as_ref()
-            .is_some_and(|t| t.task_id == msg.task_id)
+            .is_none_or(|t| t.task_id != msg.task_id)
         {
             log_event!(
                 self.env.log,
@@ -793,11 +793,11 @@ impl QueueActor {
     }
 
     fn on_continue(&mut self, task_id: &str, generation: Option<u64>, ctx: &mut Context<Self>) {
-        if !self
+        if self
             .state
             .recovering
             .as_ref()
-            .is_some_and(|t| t.task_id == task_id)
+            .is_none_or(|t| t.task_id != task_id)
         {
             log_event!(
                 self.env.log,
