@@ -96,7 +96,7 @@ impl ExitNote {
 pub struct Stop;
 
 /// The watchdog's liveness probe: answered by every child as soon as its mailbox turns.
-/// Implement it with [`answers_probe!`].
+/// Implement it with [`answers_probe!`](crate::answers_probe).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Probe;

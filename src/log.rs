@@ -1,6 +1,6 @@
 //! Log events: how actors emit them and how they reach the disk.
 //!
-//! Actors hold a [`Log`] handle and call [`log_event!`]; each event is a [`LogRecord`]
+//! Actors hold a [`Log`] handle and call [`log_event!`](crate::log_event); each event is a [`LogRecord`]
 //! (timestamp taken at the event, level, stable event name, typed fields) posted on the bus
 //! to the LoggerActor, the one writer. The LoggerActor feeds a [`LogWriter`]: slog-async's
 //! writer thread, which formats each record twice — one JSON line (slog-json) for the log
