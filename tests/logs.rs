@@ -96,6 +96,12 @@ fn a_burst_of_events_loses_no_line() {
         );
     }
     sidecar.wait_count("frame_ignored", BURST);
+    // The burst did not starve the heartbeat (actix yields between stream items).
+    assert!(
+        sidecar.events("heartbeat_timeout").is_empty(),
+        "{}",
+        sidecar.dump()
+    );
     sidecar.signal(SIGTERM);
     assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
     assert_eq!(sidecar.events("frame_ignored").len(), BURST);

@@ -144,3 +144,37 @@ fn the_same_signal_delivered_twice_at_once_is_one_request() {
     assert_eq!(status.code(), Some(0), "{}", sidecar.dump());
     assert_eq!(sidecar.lines().last().unwrap()["phase"], "complete");
 }
+
+#[test]
+fn restart_sidecar_from_the_hub_stops_in_good_order_with_exit_75() {
+    let hub = hub();
+    let mut sidecar = Sidecar::start(fast_config(&hub.ws_url()));
+    let session = wait_identified(&hub, 1);
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "restart_sidecar", "reason": "upgrade"}).to_string()),
+    );
+    let status = sidecar.wait_exit(WAIT).expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "non-zero, so the service manager starts it again"
+    );
+    let requested = sidecar.wait_event("restart_requested");
+    assert_eq!(requested["reason"], "upgrade");
+    assert!(hub.events().iter().any(|e| {
+        e.conn == session.conn
+            && matches!(
+                &e.kind,
+                HubEventKind::CloseReceived {
+                    code: Some(1000),
+                    ..
+                }
+            )
+    }));
+    let last = sidecar.lines().last().unwrap().clone();
+    assert_eq!(
+        (last["phase"].as_str(), last["exit_code"].as_i64()),
+        (Some("complete"), Some(75))
+    );
+}
