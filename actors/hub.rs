@@ -18,6 +18,7 @@
 //! connection, then stops. It is restarted by the Supervisor only if it panics or cannot
 //! build its TLS client.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -122,11 +123,15 @@ struct WsEvent {
 
 type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
 
+/// Attempts numbered across the whole process: a restarted HubActor never reuses a session
+/// id that other actors still remember.
+static LAST_ATTEMPT: AtomicU64 = AtomicU64::new(0);
+
 pub struct HubActor {
     env: Env,
     client: Option<awc::Client>,
     backoff: Backoff,
-    /// Connect attempts so far; each attempt's number is also its session id.
+    /// The latest connect attempt's number, which is also its session id.
     attempts: u64,
     state: State,
     /// No attempt before this (the hub's cooldown or rate limit).
@@ -173,7 +178,7 @@ impl HubActor {
             env: env.clone(),
             client: None,
             backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
-            attempts: 0,
+            attempts: LAST_ATTEMPT.load(Ordering::Relaxed),
             state: State::Waiting,
             not_before: None,
             stopping: false,
@@ -188,7 +193,7 @@ impl HubActor {
             return;
         };
         let config = self.env.config.clone();
-        self.attempts += 1;
+        self.attempts = LAST_ATTEMPT.fetch_add(1, Ordering::Relaxed) + 1;
         let id = self.attempts;
         log_event!(
             self.env.log,

@@ -39,6 +39,8 @@ static LOADED_ONCE: AtomicBool = AtomicBool::new(false);
 
 /// How long a failed write waits before it is tried again.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// Failed writes in a row after which a task whose acceptance is not on disk is given back.
+const GIVE_BACK_AFTER: u32 = 3;
 
 /// Published after every change of the queue: what is active, recovering, and waiting for
 /// an ack (for status reports and metrics).
@@ -82,6 +84,12 @@ pub struct QueueActor {
     pending: Pending,
     /// Work waiting for a change to be durable.
     deferred: Vec<(u64, Deferred)>,
+    /// The active task's wait for `.started`.
+    confirmation_timer: Option<SpawnHandle>,
+    /// Failed queue writes in a row.
+    write_failures: u32,
+    /// The change that made the active task active (it is on disk once that is durable).
+    active_since: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +129,9 @@ impl QueueActor {
             writing: false,
             pending: Pending::default(),
             deferred: Vec::new(),
+            confirmation_timer: None,
+            write_failures: 0,
+            active_since: 0,
         }
     }
 
@@ -150,12 +161,16 @@ impl QueueActor {
                 } else if let Some(task) = &self.state.active {
                     // Only this actor restarted: the task carries on where it was.
                     let task_id = task.task_id.clone();
+                    let awaiting_confirmation = task.woken && !task.confirmed;
                     let next = if task.woken || task.confirmed {
                         Deferred::Rescan
                     } else {
-                        Deferred::Wake(task_id)
+                        Deferred::Wake(task_id.clone())
                     };
                     self.deferred.push((0, next));
+                    if awaiting_confirmation {
+                        self.await_confirmation(task_id, ctx);
+                    }
                 }
             }
         }
@@ -169,21 +184,20 @@ impl QueueActor {
             if let Some(older) = self.state.recovering.replace(task) {
                 // One recovering slot. The older task is reported with the result its agent
                 // left, if any; else failed, so the hub reassigns it.
-                let outcome = self
-                    .result_on_disk(&older.task_id)
-                    .unwrap_or(Outcome::Failed {
-                        reason: "superseded_in_recovery".into(),
-                        error: "a newer interrupted task took the recovery slot".into(),
-                    });
+                let on_disk = self.result_on_disk(&older.task_id);
+                after = self.task_files(&older.task_id);
+                if on_disk.is_some() {
+                    // Reported: its file goes. A result file that is not usable stays for
+                    // the operator.
+                    let result = format!("{}.json", older.task_id);
+                    after.push(FileOp::Remove(self.env.config.results_dir.join(result)));
+                }
+                let outcome = on_disk.unwrap_or(Outcome::Failed {
+                    reason: "superseded_in_recovery".into(),
+                    error: "a newer interrupted task took the recovery slot".into(),
+                });
                 let entry = self.conclude(&older, outcome);
                 self.push_outbox(entry);
-                after = self.task_files(&older.task_id);
-                after.push(FileOp::Remove(
-                    self.env
-                        .config
-                        .results_dir
-                        .join(format!("{}.json", older.task_id)),
-                ));
             }
             self.commit(ctx, Vec::new(), after, None);
         }
@@ -211,6 +225,13 @@ impl QueueActor {
         then: Option<Deferred>,
     ) {
         self.change += 1;
+        // A file this change writes must not be removed by the clean-up of an earlier change
+        // in the same batch (a task cancelled and assigned again before the write landed).
+        let rewritten: Vec<&std::path::Path> =
+            before.iter().filter_map(FileOp::written_path).collect();
+        self.pending
+            .after
+            .retain(|op| !matches!(op, FileOp::Remove(p) if rewritten.contains(&p.as_path())));
         self.pending.before.extend(before);
         self.pending.after.extend(after);
         if let Some(d) = then {
@@ -224,7 +245,8 @@ impl QueueActor {
         if self.writing || self.durable == self.change {
             return;
         }
-        let snapshot = match serde_json::to_vec_pretty(&self.state) {
+        // Compact: the snapshot is made on the event loop, and a task may be megabytes.
+        let snapshot = match serde_json::to_vec(&self.state) {
             Ok(s) => s,
             Err(e) => {
                 log_event!(
@@ -272,9 +294,14 @@ impl QueueActor {
                     let newer = std::mem::take(&mut act.pending);
                     act.pending.before = before.into_iter().chain(newer.before).collect();
                     act.pending.after = after.into_iter().chain(newer.after).collect();
+                    act.write_failures += 1;
+                    if act.write_failures >= GIVE_BACK_AFTER {
+                        act.give_back_unsaved_task(ctx);
+                    }
                     ctx.run_later(WRITE_RETRY, |act, ctx| act.write(ctx));
                     return;
                 }
+                act.write_failures = 0;
                 act.durable = upto;
                 act.on_durable(ctx);
                 act.write(ctx);
@@ -446,7 +473,7 @@ impl QueueActor {
         {
             // The hub pushed the interrupted task again: it is the same task, now active.
             let mut recovered = self.state.recovering.take().unwrap_or(record);
-            recovered.generation = generation.or(recovered.generation);
+            recovered.generation = generation.max(recovered.generation);
             log_event!(
                 self.env.log,
                 Info,
@@ -466,6 +493,7 @@ impl QueueActor {
             return self.activate(recovered, true, ctx);
         }
         self.state.active = Some(record);
+        self.active_since = self.change + 1;
         self.push_outbox(accepted_entry(&task_id, generation));
         log_event!(
             self.env.log,
@@ -482,7 +510,7 @@ impl QueueActor {
     /// adopt the new generation, do not wake a second agent.
     fn accept_again(&mut self, task_id: String, generation: Option<u64>, ctx: &mut Context<Self>) {
         if let Some(task) = &mut self.state.active {
-            task.generation = generation.or(task.generation);
+            task.generation = generation.max(task.generation);
         }
         let generation = self.state.active.as_ref().and_then(|t| t.generation);
         let existing = self
@@ -522,6 +550,7 @@ impl QueueActor {
         };
         let awaiting_confirmation = task.woken && !task.confirmed;
         self.state.active = Some(task);
+        self.active_since = self.change + 1;
         if accept {
             self.push_outbox(accepted_entry(&task_id, generation));
         }
@@ -572,8 +601,10 @@ impl QueueActor {
     }
 
     fn await_confirmation(&mut self, task_id: String, ctx: &mut Context<Self>) {
+        self.stop_confirmation_timer(ctx);
         let timeout = self.env.config.confirmation_timeout;
-        ctx.run_later(timeout, move |act, ctx| {
+        self.confirmation_timer = Some(ctx.run_later(timeout, move |act, ctx| {
+            act.confirmation_timer = None;
             let waiting = act
                 .state
                 .active
@@ -599,7 +630,45 @@ impl QueueActor {
                     ctx,
                 );
             }
-        });
+        }));
+    }
+
+    /// The queue file cannot be written: a task accepted since the last good write is not
+    /// safe, so it is given back to the hub (`task_rejected`, `storage_unavailable`) rather
+    /// than run late, or twice once the hub has reassigned it.
+    fn give_back_unsaved_task(&mut self, ctx: &mut Context<Self>) {
+        let Some(task) = self
+            .state
+            .active
+            .as_ref()
+            .filter(|_| self.active_since > self.durable)
+        else {
+            return;
+        };
+        let (task_id, generation) = (task.task_id.clone(), task.generation);
+        self.state.active = None;
+        self.stop_confirmation_timer(ctx);
+        self.forget_deferred(&task_id);
+        self.retain_outbox(|e| !(e.task_id == task_id && e.kind == OutboxKind::TaskAccepted));
+        let task_file = self.env.config.task_file(&task_id);
+        self.pending
+            .before
+            .retain(|op| op.written_path() != Some(task_file.as_path()));
+        self.reject(task_id, "storage_unavailable", generation);
+        self.publish_tasks();
+    }
+
+    fn stop_confirmation_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.confirmation_timer.take() {
+            ctx.cancel_future(timer);
+        }
+    }
+
+    /// Work queued for a task that has left (a wake for a cancelled task must not run when
+    /// an earlier write lands).
+    fn forget_deferred(&mut self, task_id: &str) {
+        self.deferred
+            .retain(|(_, d)| !matches!(d, Deferred::Wake(id) if id == task_id));
     }
 
     /// The active task is over: its outcome goes in the outbox, its files are cleaned up.
@@ -607,6 +676,8 @@ impl QueueActor {
         let Some(task) = self.state.active.take() else {
             return;
         };
+        self.stop_confirmation_timer(ctx);
+        self.forget_deferred(&task.task_id);
         let config = self.env.config.clone();
         let id = &task.task_id;
         let entry = self.conclude(&task, outcome);
@@ -820,7 +891,7 @@ impl QueueActor {
         let Some(mut task) = self.state.recovering.take() else {
             return;
         };
-        task.generation = generation.or(task.generation);
+        task.generation = generation.max(task.generation);
         log_event!(
             self.env.log,
             Info,
@@ -854,6 +925,8 @@ impl QueueActor {
         }
         if active {
             self.state.active = None;
+            self.stop_confirmation_timer(ctx);
+            self.forget_deferred(task_id);
             let _ = self.env.bus.send(CancelWake {
                 task_id: task_id.to_string(),
             });

@@ -109,6 +109,32 @@ impl ResultsActor {
         Ok(())
     }
 
+    /// `results_dir` was removed or replaced: create it again, watch the new one, and look
+    /// at what is in it.
+    fn rewatch(&mut self, ctx: &mut Context<Self>) {
+        let dir = self.env.config.results_dir.clone();
+        log_event!(
+            self.env.log,
+            Warn,
+            "results_dir_replaced",
+            dir = dir,
+            action = "watching it again"
+        );
+        self.watcher = None;
+        let watched = std::fs::create_dir_all(&dir)
+            .map_err(notify::Error::io)
+            .and_then(|()| self.watch(ctx));
+        if let Err(e) = watched {
+            return self.env.fail(
+                ctx,
+                format!("cannot watch results_dir {} again: {e}", dir.display()),
+            );
+        }
+        self.reported.clear();
+        self.started.clear();
+        self.scan(ctx);
+    }
+
     fn scan(&mut self, ctx: &mut Context<Self>) {
         let dir = &self.env.config.results_dir;
         let entries = match std::fs::read_dir(dir) {
@@ -319,6 +345,16 @@ impl Handler<FsChanged> for ResultsActor {
                 return;
             }
         };
+        // The directory itself was removed or moved away: the watch went with it.
+        let dir = &self.env.config.results_dir;
+        let dir_gone = event.paths.iter().any(|p| p == dir)
+            && matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+            );
+        if dir_gone {
+            return self.rewatch(ctx);
+        }
         // Our own reads open and close the file: only writes, creations and renames matter,
         // or every read would trigger the next one.
         let relevant = matches!(

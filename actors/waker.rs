@@ -134,14 +134,34 @@ impl WakerActor {
         let offset = std::fs::metadata(&task.output_file)
             .map(|m| m.len())
             .unwrap_or(0);
+        let large = [
+            ("TASK_JSON", &task.raw),
+            ("TASK_DESCRIPTION", &task.description),
+        ];
+        if attempt == 1 {
+            for (name, value) in large.iter().filter(|(_, v)| !fits_env(v)) {
+                log_event!(
+                    self.env.log,
+                    Warn,
+                    "wake_env_omitted",
+                    task_id = task.task_id,
+                    variable = name,
+                    bytes = value.len(),
+                    note = "too large for one environment variable, or holds a NUL: read TASK_FILE"
+                );
+            }
+        }
         let spawned = output_stdio(&task.output_file).and_then(|(out, err)| {
             let mut cmd = tokio::process::Command::new("sh");
-            cmd.arg("-c")
-                .arg(&command)
-                .env("TASK_ID", &task.task_id)
-                .env("TASK_JSON", &task.raw)
-                .env("TASK_DESCRIPTION", &task.description)
-                .env("TASK_FILE", &task.task_file)
+            cmd.arg("-c").arg(&command).env("TASK_ID", &task.task_id);
+            for (name, value) in large {
+                if fits_env(value) {
+                    cmd.env(name, value);
+                } else {
+                    cmd.env(format!("{name}_OMITTED"), "1");
+                }
+            }
+            cmd.env("TASK_FILE", &task.task_file)
                 .env("RESULTS_DIR", &config.results_dir)
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -265,6 +285,16 @@ impl WakerActor {
             }
         }
     }
+}
+
+/// Largest task value passed in one environment variable. Linux refuses a single string
+/// over 128 KiB (`Argument list too long`); the whole task is always in `TASK_FILE`.
+const ENV_VALUE_MAX: usize = 64 * 1024;
+
+/// Whether a value can go into the environment: small enough, and no NUL (which no
+/// environment string can hold).
+fn fits_env(value: &str) -> bool {
+    value.len() <= ENV_VALUE_MAX && !value.contains('\0')
 }
 
 /// The same file for stdout and stderr, appended to.

@@ -203,7 +203,9 @@ pub fn load(path: &Path) -> std::io::Result<Loaded> {
 }
 
 /// One file operation done by the writer, in order, around the queue file's replacement.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the operation and the path, never the bytes (task data stays out of
+/// the log).
+#[derive(Clone)]
 pub enum FileOp {
     /// Atomically replaces `path` with `bytes`.
     Write { path: PathBuf, bytes: Vec<u8> },
@@ -213,7 +215,30 @@ pub enum FileOp {
     Rename { from: PathBuf, to: PathBuf },
 }
 
+impl std::fmt::Debug for FileOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileOp::Write { path, bytes } => {
+                write!(f, "write {} ({} bytes)", path.display(), bytes.len())
+            }
+            FileOp::Remove(path) => write!(f, "remove {}", path.display()),
+            FileOp::Rename { from, to } => {
+                write!(f, "rename {} to {}", from.display(), to.display())
+            }
+        }
+    }
+}
+
 impl FileOp {
+    /// The file this operation creates or replaces.
+    pub fn written_path(&self) -> Option<&Path> {
+        match self {
+            FileOp::Write { path, .. } => Some(path),
+            FileOp::Rename { to, .. } => Some(to),
+            FileOp::Remove(_) => None,
+        }
+    }
+
     pub fn run(&self) -> std::io::Result<()> {
         let ignore_missing = |r: std::io::Result<()>| match r {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
