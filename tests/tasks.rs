@@ -709,3 +709,142 @@ fn a_superseded_recovering_task_is_reported_with_the_result_its_agent_left() {
         !sidecar.results_dir().join("t-old.json").exists()
     });
 }
+
+#[test]
+fn cancel_and_assign_again_in_one_burst_keeps_the_new_task_file() {
+    let hub = hub();
+    // The agent proves TASK_FILE is there when it is woken.
+    let script = "test -f \"$TASK_FILE\" && touch \"$RESULTS_DIR/$TASK_ID.started\"";
+    let sidecar = start(&hub, script, json!({"wake_retry_delays_ms": []}));
+    let assign_frame = |generation: u64| {
+        json!({"type": "task_assign", "task_id": "t-again", "description": "d", "generation": generation}).to_string()
+    };
+    hub.send(AGENT, RawFrame::Text(assign_frame(1)));
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "task_cancelled", "task_id": "t-again"}).to_string()),
+    );
+    hub.send(AGENT, RawFrame::Text(assign_frame(2)));
+    // The first acceptance may never reach the hub (cancelled before it was on disk); the
+    // second one does.
+    eventually("task_accepted for generation 2", || {
+        task_frames(&hub, "task_accepted", "t-again")
+            .iter()
+            .any(|f| f["generation"] == 2)
+    });
+    sidecar.wait_event("confirmation_received");
+    assert!(
+        sidecar.dir.path().join("tasks/t-again.json").exists(),
+        "the new task's TASK_FILE was removed"
+    );
+    assert!(task_frames(&hub, "task_failed", "t-again").is_empty());
+}
+
+#[test]
+fn a_task_whose_acceptance_cannot_be_saved_is_given_back_to_the_hub() {
+    let hub = hub();
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
+    // The tasks directory cannot be created: a regular file stands in its way.
+    std::fs::write(sidecar.dir.path().join("tasks"), "in the way").unwrap();
+    assign(
+        &hub,
+        json!({"task_id": "t-unsaved", "description": "x".repeat(10_000)}),
+    );
+    let rejected = wait_task_frame(&hub, "task_rejected", "t-unsaved", 1);
+    assert_eq!(rejected["reason"], "storage_unavailable");
+    assert!(
+        task_frames(&hub, "task_accepted", "t-unsaved").is_empty(),
+        "never accepted"
+    );
+    assert!(sidecar.events("wake_attempt").is_empty(), "never run");
+    // The failed writes are logged without the task's bytes.
+    let failures = sidecar.events("queue_write_failed");
+    assert!(!failures.is_empty());
+    assert!(
+        failures.iter().all(|l| l.to_string().len() < 2000),
+        "task data in the log"
+    );
+
+    std::fs::remove_file(sidecar.dir.path().join("tasks")).unwrap();
+    assign(&hub, json!({"task_id": "t-later"}));
+    wait_task_frame(&hub, "task_accepted", "t-later", 1);
+}
+
+#[test]
+fn a_replaced_results_dir_is_watched_again() {
+    let hub = hub();
+    let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
+    assign(&hub, json!({"task_id": "t-dir"}));
+    sidecar.wait_event("confirmation_received");
+    let results = sidecar.results_dir();
+    std::fs::remove_dir_all(&results).unwrap();
+    sidecar.wait_event("results_dir_replaced");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("t-dir.json"), r#"{"status":"success"}"#).unwrap();
+    wait_task_frame(&hub, "task_complete", "t-dir", 1);
+}
+
+#[test]
+fn task_values_too_large_for_the_environment_are_left_to_task_file() {
+    let hub = hub();
+    let script = "dir=$(dirname \"$RESULTS_DIR\"); printf '%s' \"${TASK_DESCRIPTION_OMITTED:-no}\" > \"$dir/omitted\"; cp \"$TASK_FILE\" \"$dir/task\"; touch \"$RESULTS_DIR/$TASK_ID.started\"";
+    let sidecar = start(&hub, script, json!({}));
+    let description = "y".repeat(200_000);
+    assign(
+        &hub,
+        json!({"task_id": "t-big", "description": description}),
+    );
+    sidecar.wait_event("confirmation_received");
+    assert_eq!(
+        std::fs::read_to_string(sidecar.dir.path().join("omitted")).unwrap(),
+        "1"
+    );
+    let task: Value =
+        serde_json::from_str(&std::fs::read_to_string(sidecar.dir.path().join("task")).unwrap())
+            .unwrap();
+    assert_eq!(task["description"].as_str().unwrap().len(), 200_000);
+    let omitted: Vec<Value> = sidecar
+        .events("wake_env_omitted")
+        .into_iter()
+        .map(|l| l["variable"].clone())
+        .collect();
+    assert_eq!(omitted, ["TASK_JSON", "TASK_DESCRIPTION"]);
+}
+
+#[test]
+fn a_re_push_never_lowers_the_generation_and_an_old_timer_never_fails_a_new_acceptance() {
+    let hub = hub();
+    let sidecar = start(&hub, "true", json!({"confirmation_timeout_ms": 1500}));
+    assign(&hub, json!({"task_id": "t-gen", "generation": 1}));
+    sidecar.wait_event("wake_success");
+    // Finished without ever confirming; the hub pushes the same id again.
+    std::fs::write(
+        sidecar.results_dir().join("t-gen.json"),
+        r#"{"status":"success"}"#,
+    )
+    .unwrap();
+    wait_task_frame(&hub, "task_complete", "t-gen", 1);
+    assign(&hub, json!({"task_id": "t-gen", "generation": 3}));
+    let accepted = wait_task_frame(&hub, "task_accepted", "t-gen", 2);
+    assign(&hub, json!({"task_id": "t-gen", "generation": 2}));
+    let again = wait_task_frame(&hub, "task_accepted", "t-gen", 3);
+    assert_eq!(
+        again["generation"], 3,
+        "a late re-push does not lower the generation"
+    );
+    // Its own full confirmation timeout, not what was left of the first acceptance's.
+    let failed = wait_task_frame(&hub, "task_failed", "t-gen", 1);
+    assert_eq!(failed["reason"], "confirmation_timeout");
+    let at = |frame: &Value| {
+        hub.events()
+            .into_iter()
+            .find(|e| matches!(&e.kind, HubEventKind::Frame { json, .. } if json == frame))
+            .map(|e| e.at)
+            .unwrap()
+    };
+    let waited = at(&failed) - at(&accepted);
+    assert!(
+        waited >= std::time::Duration::from_millis(1400),
+        "failed {waited:?} after the new acceptance"
+    );
+}
