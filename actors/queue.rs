@@ -245,25 +245,19 @@ impl QueueActor {
         if self.writing || self.durable == self.change {
             return;
         }
-        // Compact: the snapshot is made on the event loop, and a task may be megabytes.
-        let snapshot = match serde_json::to_vec(&self.state) {
-            Ok(s) => s,
-            Err(e) => {
-                log_event!(
-                    self.env.log,
-                    Error,
-                    "queue_write_failed",
-                    error = e.to_string()
-                );
-                return;
-            }
-        };
         self.writing = true;
         let upto = self.change;
         let path = self.env.config.queue_file.clone();
         let Pending { before, after } = std::mem::take(&mut self.pending);
+        // A task may be megabytes: the event loop only copies the state; encoding it (with
+        // its escaping) and writing it happen on the blocking pool.
+        let state = self.state.clone();
         let job = actix_rt::task::spawn_blocking(move || {
-            queue::write_step(&path, &snapshot, &before, &after).map_err(|e| (e, before, after))
+            let snapshot =
+                serde_json::to_vec(&state).map_err(|e| StepError::NotSaved(e.to_string()));
+            snapshot
+                .and_then(|bytes| queue::write_step(&path, &bytes, &before, &after))
+                .map_err(|e| (e, before, after))
         });
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(job).map(move |result, act, ctx| {
