@@ -161,6 +161,8 @@ impl Handler<SignalReceived> for ShutdownActor {
         let signal = msg.signal;
         match signal {
             Signal::Hangup => {
+                // Reopen first: this line then lands in the new file, not the one moved away.
+                let _ = self.env.bus.send(ReopenLog);
                 log_event!(
                     self.env.log,
                     Info,
@@ -168,7 +170,6 @@ impl Handler<SignalReceived> for ShutdownActor {
                     signal = signal.name(),
                     action = "reopen_log"
                 );
-                let _ = self.env.bus.send(ReopenLog);
             }
             Signal::Interrupt | Signal::Terminate if self.is_duplicate(signal) => {
                 // The same signal delivered twice at once (e.g. `timeout` signals the process
