@@ -185,3 +185,116 @@ fn past_the_restart_intensity_the_supervisor_gives_up_and_exits_non_zero() {
         (Some("shutdown"), Some(70))
     );
 }
+
+/// Incarnations of the session listener, and sessions its later incarnation learned.
+static LISTENER_STARTS: AtomicUsize = AtomicUsize::new(0);
+static SESSIONS_LEARNED: AtomicUsize = AtomicUsize::new(0);
+
+/// A child that cares about the hub session, as the heartbeat, queue and status actors do:
+/// it asks for the current session when it starts, and its first incarnation dies on it.
+struct SessionListener {
+    env: Env,
+    incarnation: usize,
+}
+
+impl Actor for SessionListener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.incarnation = LISTENER_STARTS.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .env
+            .bus
+            .send(agentcom_sidecar::actors::hub::AnnounceSession);
+        // Whatever happens, the run ends: the test fails instead of hanging.
+        ctx.run_later(std::time::Duration::from_secs(10), |act, _| {
+            let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+        });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::hub::SessionIdentified> for SessionListener {
+    type Result = ();
+    fn handle(
+        &mut self,
+        _: agentcom_sidecar::actors::hub::SessionIdentified,
+        _: &mut Context<Self>,
+    ) {
+        if self.incarnation == 0 {
+            panic!("dies once the session is up");
+        }
+        // The fresh actor learned the session without waiting for a reconnect.
+        SESSIONS_LEARNED.fetch_add(1, Ordering::SeqCst);
+        let _ = self.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for SessionListener {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for SessionListener {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for SessionListener {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(
+            addr.clone()
+                .recipient::<agentcom_sidecar::actors::hub::SessionIdentified>(),
+        );
+    }
+}
+
+#[test]
+fn a_restarted_child_learns_the_current_session_without_a_reconnect() {
+    use agentcom_sidecar::devhub::{DevHub, DevHubOptions};
+    let hub = DevHub::start(DevHubOptions {
+        tokens: Some([("a1".to_string(), "t".to_string())].into()),
+        ..DevHubOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        json!({"agent_id": "a1", "token": "t", "hub_url": hub.ws_url(), "restart_delay_ms": 10});
+    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+    let log_file = config.log_file.clone();
+    let code = run_with(config, || {
+        let mut list = children();
+        list.push(ChildSpec::new("listener", |env| SessionListener {
+            env: env.clone(),
+            incarnation: 0,
+        }));
+        list
+    });
+    assert_eq!(code, 0);
+    let log = std::fs::read_to_string(log_file).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let restarted = events(&lines, "actor_restarted");
+    assert_eq!(restarted.len(), 1);
+    assert_eq!(
+        (
+            restarted[0]["actor"].as_str(),
+            restarted[0]["reason"].as_str()
+        ),
+        (Some("listener"), Some("panic"))
+    );
+    assert_eq!(
+        events(&lines, "identified").len(),
+        1,
+        "one session throughout"
+    );
+    assert_eq!(LISTENER_STARTS.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        SESSIONS_LEARNED.load(Ordering::SeqCst),
+        1,
+        "the fresh actor never heard of the session"
+    );
+}
