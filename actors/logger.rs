@@ -6,8 +6,8 @@
 //! burst never blocks the event loop and never loses a line. [`ReopenLog`] (SIGHUP) makes the
 //! writer reopen the file. On [`Stop`] the backlog is written out and the writer thread
 //! flushed and joined before the actor stops: it is last in the stop order, so the log ends
-//! with the `shutdown` line. It stops on its own only if the writer cannot start; a restart
-//! starts a fresh writer.
+//! with the `shutdown` line. It never stops on its own (an unwritable file is the writer's
+//! business: lines go to stderr); a restart after a panic starts a fresh writer.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -71,10 +71,12 @@ impl Actor for LoggerActor {
             max_bytes: config.log_max_bytes,
             keep: config.log_keep,
         };
-        match LogWriter::start(&config.log_file, rotation, &config.agent_id, true) {
-            Ok(writer) => self.writer = Some(writer),
-            Err(e) => self.env.fail(ctx, format!("log writer did not start: {e}")),
-        }
+        self.writer = Some(LogWriter::start(
+            &config.log_file,
+            rotation,
+            &config.agent_id,
+            true,
+        ));
         self.drain_backlog(ctx);
     }
 

@@ -208,29 +208,25 @@ impl ResultsActor {
                     Ok(Ok(outcome)) => {
                         act.decide(task_id.clone(), fingerprint, complete, outcome, ctx)
                     }
-                    Ok(Err(e)) => {
-                        log_event!(
-                            act.env.log,
-                            Warn,
-                            "result_read_failed",
-                            task_id = task_id,
-                            error = e.to_string()
-                        );
-                    }
-                    Err(e) => {
-                        log_event!(
-                            act.env.log,
-                            Warn,
-                            "result_read_failed",
-                            task_id = task_id,
-                            error = e.to_string()
-                        );
-                    }
+                    // The file could not be read, or the reading task died.
+                    Ok(Err(e)) => act.read_failed(&task_id, &e),
+                    Err(e) => act.read_failed(&task_id, &e),
                 }
                 if act.look_again.remove(&task_id) {
                     act.check(task_id, false, ctx);
                 }
             }),
+        );
+    }
+
+    /// A read that failed is logged; the file's next change triggers another.
+    fn read_failed(&self, task_id: &str, error: &dyn std::fmt::Display) {
+        log_event!(
+            self.env.log,
+            Warn,
+            "result_read_failed",
+            task_id = task_id,
+            error = error.to_string()
         );
     }
 

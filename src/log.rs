@@ -67,7 +67,7 @@ impl Log {
         }
     }
 
-    pub fn enabled(&self, level: LogLevel) -> bool {
+    fn enabled(&self, level: LogLevel) -> bool {
         level >= self.min_level
     }
 
@@ -216,12 +216,7 @@ const CHANNEL: usize = 1024;
 impl LogWriter {
     /// Starts the writer thread. The log file is opened lazily and never fails this call: an
     /// unwritable file means lines go to stderr until it can be written.
-    pub fn start(
-        path: &Path,
-        rotation: Rotation,
-        agent_id: &str,
-        human_stdout: bool,
-    ) -> io::Result<LogWriter> {
+    pub fn start(path: &Path, rotation: Rotation, agent_id: &str, human_stdout: bool) -> LogWriter {
         let reopen = Arc::new(AtomicBool::new(false));
         let sink = FileSink::new(path.to_path_buf(), rotation, reopen.clone());
         let json = slog_json::Json::new(sink)
@@ -237,13 +232,13 @@ impl LogWriter {
             .blocking(false)
             .thread_name("log-writer".into())
             .build_with_guard();
-        Ok(LogWriter {
+        LogWriter {
             core,
             guard: Some(guard),
             agent_id: agent_id.to_string(),
             reopen,
             empty: slog::o!().into(),
-        })
+        }
     }
 
     /// Queues a record without blocking.
@@ -540,7 +535,7 @@ mod tests {
     fn json_line_has_ts_level_event_agent_id_first_then_typed_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/sidecar.log");
-        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false).unwrap();
+        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false);
         let nested = serde_json::json!({"k": [1, 2]});
         w.write_blocking(&record(vec![
             ("attempt", 3.into()),
@@ -563,7 +558,7 @@ mod tests {
             max_bytes: 2000,
             keep: 2,
         };
-        let mut w = LogWriter::start(&path, rotation, "a1", false).unwrap();
+        let mut w = LogWriter::start(&path, rotation, "a1", false);
         for n in 0..200 {
             w.write_blocking(&record(vec![("n", n.into())]));
         }
@@ -603,7 +598,7 @@ mod tests {
         // A directory where the file should be: opening it for writing fails.
         let path = dir.path().join("is-a-dir");
         std::fs::create_dir(&path).unwrap();
-        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false).unwrap();
+        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false);
         w.write_blocking(&record(vec![]));
         w.finish();
         assert!(path.is_dir());

@@ -87,16 +87,7 @@ fn websocket_ping_is_answered_with_pong_and_hub_close_is_echoed() {
 
     hub.send(AGENT, RawFrame::Close(4000, "hub going away".into()));
     eventually("the sidecar's echo of the hub's close", || {
-        hub.events().iter().any(|e| {
-            e.conn == first.conn
-                && matches!(
-                    &e.kind,
-                    HubEventKind::CloseReceived {
-                        code: Some(4000),
-                        ..
-                    }
-                )
-        })
+        saw_close(&hub, first.conn, 4000)
     });
     let close = sidecar.wait_for(WAIT, |l| {
         l["event"] == "ws_close" && l["initiator"] == "hub"

@@ -15,16 +15,7 @@ fn stops_in_good_order(signal: i32, name: &str) {
     sidecar.signal(signal);
     let status = sidecar.wait_exit(WAIT).expect("exits");
     assert_eq!(status.code(), Some(0), "{}", sidecar.dump());
-    assert!(hub.events().iter().any(|e| {
-        e.conn == session.conn
-            && matches!(
-                &e.kind,
-                HubEventKind::CloseReceived {
-                    code: Some(1000),
-                    ..
-                }
-            )
-    }));
+    assert!(saw_close(&hub, session.conn, 1000));
     let lines = sidecar.lines();
     let begin = lines
         .iter()
@@ -162,16 +153,7 @@ fn restart_sidecar_from_the_hub_stops_in_good_order_with_exit_75() {
     );
     let requested = sidecar.wait_event("restart_requested");
     assert_eq!(requested["reason"], "upgrade");
-    assert!(hub.events().iter().any(|e| {
-        e.conn == session.conn
-            && matches!(
-                &e.kind,
-                HubEventKind::CloseReceived {
-                    code: Some(1000),
-                    ..
-                }
-            )
-    }));
+    assert!(saw_close(&hub, session.conn, 1000));
     let last = sidecar.lines().last().unwrap().clone();
     assert_eq!(
         (last["phase"].as_str(), last["exit_code"].as_i64()),

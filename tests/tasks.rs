@@ -152,11 +152,7 @@ fn a_second_task_while_busy_is_rejected_and_the_same_task_again_is_accepted_idem
     assign(&hub, json!({"task_id": "first", "generation": 2}));
     let again = wait_task_frame(&hub, "task_accepted", "first", 2);
     assert_eq!(again["generation"], 2);
-    std::fs::write(
-        sidecar.results_dir().join("first.json"),
-        r#"{"status":"success","output":1}"#,
-    )
-    .unwrap();
+    sidecar.write_result("first", r#"{"status":"success","output":1}"#);
     let complete = wait_task_frame(&hub, "task_complete", "first", 1);
     assert_eq!(complete["generation"], 2, "the new generation is echoed");
     assert_eq!(
@@ -348,7 +344,7 @@ fn an_invalid_result_fails_the_task_and_is_kept_aside() {
     );
     assign(&hub, json!({"task_id": "t-bad"}));
     sidecar.wait_event("confirmation_received");
-    std::fs::write(sidecar.results_dir().join("t-bad.json"), "this is not json").unwrap();
+    sidecar.write_result("t-bad", "this is not json");
     let failed = wait_task_frame(&hub, "task_failed", "t-bad", 1);
     assert_eq!(failed["reason"], "invalid_result");
     assert!(failed["error"].as_str().unwrap().contains("not valid JSON"));
@@ -357,7 +353,7 @@ fn an_invalid_result_fails_the_task_and_is_kept_aside() {
     });
     // An invalid file for a task nobody runs sits there: the watcher must not spin on its
     // own reads (a loop burns a whole core; idle is near zero).
-    std::fs::write(sidecar.results_dir().join("orphan.json"), "{ not json").unwrap();
+    sidecar.write_result("orphan", "{ not json");
     let orphan = sidecar.wait_for(WAIT, |l| {
         l["event"] == "result_ignored" && l["task_id"] == "orphan"
     });
@@ -405,7 +401,7 @@ fn an_invalid_result_fails_the_task_and_is_kept_aside() {
     assert!(!failed.to_string().contains("private"));
 
     // A result for a task nobody assigned is logged and left alone.
-    std::fs::write(sidecar.results_dir().join("stranger.json"), "{}").unwrap();
+    sidecar.write_result("stranger", "{}");
     let ignored = sidecar.wait_for(WAIT, |l| {
         l["event"] == "result_ignored" && l["task_id"] == "stranger"
     });
@@ -422,11 +418,7 @@ fn a_result_that_lands_while_the_hub_is_down_is_delivered_after_reconnect() {
     sidecar.wait_event("confirmation_received");
     hub.stop();
     sidecar.wait_event("reconnect_scheduled");
-    std::fs::write(
-        sidecar.results_dir().join("t-offline.json"),
-        r#"{"status":"success","output":"x"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-offline", r#"{"status":"success","output":"x"}"#);
     sidecar.wait_event("task_complete");
 
     let hub = DevHub::start(DevHubOptions {
@@ -454,11 +446,7 @@ fn unacknowledged_frames_are_sent_again_in_order_after_every_identify() {
     let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
     assign(&hub, json!({"task_id": "t-ack"}));
     sidecar.wait_event("confirmation_received");
-    std::fs::write(
-        sidecar.results_dir().join("t-ack.json"),
-        r#"{"status":"success"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-ack", r#"{"status":"success"}"#);
     wait_task_frame(&hub, "task_complete", "t-ack", 1);
 
     hub.kill_connections(AGENT);
@@ -511,11 +499,7 @@ fn sigkill_with_an_active_task_then_restart_reports_recovering_and_continue_resu
 
     sidecar.kill();
     // The agent finishes while the sidecar is down: the start-up scan must find it.
-    std::fs::write(
-        sidecar.results_dir().join("t-crash.json"),
-        r#"{"status":"success","output":"after crash"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-crash", r#"{"status":"success","output":"after crash"}"#);
     sidecar.restart();
     let recovering = wait_task_frame(&hub, "task_recovering", "t-crash", 1);
     assert_eq!(recovering["last_status"], "woken");
@@ -667,11 +651,7 @@ fn a_wake_command_that_fails_after_the_agent_confirmed_does_not_fail_the_task() 
     assign(&hub, json!({"task_id": "t-confirmed"}));
     sidecar.wait_event("confirmation_received");
     sidecar.wait_event("wake_error");
-    std::fs::write(
-        sidecar.results_dir().join("t-confirmed.json"),
-        r#"{"status":"success"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-confirmed", r#"{"status":"success"}"#);
     wait_task_frame(&hub, "task_complete", "t-confirmed", 1);
     assert!(task_frames(&hub, "task_failed", "t-confirmed").is_empty());
     assert_eq!(
@@ -694,11 +674,7 @@ fn a_superseded_recovering_task_is_reported_with_the_result_its_agent_left() {
     wait_task_frame(&hub, "task_accepted", "t-new", 1);
     eventually("t-new woken", || sidecar.queue()["active"]["woken"] == true);
     // t-old's agent finishes meanwhile; nobody is watching for it.
-    std::fs::write(
-        sidecar.results_dir().join("t-old.json"),
-        r#"{"status":"success","output":"kept"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-old", r#"{"status":"success","output":"kept"}"#);
     sidecar.kill_and_restart();
     // t-new takes the recovery slot; t-old is reported with its result, not lost.
     let complete = wait_task_frame(&hub, "task_complete", "t-old", 1);
@@ -818,11 +794,7 @@ fn a_re_push_never_lowers_the_generation_and_an_old_timer_never_fails_a_new_acce
     assign(&hub, json!({"task_id": "t-gen", "generation": 1}));
     sidecar.wait_event("wake_success");
     // Finished without ever confirming; the hub pushes the same id again.
-    std::fs::write(
-        sidecar.results_dir().join("t-gen.json"),
-        r#"{"status":"success"}"#,
-    )
-    .unwrap();
+    sidecar.write_result("t-gen", r#"{"status":"success"}"#);
     wait_task_frame(&hub, "task_complete", "t-gen", 1);
     assign(&hub, json!({"task_id": "t-gen", "generation": 3}));
     let accepted = wait_task_frame(&hub, "task_accepted", "t-gen", 2);

@@ -247,11 +247,6 @@ impl DevHub {
             .len()
     }
 
-    /// Queues `frame` for connection `conn`, identified or not; `false` if it is gone.
-    pub fn send_to_conn(&self, conn: u64, frame: RawFrame) -> bool {
-        self.hub.command_conn(conn, Command::Send(frame))
-    }
-
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         self.hub.set_behaviour(behaviour);
     }

@@ -326,12 +326,6 @@ impl Hub {
         queued
     }
 
-    pub fn command_conn(&self, id: u64, command: Command) -> bool {
-        lock(&self.conns)
-            .get(&id)
-            .is_some_and(|conn| conn.commands.send(command).is_ok())
-    }
-
     /// The identified agents, oldest first.
     pub fn agents(&self) -> Vec<AgentInfo> {
         let mut agents: Vec<AgentInfo> = lock(&self.conns)

@@ -140,6 +140,12 @@ impl Sidecar {
         self.dir.path().join("results")
     }
 
+    /// Writes `<task_id>.json` into the results directory in place (not renamed into place),
+    /// as an agent that writes its result directly would.
+    pub fn write_result(&self, task_id: &str, text: &str) {
+        std::fs::write(self.results_dir().join(format!("{task_id}.json")), text).unwrap();
+    }
+
     /// CPU time (user + system) the process has used so far.
     pub fn cpu_time(&self) -> Duration {
         let stat =
@@ -349,6 +355,14 @@ fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 }
 
 pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+
+/// Whether the hub received a Close frame with `code` on connection `conn`.
+pub fn saw_close(hub: &DevHub, conn: u64, code: u16) -> bool {
+    hub.events().iter().any(|e| {
+        e.conn == conn
+            && matches!(&e.kind, HubEventKind::CloseReceived { code: Some(c), .. } if *c == code)
+    })
+}
 
 /// Frames of one type the sidecar sent to the hub, parsed.
 pub fn frames_of(hub: &DevHub, frame_type: &str) -> Vec<Value> {
