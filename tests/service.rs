@@ -387,3 +387,19 @@ fn a_public_metrics_address_needs_to_be_asked_for() {
     ));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_metrics_port_in_use_is_logged_and_the_sidecar_keeps_working() {
+    let hub = hub();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut sidecar = Sidecar::start(with(
+        fast_config(&hub.ws_url()),
+        json!({ "metrics_listen": addr }),
+    ));
+    let failed = sidecar.wait_event("metrics_bind_failed");
+    assert_eq!(failed["address"], addr);
+    wait_identified(&hub, 1);
+    sidecar.wait_event("heartbeat");
+    assert!(sidecar.is_running());
+}
