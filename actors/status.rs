@@ -104,8 +104,13 @@ impl StatusActor {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The systemd status line, rendered under the read lock (no copy of the status).
+    fn one_line(&self) -> String {
+        self.status.read().map(|s| s.one_line()).unwrap_or_default()
+    }
+
     fn notify_status(&mut self) {
-        let line = self.snapshot().one_line();
+        let line = self.one_line();
         if line != self.systemd_status {
             notify(Notify::Status(&line));
             self.systemd_status = line;
@@ -335,7 +340,7 @@ impl Handler<ChildrenStarted> for StatusActor {
             actix::fut::wrap_future::<_, Self>(check).map(|alive, act, _| {
                 if alive.unwrap_or(false) {
                     notify(Notify::Ready);
-                    let line = act.snapshot().one_line();
+                    let line = act.one_line();
                     notify(Notify::Status(&line));
                     log_event!(act.env.log, Debug, "service_ready");
                 }
