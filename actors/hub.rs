@@ -1,49 +1,44 @@
-//! HubActor: the one WebSocket session with the hub.
+//! HubActor: the one WebSocket session with the hub, and its rules.
 //!
-//! It connects (awc, `ws://` or `wss://`), sends `identify`, and routes what the hub sends:
-//! pongs to the heartbeat, `task_*` frames to the task actors ([`TaskFrameReceived`]),
-//! `restart_sidecar` to the Supervisor. Other actors send frames through it
-//! ([`SendFrame`]) and can have the session dropped ([`DropSession`]). It answers WebSocket
-//! pings, echoes the hub's close, reassembles fragmented messages, and holds every incoming
-//! message to `max_frame_bytes`. A bad frame is logged and skipped; only a frame over the
-//! limit or a broken connection ends the session.
+//! It connects (plumbing in [`crate::hubconn`]), sends `identify`, and routes what the hub
+//! sends: pongs to the heartbeat, task frames and the answers to our reports to the
+//! QueueActor ([`TaskEventFromHub`]), `restart_sidecar` to the QueueActor too (which decides
+//! when). Other actors send frames through it ([`SendFrame`]); every frame goes through the
+//! session's [`Outbound`], which paces frames below the hub's rate limits, keeps each sent
+//! frame until the hub answers it, and so knows which report an answer without a task id
+//! (`task_complete_failed: …`, `validation_failed`) refuses, and which frame a
+//! `rate_limited` dropped (sent again after `retry_after_ms`).
 //!
-//! Losing the session is normal operation, not a failure: after any loss the actor
-//! schedules the next attempt itself, at an exponential backoff with equal jitter that
-//! resets once a session has been identified and has answered a heartbeat, and never before
-//! a cooldown the hub asked for (1008 "retry in N s"). One attempt (TCP, TLS, upgrade and the
-//! identify reply) has `connect_timeout`. The connect runs as a spawned future, never
-//! `wait`ed, so a [`Stop`] is handled at once even during a hanging handshake. On [`Stop`]
-//! it sends a close frame with code 1000 and waits briefly for the hub to end the
-//! connection, then stops. It is restarted by the Supervisor only if it panics or cannot
-//! build its TLS client.
+//! Losing the session is normal operation: the next attempt comes at an exponential backoff
+//! with equal jitter (reset once a session has been identified and answered a ping), never
+//! before a cooldown the hub asked for (1008 "retry in N s"). One attempt (TCP, TLS, upgrade,
+//! identify reply) has `connect_timeout`. A session that ended without a close (heartbeat
+//! timeout, broken connection) may linger at the hub, which then does not push to the new
+//! session and later drops the agent from its presence list (a hub defect): the next
+//! session identifies again once the old one must be gone (`stale_session_reidentify_ms`).
+//! On [`Stop`] it sends a close 1000 and waits briefly for the hub to end the connection.
+//! It is restarted by the Supervisor only if it panics or cannot build its TLS client.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_codec::Framed;
-use actix_http::ws::{
-    CloseCode, CloseReason, Codec, Frame, Item, Message as WsMessage, ProtocolError,
-};
-use awc::BoxedSocket;
-use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, StreamExt};
-use futures_util::SinkExt;
+use actix_http::ws::{CloseCode, Frame, Message as WsMessage, ProtocolError};
 use tokio::sync::mpsc;
 
-use super::supervisor::RestartRequested;
 use super::{Child, Env, Stop};
 use crate::backoff::Backoff;
 use crate::bus::Bus;
-use crate::config::Config;
+use crate::hubconn::{self, Reassembly};
 use crate::log_event;
-use crate::protocol::{Incoming, Outgoing, TaskFrame, TaskFrameKind, TaskIdField};
+use crate::outbound::{Outbound, Sent};
+use crate::protocol::{Incoming, Outgoing, TaskIdField};
+use crate::tasks::{Answer, Assign, Event, ReportKind};
 
-/// Send a frame to the hub. With `session: Some(id)` only on that session (a ping for a
+/// Send a frame to the hub. With `session: Some(id)` only on that session (a frame for a
 /// session that has since been replaced is dropped). Frames other than `identify` are sent
 /// only once the session is identified; without a session they are dropped (the task
-/// actors keep what must survive in their outbox and resend after each identify).
+/// actors keep what must survive and send it again after each identify).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SendFrame {
@@ -65,7 +60,8 @@ pub struct DropSession {
 #[rtype(result = "()")]
 pub struct AnnounceSession;
 
-/// Published when the hub answered `identified`: the session is usable.
+/// Published when the hub answered `identified`: the session is usable. Every identify,
+/// also a second one on the same connection, is a new session id.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SessionIdentified {
@@ -93,13 +89,14 @@ pub enum HubState {
 #[rtype(result = "()")]
 pub struct HubStateChanged {
     pub state: HubState,
-    /// The connect attempt (also the session id) this is about.
+    /// The connect attempt this is about.
     pub attempt: u64,
     /// With `Waiting`: when the next attempt comes.
     pub retry_in: Option<Duration>,
 }
 
-/// Published for every `pong` on an identified session.
+/// Published for every `pong` on an identified session (and for a `ping` the hub dropped
+/// as rate-limited: the hub is alive).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct PongReceived {
@@ -107,35 +104,51 @@ pub struct PongReceived {
     pub hub_timestamp: Option<i64>,
 }
 
-/// Published for every `task_*` frame from the hub.
+/// Published for every task frame from the hub, and every answer to a task report.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct TaskFrameReceived {
+pub struct TaskEventFromHub {
     pub session: u64,
-    pub frame: TaskFrame,
+    pub event: Event,
 }
 
-/// One item of a session's incoming stream; `None` when the connection has ended.
+/// The hub asked for a restart (`restart_sidecar`); the QueueActor decides when.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct HubRestartRequested {
+    pub reason: String,
+}
+
+/// One item of a connection's incoming stream; `None` when the connection has ended.
 struct WsEvent {
-    session: u64,
+    conn: u64,
     item: Option<Result<Frame, ProtocolError>>,
 }
 
-type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
+/// Kept across restarts of this actor: ids are never reused, so other actors never take a
+/// new session for one they remember.
+#[derive(Default)]
+struct Counter(Cell<u64>);
 
-/// Attempts numbered across the whole process: a restarted HubActor never reuses a session
-/// id that other actors still remember.
-static LAST_ATTEMPT: AtomicU64 = AtomicU64::new(0);
+impl Counter {
+    fn next(&self) -> u64 {
+        self.0.set(self.0.get() + 1);
+        self.0.get()
+    }
+}
 
 pub struct HubActor {
     env: Env,
     client: Option<awc::Client>,
     backoff: Backoff,
-    /// The latest connect attempt's number, which is also its session id.
+    counter: std::rc::Rc<Counter>,
+    /// The latest connect attempt's number.
     attempts: u64,
     state: State,
-    /// No attempt before this (the hub's cooldown or rate limit).
+    /// No attempt before this (the hub's cooldown).
     not_before: Option<Instant>,
+    /// When the last session that ended without a close was last heard from.
+    stale_since: Option<Instant>,
     stopping: bool,
 }
 
@@ -146,30 +159,30 @@ enum State {
         id: u64,
         handle: SpawnHandle,
     },
-    Open(Session),
+    Open(Box<Session>),
 }
 
 struct Session {
+    conn: u64,
+    /// The current identify's session id (0 until identified).
     id: u64,
     outgoing: mpsc::UnboundedSender<WsMessage>,
+    outbound: Outbound,
+    poll_timer: Option<SpawnHandle>,
     reader: SpawnHandle,
     writer: SpawnHandle,
     identified: bool,
     answered_ping: bool,
+    last_heard: Instant,
     /// A close frame went out (ours or our echo of the hub's): waiting for the end.
     closing: bool,
-    /// The end of this session has been logged already.
     end_logged: bool,
-    /// [`SessionLost`] has been published (as soon as the session stopped being usable).
     lost_announced: bool,
-    partial: Option<Partial>,
+    fragments: Reassembly,
 }
 
-/// A fragmented message being reassembled.
-struct Partial {
-    text: bool,
-    data: BytesMut,
-}
+mod io;
+mod rules;
 
 impl HubActor {
     pub fn new(env: &Env) -> Self {
@@ -178,200 +191,12 @@ impl HubActor {
             env: env.clone(),
             client: None,
             backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
-            attempts: LAST_ATTEMPT.load(Ordering::Relaxed),
+            counter: env.kept.get::<Counter>(),
+            attempts: 0,
             state: State::Waiting,
             not_before: None,
+            stale_since: None,
             stopping: false,
-        }
-    }
-
-    fn connect(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping || !matches!(self.state, State::Waiting) {
-            return;
-        }
-        let Some(client) = self.client.clone() else {
-            return;
-        };
-        let config = self.env.config.clone();
-        self.attempts = LAST_ATTEMPT.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = self.attempts;
-        log_event!(
-            self.env.log,
-            Info,
-            "ws_connecting",
-            hub_url = config.hub_url.as_str(),
-            attempt = id
-        );
-        self.publish_state(HubState::Connecting, None);
-        let request = client
-            .ws(config.hub_url.as_str())
-            .max_frame_size(config.max_frame_bytes);
-        let handle = ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(request.connect())
-                .map(move |result, act, ctx| act.on_connect(id, result, ctx)),
-        );
-        self.state = State::Connecting { id, handle };
-        ctx.run_later(config.connect_timeout, move |act, ctx| {
-            act.on_connect_deadline(id, ctx)
-        });
-    }
-
-    fn on_connect(
-        &mut self,
-        id: u64,
-        result: Result<
-            (awc::ClientResponse, Framed<BoxedSocket, Codec>),
-            awc::error::WsClientError,
-        >,
-        ctx: &mut Context<Self>,
-    ) {
-        if !matches!(self.state, State::Connecting { id: current, .. } if current == id) {
-            return;
-        }
-        let framed = match result {
-            Ok((response, framed)) => {
-                log_event!(
-                    self.env.log,
-                    Info,
-                    "ws_open",
-                    session = id,
-                    status = response.status().as_u16()
-                );
-                framed
-            }
-            Err(e) => {
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "ws_error",
-                    stage = "connect",
-                    attempt = id,
-                    error = e.to_string()
-                );
-                self.state = State::Waiting;
-                self.schedule_reconnect(ctx);
-                return;
-            }
-        };
-        let (sink, stream) = framed.split();
-        let (outgoing, queue) = mpsc::unbounded_channel();
-        let writer = ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(write_all(sink, queue))
-                .map(move |result, act, ctx| act.on_writer_end(id, result, ctx)),
-        );
-        let ended = futures_util::stream::once(async move {
-            WsEvent {
-                session: id,
-                item: None,
-            }
-        });
-        let reader = ctx.add_stream(
-            stream
-                .map(move |item| WsEvent {
-                    session: id,
-                    item: Some(item),
-                })
-                .chain(ended),
-        );
-        self.state = State::Open(Session {
-            id,
-            outgoing,
-            reader,
-            writer,
-            identified: false,
-            answered_ping: false,
-            closing: false,
-            end_logged: false,
-            lost_announced: false,
-            partial: None,
-        });
-        self.send_identify();
-    }
-
-    fn send_identify(&mut self) {
-        let config = self.env.config.clone();
-        let frame = Outgoing::Identify {
-            agent_id: config.agent_id.clone(),
-            token: config.token.clone(),
-            name: config.name.clone(),
-            status: "idle",
-            capabilities: config.capabilities.clone(),
-            client_type: "sidecar",
-        };
-        if self.transmit(&frame) {
-            let session = self.session_id();
-            log_event!(
-                self.env.log,
-                Info,
-                "identify_sent",
-                session = session,
-                name = config.name,
-                capabilities = config.capabilities
-            );
-        }
-    }
-
-    fn on_connect_deadline(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let stage = match &self.state {
-            State::Connecting {
-                id: current,
-                handle,
-            } if *current == id => {
-                ctx.cancel_future(*handle);
-                self.state = State::Waiting;
-                "connect"
-            }
-            State::Open(s) if s.id == id && !s.identified && !s.closing => "identify",
-            _ => return,
-        };
-        let timeout_ms = self.env.config.connect_timeout.as_millis() as u64;
-        log_event!(
-            self.env.log,
-            Warn,
-            "ws_error",
-            stage = stage,
-            attempt = id,
-            error = format!(
-                "no {} within connect_timeout_ms ({timeout_ms} ms)",
-                if stage == "connect" {
-                    "connection"
-                } else {
-                    "identify reply"
-                }
-            ),
-        );
-        match self.state {
-            State::Open(_) => self.drop_session(ctx),
-            _ => self.schedule_reconnect(ctx),
-        }
-    }
-
-    fn on_writer_end(
-        &mut self,
-        id: u64,
-        result: Result<(), ProtocolError>,
-        ctx: &mut Context<Self>,
-    ) {
-        if let Err(e) = result {
-            if self.session_id() == Some(id) {
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "ws_error",
-                    stage = "write",
-                    session = id,
-                    error = e.to_string()
-                );
-                self.log_end("sidecar", None, "write failed");
-                self.drop_session(ctx);
-            }
-        }
-    }
-
-    fn session_id(&self) -> Option<u64> {
-        match &self.state {
-            State::Open(s) => Some(s.id),
-            _ => None,
         }
     }
 
@@ -382,138 +207,19 @@ impl HubActor {
         }
     }
 
-    /// Queues a frame on the open session; false if there is none.
-    fn transmit(&mut self, frame: &Outgoing) -> bool {
-        let text = match frame.encode() {
-            Ok(text) => text,
-            Err(e) => {
-                log_event!(
-                    self.env.log,
-                    Error,
-                    "frame_not_sent",
-                    frame = frame.kind(),
-                    error = e.to_string()
-                );
-                return false;
-            }
-        };
-        self.transmit_raw(WsMessage::Text(text.into()))
-    }
-
-    fn transmit_raw(&mut self, message: WsMessage) -> bool {
-        match self.session() {
-            Some(s) => s.outgoing.send(message).is_ok(),
-            None => false,
+    fn conn_id(&self) -> Option<u64> {
+        match &self.state {
+            State::Open(s) => Some(s.conn),
+            _ => None,
         }
     }
 
-    /// Logs the end of the session once: who ended it and why.
-    fn log_end(&mut self, initiator: &'static str, code: Option<u16>, reason: &str) {
-        let Some(s) = self.session() else { return };
-        if std::mem::replace(&mut s.end_logged, true) {
-            return;
+    /// The identified session's id.
+    fn identified_id(&self) -> Option<u64> {
+        match &self.state {
+            State::Open(s) if s.identified && !s.closing => Some(s.id),
+            _ => None,
         }
-        let session = s.id;
-        log_event!(
-            self.env.log,
-            Info,
-            "ws_close",
-            session = session,
-            initiator = initiator,
-            code = code,
-            reason = reason
-        );
-    }
-
-    /// Tells the others the session is no longer usable (once per session).
-    fn announce_lost(&mut self) {
-        let Some(s) = self.session() else { return };
-        if !std::mem::replace(&mut s.lost_announced, true) {
-            let session = s.id;
-            let _ = self.env.bus.send(SessionLost { session });
-        }
-    }
-
-    /// Sends a close frame and gives the hub a moment to end the connection.
-    fn close_session(&mut self, code: CloseCode, reason: &'static str, ctx: &mut Context<Self>) {
-        let close_wait = self.close_wait();
-        let Some(s) = self.session() else { return };
-        if s.closing {
-            return;
-        }
-        s.closing = true;
-        let id = s.id;
-        let _ = s.outgoing.send(WsMessage::Close(Some(CloseReason {
-            code,
-            description: Some(reason.to_string()),
-        })));
-        self.log_end("sidecar", Some(u16::from(code)), reason);
-        self.announce_lost();
-        ctx.run_later(close_wait, move |act, ctx| {
-            if act.session_id() == Some(id) {
-                log_event!(
-                    act.env.log,
-                    Debug,
-                    "close_timeout",
-                    session = id,
-                    waited_ms = close_wait.as_millis() as u64
-                );
-                act.drop_session(ctx);
-            }
-        });
-    }
-
-    fn close_wait(&self) -> Duration {
-        (self.env.config.shutdown_timeout / 4).min(Duration::from_secs(1))
-    }
-
-    /// Ends the session at once: both halves of the socket are dropped.
-    fn drop_session(&mut self, ctx: &mut Context<Self>) {
-        if let State::Open(s) = &self.state {
-            ctx.cancel_future(s.reader);
-            ctx.cancel_future(s.writer);
-        }
-        self.after_session(ctx);
-    }
-
-    /// The session is over, however it ended: tell the others, then reconnect (or stop).
-    fn after_session(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.state, State::Open(_)) {
-            return;
-        }
-        self.announce_lost();
-        self.state = State::Waiting;
-        if self.stopping {
-            ctx.stop();
-        } else {
-            self.schedule_reconnect(ctx);
-        }
-    }
-
-    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping {
-            return;
-        }
-        let step_ms = self.backoff.current_step().as_millis() as u64;
-        let mut delay = self.backoff.next_delay();
-        let cooldown = self
-            .not_before
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .filter(|wait| *wait > delay);
-        if let Some(wait) = cooldown {
-            delay = wait;
-        }
-        log_event!(
-            self.env.log,
-            Info,
-            "reconnect_scheduled",
-            delay_ms = delay.as_millis() as u64,
-            step_ms = step_ms,
-            attempt = self.attempts + 1,
-            cooldown = cooldown.is_some(),
-        );
-        self.publish_state(HubState::Waiting, Some(delay));
-        ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
 
     fn publish_state(&self, state: HubState, retry_in: Option<Duration>) {
@@ -524,307 +230,23 @@ impl HubActor {
         });
     }
 
-    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        match frame {
-            Frame::Text(data) => self.on_message(true, data, ctx),
-            Frame::Binary(data) => self.on_message(false, data, ctx),
-            Frame::Continuation(item) => self.on_fragment(item, ctx),
-            Frame::Ping(payload) => {
-                self.transmit_raw(WsMessage::Pong(payload));
-            }
-            Frame::Pong(_) => {}
-            Frame::Close(reason) => self.on_close_frame(reason, ctx),
-        }
-    }
-
-    fn on_fragment(&mut self, item: Item, ctx: &mut Context<Self>) {
-        let limit = self.env.config.max_frame_bytes;
-        let Some(s) = self.session() else { return };
-        let (chunk, last) = match item {
-            Item::FirstText(data) | Item::FirstBinary(data) if s.partial.is_some() => {
-                // A new message before the last one ended: the protocol forbids it.
-                s.partial = None;
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "frame_rejected",
-                    reason = "new fragmented message before the previous one ended",
-                    bytes = data.len()
-                );
-                return;
-            }
-            Item::FirstText(data) => {
-                s.partial = Some(Partial {
-                    text: true,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            Item::FirstBinary(data) => {
-                s.partial = Some(Partial {
-                    text: false,
-                    data: BytesMut::new(),
-                });
-                (data, false)
-            }
-            Item::Continue(data) => (data, false),
-            Item::Last(data) => (data, true),
-        };
-        let Some(partial) = &mut s.partial else {
-            log_event!(
-                self.env.log,
-                Warn,
-                "frame_rejected",
-                reason = "continuation frame without a first frame",
-                bytes = chunk.len()
-            );
-            return;
-        };
-        if partial.data.len() + chunk.len() > limit {
-            let total = partial.data.len() + chunk.len();
-            s.partial = None;
-            self.frame_too_large(total, ctx);
-            return;
-        }
-        partial.data.extend_from_slice(&chunk);
-        if last {
-            if let Some(done) = s.partial.take() {
-                self.on_message(done.text, done.data.freeze(), ctx);
-            }
-        }
-    }
-
-    fn frame_too_large(&mut self, bytes: usize, ctx: &mut Context<Self>) {
-        let limit = self.env.config.max_frame_bytes;
-        log_event!(
-            self.env.log,
-            Error,
-            "frame_too_large",
-            bytes = bytes,
-            max_frame_bytes = limit,
-            action = "session dropped"
-        );
-        self.log_end("sidecar", None, "frame over max_frame_bytes");
-        self.drop_session(ctx);
-    }
-
-    fn on_close_frame(&mut self, reason: Option<CloseReason>, ctx: &mut Context<Self>) {
-        let code = reason.as_ref().map(|r| u16::from(r.code));
-        let text = reason
-            .as_ref()
-            .and_then(|r| r.description.clone())
-            .unwrap_or_default();
-        if let Some(wait) = cooldown_from(code, &text) {
-            self.not_before = Some(Instant::now() + wait);
-        }
-        let Some(s) = self.session() else { return };
-        if s.closing {
-            // The hub's answer to our close: both close frames have crossed, so the
-            // handshake is complete and the socket can go now.
-            self.drop_session(ctx);
-            return;
-        }
-        self.log_end("hub", code, &text);
-        self.announce_lost();
-        if let Some(s) = self.session() {
-            s.closing = true;
-            // awc does not echo a close: do it, or the hub waits for its close timeout.
-            let _ = s.outgoing.send(WsMessage::Close(reason));
-        }
-        let id = self.session_id();
-        let close_wait = self.close_wait();
-        ctx.run_later(close_wait, move |act, ctx| {
-            if act.session_id() == id {
-                act.drop_session(ctx);
-            }
-        });
-    }
-
-    fn on_message(&mut self, text: bool, data: Bytes, ctx: &mut Context<Self>) {
-        if !text {
-            log_event!(
-                self.env.log,
-                Warn,
-                "frame_rejected",
-                reason = "binary message (the hub protocol is JSON text)",
-                bytes = data.len()
-            );
-            return;
-        }
-        let Ok(text) = std::str::from_utf8(&data) else {
-            log_event!(
-                self.env.log,
-                Warn,
-                "frame_rejected",
-                reason = "text frame is not valid UTF-8",
-                bytes = data.len()
-            );
-            return;
-        };
-        match Incoming::parse(text) {
-            Ok(incoming) => self.on_incoming(incoming, ctx),
-            Err(e) => {
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "frame_rejected",
-                    reason = e.to_string(),
-                    bytes = text.len(),
-                    preview = preview(text)
-                );
-            }
-        }
-    }
-
-    fn on_incoming(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
-        let Some(s) = self.session() else { return };
-        let session = s.id;
-        let identified = s.identified;
-        match incoming {
-            Incoming::Identified => {
-                if identified {
-                    return;
-                }
-                s.identified = true;
-                log_event!(
-                    self.env.log,
-                    Info,
-                    "identified",
-                    session = session,
-                    hub_url = self.env.config.hub_url.as_str()
-                );
-                let _ = self.env.bus.send(SessionIdentified { session });
-                self.publish_state(HubState::Identified, None);
-            }
-            Incoming::Pong { timestamp } => {
-                if !identified {
-                    return;
-                }
-                if !std::mem::replace(&mut s.answered_ping, true) {
-                    // Identified and answering: this session has proved itself.
-                    self.backoff.reset();
-                }
-                let _ = self.env.bus.send(PongReceived {
-                    session,
-                    hub_timestamp: timestamp,
-                });
-            }
-            Incoming::Error { error } => self.on_hub_error(error, ctx),
-            Incoming::RateLimited { retry_after_ms } => {
-                if let Some(ms) = retry_after_ms {
-                    self.not_before =
-                        Some(Instant::now() + Duration::from_millis(ms.min(3_600_000)));
-                }
-                log_event!(
-                    self.env.log,
-                    Warn,
-                    "hub_error",
-                    error = "rate_limited",
-                    retry_after_ms = retry_after_ms
-                );
-            }
-            Incoming::RestartSidecar { reason } => {
-                log_event!(self.env.log, Warn, "restart_requested", reason = reason);
-                let _ = self.env.bus.send(RestartRequested { reason });
-            }
-            Incoming::Task(frame) => self.route_task(session, frame),
-            Incoming::Other { kind } => {
-                log_event!(self.env.log, Debug, "frame_ignored", frame = kind);
-            }
-        }
-    }
-
-    fn on_hub_error(&mut self, error: String, ctx: &mut Context<Self>) {
-        match error.as_str() {
-            "invalid_token" | "token_agent_mismatch" => {
-                let config = &self.env.config;
-                log_event!(
-                    self.env.log,
-                    Error,
-                    "hub_error",
-                    error = error,
-                    agent_id_sent = config.agent_id,
-                    action = "check token and agent_id in the config; retrying at the backoff",
-                );
-                // The hub keeps such a socket open: close it ourselves, then back off.
-                self.close_session(CloseCode::Normal, "identify refused", ctx);
-            }
-            _ => {
-                log_event!(self.env.log, Warn, "hub_error", error = error);
-            }
-        }
-    }
-
-    fn route_task(&mut self, session: u64, frame: TaskFrame) {
-        if frame.kind == TaskFrameKind::Assign && frame.task_id.is_none() {
-            log_event!(
-                self.env.log,
-                Warn,
-                "frame_rejected",
-                reason = "task_assign without task_id: ignored",
-                bytes = frame.raw.len()
-            );
-            return;
-        }
-        let task_id = match &frame.task_id {
-            Some(TaskIdField::Str(id)) => Some(id.clone()),
-            Some(TaskIdField::NotAString(raw)) => Some(raw.clone()),
-            None => None,
-        };
-        let kind = frame.kind;
-        if self
-            .env
-            .bus
-            .send(TaskFrameReceived { session, frame })
-            .is_err()
-        {
+    fn task_event(&self, session: u64, event: Event) {
+        if let Err(msg) = self.env.bus.send(TaskEventFromHub { session, event }) {
             log_event!(
                 self.env.log,
                 Warn,
                 "task_frame_unrouted",
-                frame = kind.wire_type(),
-                task_id = task_id
+                event = format!("{:?}", msg.event).chars().take(200).collect::<String>()
             );
         }
     }
-}
-
-/// Writes the session's queued messages in order until the queue closes or a write fails.
-async fn write_all(
-    mut sink: WsSink,
-    mut queue: mpsc::UnboundedReceiver<WsMessage>,
-) -> Result<(), ProtocolError> {
-    while let Some(message) = queue.recv().await {
-        sink.send(message).await?;
-    }
-    Ok(())
-}
-
-/// The wait a 1008 close asks for: "cooldown active: retry in 37s" → 37 s.
-fn cooldown_from(code: Option<u16>, reason: &str) -> Option<Duration> {
-    if code != Some(1008) {
-        return None;
-    }
-    let rest = &reason[reason.find("retry in")? + "retry in".len()..];
-    let digits: String = rest
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let secs: u64 = digits.parse().ok()?;
-    Some(Duration::from_secs(secs.min(86_400)))
-}
-
-/// The start of a rejected frame, for the log.
-fn preview(text: &str) -> String {
-    text.chars().take(120).collect()
 }
 
 impl Actor for HubActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match build_client(&self.env.config) {
+        match hubconn::build_client(&self.env.config) {
             Ok(client) => {
                 self.client = Some(client);
                 self.connect(ctx);
@@ -836,54 +258,7 @@ impl Actor for HubActor {
     }
 }
 
-fn build_client(config: &Config) -> Result<awc::Client, String> {
-    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
-    // No `max_http_version`, on the connector or the builder: it replaces the TLS config (and
-    // `ca_file` with it) by awc's default. Ours already offers only HTTP/1.1 in ALPN.
-    let connector = awc::Connector::new()
-        .connector(NoDelay::default())
-        .rustls_0_23(tls)
-        .timeout(config.connect_timeout)
-        .handshake_timeout(config.connect_timeout);
-    Ok(awc::Client::builder()
-        .connector(connector)
-        .timeout(config.connect_timeout)
-        .finish())
-}
-
 crate::answers_probe!(HubActor);
-
-/// The TCP connector with `TCP_NODELAY` set on every connection: a frame the hub does not
-/// answer (`task_rejected`, `task_recovering`) must not hold the next one back for the
-/// peer's delayed ACK (about 40 ms on Linux). awc's default connector leaves Nagle on.
-#[derive(Clone, Default)]
-struct NoDelay(actix_tls::connect::ConnectorService);
-
-impl actix_service::Service<actix_tls::connect::ConnectInfo<awc::http::Uri>> for NoDelay {
-    type Response = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>;
-    type Error = actix_tls::connect::ConnectError;
-    type Future =
-        futures_util::future::LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        actix_service::Service::<actix_tls::connect::ConnectInfo<awc::http::Uri>>::poll_ready(
-            &self.0, cx,
-        )
-    }
-
-    fn call(&self, request: actix_tls::connect::ConnectInfo<awc::http::Uri>) -> Self::Future {
-        let connecting = self.0.call(request);
-        Box::pin(async move {
-            let connection = connecting.await?;
-            // Best effort: a socket that refuses the option still works, only slower.
-            let _ = connection.io_ref().set_nodelay(true);
-            Ok(connection)
-        })
-    }
-}
 
 impl Child for HubActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
@@ -910,15 +285,15 @@ impl Handler<Stop> for HubActor {
 
 impl Handler<SendFrame> for HubActor {
     type Result = ();
-    fn handle(&mut self, msg: SendFrame, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: SendFrame, ctx: &mut Context<Self>) {
         let kind = msg.frame.kind();
         let usable = match &self.state {
-            State::Open(s) => s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id),
+            State::Open(s) => {
+                s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id)
+            }
             _ => false,
         };
-        if usable && self.transmit(&msg.frame) {
-            log_event!(self.env.log, Debug, "frame_sent", frame = kind);
-        } else {
+        if !usable {
             log_event!(
                 self.env.log,
                 Debug,
@@ -926,17 +301,20 @@ impl Handler<SendFrame> for HubActor {
                 frame = kind,
                 reason = "no identified session"
             );
+            return;
         }
+        if let Some(s) = self.session() {
+            s.outbound.submit(msg.frame);
+        }
+        self.pump(ctx);
     }
 }
 
 impl Handler<AnnounceSession> for HubActor {
     type Result = ();
     fn handle(&mut self, _: AnnounceSession, _: &mut Context<Self>) {
-        if let State::Open(s) = &self.state {
-            if s.identified && !s.closing {
-                let _ = self.env.bus.send(SessionIdentified { session: s.id });
-            }
+        if let Some(session) = self.identified_id() {
+            let _ = self.env.bus.send(SessionIdentified { session });
         }
     }
 }
@@ -944,8 +322,9 @@ impl Handler<AnnounceSession> for HubActor {
 impl Handler<DropSession> for HubActor {
     type Result = ();
     fn handle(&mut self, msg: DropSession, ctx: &mut Context<Self>) {
-        if self.session_id() == Some(msg.session) {
+        if self.identified_id() == Some(msg.session) {
             self.log_end("sidecar", None, msg.reason);
+            self.mark_stale();
             self.drop_session(ctx);
         }
     }
@@ -953,8 +332,11 @@ impl Handler<DropSession> for HubActor {
 
 impl StreamHandler<WsEvent> for HubActor {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
-        if self.session_id() != Some(event.session) {
+        if self.conn_id() != Some(event.conn) {
             return;
+        }
+        if let Some(s) = self.session() {
+            s.last_heard = Instant::now();
         }
         match event.item {
             Some(Ok(frame)) => self.on_frame(frame, ctx),
@@ -967,10 +349,11 @@ impl StreamHandler<WsEvent> for HubActor {
                     Warn,
                     "ws_error",
                     stage = "read",
-                    session = event.session,
+                    conn = event.conn,
                     error = e.to_string()
                 );
                 self.log_end("sidecar", None, "protocol error");
+                self.mark_stale();
                 self.drop_session(ctx);
             }
             None => {
@@ -984,25 +367,77 @@ impl StreamHandler<WsEvent> for HubActor {
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {
-        // Each session's stream ends with its own `None` event; the actor lives on.
+        // Each connection's stream ends with its own `None` event; the actor lives on.
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What an answer to one of our frames means for the task actors.
+fn report_event(sent: &Sent, incoming: &Incoming) -> Option<Event> {
+    let (task_id, kind, generation) = match &sent.frame {
+        Outgoing::TaskComplete {
+            task_id,
+            generation,
+            ..
+        } => (task_id.clone(), ReportKind::Complete, *generation),
+        Outgoing::TaskFailed {
+            task_id,
+            generation,
+            ..
+        } => (task_id.clone(), ReportKind::Failed, *generation),
+        Outgoing::StateReport {
+            task_id,
+            generation,
+            ..
+        } => {
+            let Incoming::StateReportAck { action, .. } = incoming else {
+                return None;
+            };
+            return Some(Event::StateReportAnswered {
+                task_id: task_id.clone(),
+                generation: *generation,
+                action: action.clone(),
+            });
+        }
+        _ => return None,
+    };
+    let answer = match incoming {
+        Incoming::TaskAck { status, .. } => Answer::Acked {
+            status: status.clone(),
+        },
+        Incoming::Error { error, errors, .. } => Answer::Refused {
+            error: error.clone(),
+            details: errors.clone(),
+        },
+        _ => return None,
+    };
+    Some(Event::ReportAnswered {
+        task_id,
+        kind,
+        generation,
+        answer,
+    })
+}
 
-    #[test]
-    fn cooldown_is_read_from_1008_close_reason_only() {
-        assert_eq!(
-            cooldown_from(Some(1008), "cooldown active: retry in 37s"),
-            Some(Duration::from_secs(37))
-        );
-        assert_eq!(
-            cooldown_from(Some(1008), "retry in 5 s"),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(cooldown_from(Some(1000), "retry in 5s"), None);
-        assert_eq!(cooldown_from(Some(1008), "policy violation"), None);
+/// A `task_assign` as the task machine takes it (`None`: not usable, logged by the caller).
+fn assign_event(a: &crate::protocol::TaskAssign) -> Option<Event> {
+    let task_id = match &a.task_id {
+        Some(TaskIdField::Str(id)) => id.clone(),
+        _ => return None,
+    };
+    Some(Event::Assign(Assign {
+        task_id,
+        generation: a.generation,
+        raw: a.raw.clone(),
+        target_type: a.target_type.clone(),
+        model: a.model.clone(),
+    }))
+}
+
+/// Whether a text frame was a binary or text message, for logs.
+fn message_kind(text: bool) -> &'static str {
+    if text {
+        "text"
+    } else {
+        "binary"
     }
 }

@@ -39,12 +39,15 @@ pub fn children() -> Vec<ChildSpec> {
     ]
 }
 
-/// What every child is built from: the config, the bus, the log, and its exit note.
+/// What every child is built from: the config, the bus, the log, what it keeps across its
+/// restarts, and its exit note.
 #[derive(Clone)]
 pub struct Env {
     pub config: Rc<Config>,
     pub bus: Bus,
     pub log: Log,
+    /// Values that outlive an incarnation (see [`Kept`]).
+    pub kept: Kept,
     exit: ExitNote,
 }
 
@@ -54,6 +57,7 @@ impl Env {
             config,
             bus,
             log,
+            kept: Kept::default(),
             exit: ExitNote::default(),
         }
     }
@@ -75,6 +79,28 @@ impl Env {
         use actix::ActorContext;
         *self.exit.0.borrow_mut() = Some(reason.into());
         ctx.stop();
+    }
+}
+
+/// Values an actor type keeps across its own restarts (a fresh actor is built from the same
+/// `Env`): one value per Rust type, created on first use and shared by every later
+/// incarnation. For what a restart must not forget — e.g. the session counter, so session
+/// ids are never reused, or the queue's write fence. Everything else starts clean.
+#[derive(Clone, Default)]
+pub struct Kept(Rc<RefCell<std::collections::HashMap<std::any::TypeId, Rc<dyn std::any::Any>>>>);
+
+impl Kept {
+    /// The kept value of type `T` (created with `T::default()` the first time).
+    pub fn get<T: Default + 'static>(&self) -> Rc<T> {
+        let mut map = self.0.borrow_mut();
+        let entry = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Rc::new(T::default()) as Rc<dyn std::any::Any>);
+        match entry.clone().downcast::<T>() {
+            Ok(value) => value,
+            // Unreachable: the map is keyed by the value's own type.
+            Err(_) => Rc::new(T::default()),
+        }
     }
 }
 

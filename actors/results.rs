@@ -1,18 +1,26 @@
-//! ResultsActor: watches `results_dir` for what the agent writes.
+//! ResultsActor: watches `results_dir` for what the agent writes (the file contract of
+//! `docs/usage/writing-an-agent.md`).
 //!
-//! `<task_id>.started` is published as [`StartedFileSeen`]; `<task_id>.json` is read once
-//! it is completely written and published as [`ResultFileRead`] (the parsed object, or why
-//! it is not a valid result). The directory is watched with inotify (the `notify` crate; a
-//! 1 s poll only if inotify cannot be set up) and scanned in full at start-up and on
-//! [`RescanResults`], so a file written while the sidecar was down is found.
+//! - `<task_id>.started` → [`StartedFileSeen`].
+//! - `<task_id>.json` → [`ResultFileRead`] once it is completely written: the parsed object,
+//!   or why it is not a valid result.
+//! - `<task_id>.progress` (JSON lines, appended) → one [`AgentProgressSeen`] per new
+//!   complete line that is a JSON object.
 //!
-//! "Completely written": a file renamed into place is read at once; otherwise every change
-//! triggers a read, and a read that parses as a JSON object is final (nothing can be
-//! appended to a complete object and leave it valid). A read that does not parse waits
-//! until the file has stopped changing for `result_settle` before it is declared invalid,
-//! so an agent writing in pieces is not cut short. Files over `max_result_bytes` are
-//! refused unread; reading and parsing happen on the blocking pool, never on the event loop. The actor decides nothing about tasks: the QueueActor does, and removes
-//! the files. It fails (and is restarted) only if `results_dir` cannot be created.
+//! "Completely written": a file renamed into place, or closed after writing (inotify's
+//! `IN_CLOSE_WRITE`), is final: it is a result or it is invalid. A change while the file is
+//! still open for writing only counts if it already parses as a JSON object (nothing can be
+//! appended to a complete object and leave it valid); an empty file is no result yet. A file
+//! found by a scan (at start-up, or when polling) without such events is declared invalid
+//! only after it has stopped changing for `result_settle`.
+//!
+//! Files are read untrusted (see [`crate::fsx::read_untrusted`]): no symlink followed, no
+//! blocking open (a FIFO cannot hang the reader), regular files only, at most
+//! `max_result_bytes`. Reading happens on the blocking pool, never on the event loop. The
+//! directory is watched with inotify (the `notify` crate), or polled every second when
+//! inotify cannot be used (watch limit reached, no inotify); it is scanned in full at
+//! start-up and on [`RescanResults`]. The actor decides nothing about tasks. It fails (and
+//! is restarted) only if `results_dir` cannot be created or watched at all.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,12 +29,13 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::Watcher;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
-use crate::queue::valid_task_id;
+use crate::tasks::store;
+use crate::tasks::valid_task_id;
 
 /// Scan the whole results directory again and report every file, including ones reported
 /// before (the QueueActor now cares about a task it ignored).
@@ -46,7 +55,18 @@ pub struct StartedFileSeen {
 #[rtype(result = "()")]
 pub struct ResultFileRead {
     pub task_id: String,
-    pub outcome: Result<serde_json::Map<String, Value>, String>,
+    pub outcome: Result<Map<String, Value>, String>,
+}
+
+/// Published: a new line of `<task_id>.progress`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AgentProgressSeen {
+    pub task_id: String,
+    /// The line's `progress`, when it is a whole number from 0 to 100.
+    pub progress: Option<i64>,
+    /// The line itself (forwarded as `execution_event`).
+    pub event: Map<String, Value>,
 }
 
 /// Changes under the results directory, from the watcher's thread.
@@ -57,21 +77,54 @@ struct FsChanged(notify::Result<notify::Event>);
 /// Size and modification time: what a file looked like when it was last read.
 type Fingerprint = (u64, Option<SystemTime>);
 
+/// Longest progress line read; a longer one is skipped.
+const PROGRESS_LINE_MAX: usize = 64 * 1024;
+
 pub struct ResultsActor {
     env: Env,
     watcher: Option<Box<dyn Watcher>>,
+    /// No close events (polling): unparsable files are judged by the settle time.
+    polling: bool,
     /// Results already published, by task id, with the content they had.
     reported: HashMap<String, Fingerprint>,
     started: HashSet<String>,
-    /// Results being read right now, and those that changed meanwhile.
+    /// Results being read right now, and those that changed meanwhile (with whether the
+    /// change was final).
     reading: HashSet<String>,
-    look_again: HashSet<String>,
+    look_again: HashMap<String, Trigger>,
+    /// Progress files: bytes consumed so far.
+    progress: HashMap<String, u64>,
+    progress_reading: HashSet<String>,
+}
+
+/// What made us look at a result file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Renamed into place or closed after writing: complete.
+    Final,
+    /// Changed while possibly still open for writing.
+    Changed,
+    /// Found by a scan: no events to tell.
+    Scan,
+}
+
+impl Trigger {
+    fn max(self, other: Trigger) -> Trigger {
+        if self == Trigger::Final || other == Trigger::Final {
+            Trigger::Final
+        } else if self == Trigger::Changed || other == Trigger::Changed {
+            Trigger::Changed
+        } else {
+            Trigger::Scan
+        }
+    }
 }
 
 /// What a file in the results directory is.
 enum Name {
     Started(String),
     Result(String),
+    Progress(String),
 }
 
 impl ResultsActor {
@@ -79,10 +132,13 @@ impl ResultsActor {
         ResultsActor {
             env: env.clone(),
             watcher: None,
+            polling: false,
             reported: HashMap::new(),
             started: HashSet::new(),
             reading: HashSet::new(),
-            look_again: HashSet::new(),
+            look_again: HashMap::new(),
+            progress: HashMap::new(),
+            progress_reading: HashSet::new(),
         }
     }
 
@@ -90,21 +146,30 @@ impl ResultsActor {
         let dir = self.env.config.results_dir.clone();
         let recipient = ctx.address().recipient::<FsChanged>();
         let forward = move |event| recipient.do_send(FsChanged(event));
-        let mut watcher: Box<dyn Watcher> = match notify::recommended_watcher(forward.clone()) {
-            Ok(w) => Box::new(w),
+        let inotify = notify::recommended_watcher(forward.clone())
+            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+        let watcher: Box<dyn Watcher> = match inotify {
+            Ok(w) => {
+                self.polling = false;
+                Box::new(w)
+            }
             Err(e) => {
+                // The watch limit reached (ENOSPC), no inotify: poll instead of failing.
                 log_event!(
                     self.env.log,
                     Warn,
                     "results_watch_fallback",
                     error = e.to_string(),
-                    poll_ms = 1000
+                    poll_ms = 1000,
+                    note = "results_dir is polled every second (raise fs.inotify.max_user_watches for instant results)"
                 );
                 let config = notify::Config::default().with_poll_interval(Duration::from_secs(1));
-                Box::new(notify::PollWatcher::new(forward, config)?)
+                let mut w = notify::PollWatcher::new(forward, config)?;
+                w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+                self.polling = true;
+                Box::new(w)
             }
         };
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
         self.watcher = Some(watcher);
         Ok(())
     }
@@ -121,7 +186,7 @@ impl ResultsActor {
             action = "watching it again"
         );
         self.watcher = None;
-        let watched = std::fs::create_dir_all(&dir)
+        let watched = crate::fsx::create_private_dir(&dir)
             .map_err(notify::Error::io)
             .and_then(|()| self.watch(ctx));
         if let Err(e) = watched {
@@ -130,9 +195,14 @@ impl ResultsActor {
                 format!("cannot watch results_dir {} again: {e}", dir.display()),
             );
         }
+        self.forget_all();
+        self.scan(ctx);
+    }
+
+    fn forget_all(&mut self) {
         self.reported.clear();
         self.started.clear();
-        self.scan(ctx);
+        self.progress.clear();
     }
 
     fn scan(&mut self, ctx: &mut Context<Self>) {
@@ -152,25 +222,29 @@ impl ResultsActor {
         };
         let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         for path in paths {
-            self.on_path(&path, false, ctx);
+            self.on_path(&path, Trigger::Scan, ctx);
         }
     }
 
-    fn on_path(&mut self, path: &Path, renamed_into_place: bool, ctx: &mut Context<Self>) {
+    fn on_path(&mut self, path: &Path, trigger: Trigger, ctx: &mut Context<Self>) {
         match classify(path) {
-            Some(Name::Started(task_id))
-                if path.exists() && self.started.insert(task_id.clone()) =>
-            {
-                let _ = self.env.bus.send(StartedFileSeen { task_id });
+            Some(Name::Started(task_id)) => {
+                let there = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+                if !there {
+                    self.started.remove(&task_id);
+                } else if self.started.insert(task_id.clone()) {
+                    let _ = self.env.bus.send(StartedFileSeen { task_id });
+                }
             }
-            Some(Name::Result(task_id)) => self.check(task_id, renamed_into_place, ctx),
-            Some(Name::Started(_)) | None => {}
+            Some(Name::Result(task_id)) => self.check(task_id, trigger, ctx),
+            Some(Name::Progress(task_id)) => self.read_progress(task_id, ctx),
+            None => {}
         }
     }
 
     /// Reads `<task_id>.json` (off the event loop) and publishes it, unless it is still
     /// being written.
-    fn check(&mut self, task_id: String, complete: bool, ctx: &mut Context<Self>) {
+    fn check(&mut self, task_id: String, trigger: Trigger, ctx: &mut Context<Self>) {
         let path = self.env.config.results_dir.join(format!("{task_id}.json"));
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             // Removed (reported and cleaned up, or never finished).
@@ -182,51 +256,33 @@ impl ResultsActor {
         if self.reported.get(&task_id) == Some(&fingerprint) {
             return;
         }
-        let limit = self.env.config.max_result_bytes;
-        if !meta.is_file() {
-            // A link could make the sidecar read, and send, any file it can read.
-            let why = "result path is not a regular file (symlinks are refused)".to_string();
-            return self.decide(task_id, fingerprint, true, Err(why), ctx);
-        }
-        if meta.len() > limit {
-            let why = format!(
-                "result file is {} bytes; max_result_bytes is {limit}",
-                meta.len()
-            );
-            return self.decide(task_id, fingerprint, true, Err(why), ctx);
-        }
         if !self.reading.insert(task_id.clone()) {
             // A read is under way: look again when it is done.
-            self.look_again.insert(task_id);
+            let t = self.look_again.get(&task_id).map_or(trigger, |t| t.max(trigger));
+            self.look_again.insert(task_id, t);
             return;
         }
-        let read = actix_rt::task::spawn_blocking(move || read_result(&path));
+        let max = self.env.config.max_result_bytes;
+        let read = actix_rt::task::spawn_blocking(move || store::read_result(&path, max));
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
                 act.reading.remove(&task_id);
                 match result {
-                    Ok(Ok(outcome)) => {
-                        act.decide(task_id.clone(), fingerprint, complete, outcome, ctx)
-                    }
-                    // The file could not be read, or the reading task died.
-                    Ok(Err(e)) => act.read_failed(&task_id, &e),
-                    Err(e) => act.read_failed(&task_id, &e),
+                    Ok(Some(outcome)) => act.decide(task_id.clone(), fingerprint, trigger, outcome, ctx),
+                    // Empty (opened, nothing written yet) or gone: no result yet.
+                    Ok(None) => {}
+                    Err(e) => log_event!(
+                        act.env.log,
+                        Warn,
+                        "result_read_failed",
+                        task_id = task_id,
+                        error = e.to_string()
+                    ),
                 }
-                if act.look_again.remove(&task_id) {
-                    act.check(task_id, false, ctx);
+                if let Some(again) = act.look_again.remove(&task_id) {
+                    act.check(task_id, again, ctx);
                 }
             }),
-        );
-    }
-
-    /// A read that failed is logged; the file's next change triggers another.
-    fn read_failed(&self, task_id: &str, error: &dyn std::fmt::Display) {
-        log_event!(
-            self.env.log,
-            Warn,
-            "result_read_failed",
-            task_id = task_id,
-            error = error.to_string()
         );
     }
 
@@ -235,42 +291,126 @@ impl ResultsActor {
         &mut self,
         task_id: String,
         fingerprint: Fingerprint,
-        complete: bool,
-        outcome: Result<serde_json::Map<String, Value>, String>,
+        trigger: Trigger,
+        outcome: Result<Map<String, Value>, String>,
         ctx: &mut Context<Self>,
     ) {
-        if outcome.is_err() && !complete {
-            // Maybe still being written: decide once it has stopped changing.
-            let settle = self.env.config.result_settle;
-            ctx.run_later(settle, move |act, ctx| {
-                let path = act.env.config.results_dir.join(format!("{task_id}.json"));
-                let now = std::fs::symlink_metadata(path).map(|m| (m.len(), m.modified().ok()));
-                if now.ok() == Some(fingerprint) {
-                    act.check(task_id, true, ctx);
+        if outcome.is_err() {
+            match (trigger, self.polling) {
+                (Trigger::Final, _) => {}
+                // Still open for writing: its close (or rename) will come.
+                (Trigger::Changed, false) => return,
+                // No events to tell: decide once it has stopped changing.
+                (Trigger::Scan, _) | (Trigger::Changed, true) => {
+                    let settle = self.env.config.result_settle;
+                    ctx.run_later(settle, move |act, ctx| {
+                        let path = act.env.config.results_dir.join(format!("{task_id}.json"));
+                        let now = std::fs::symlink_metadata(path).map(|m| (m.len(), m.modified().ok()));
+                        if now.ok() == Some(fingerprint) {
+                            act.check(task_id, Trigger::Final, ctx);
+                        }
+                    });
+                    return;
                 }
-            });
-            return;
+            }
         }
         self.reported.insert(task_id.clone(), fingerprint);
         let _ = self.env.bus.send(ResultFileRead { task_id, outcome });
     }
+
+    /// Reads the new complete lines of `<task_id>.progress` (off the event loop).
+    fn read_progress(&mut self, task_id: String, ctx: &mut Context<Self>) {
+        if !self.progress_reading.insert(task_id.clone()) {
+            return;
+        }
+        let path = self.env.config.results_dir.join(format!("{task_id}.progress"));
+        let offset = self.progress.get(&task_id).copied().unwrap_or(0);
+        let read = actix_rt::task::spawn_blocking(move || read_lines(&path, offset));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(read).map(move |result, act, _| {
+                act.progress_reading.remove(&task_id);
+                let Ok(Ok((consumed, lines))) = result else {
+                    return;
+                };
+                act.progress.insert(task_id.clone(), consumed);
+                for line in lines {
+                    act.publish_progress(&task_id, line);
+                }
+            }),
+        );
+    }
+
+    fn publish_progress(&self, task_id: &str, line: Result<Vec<u8>, usize>) {
+        let parsed = match line {
+            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()),
+            Err(len) => Err(format!("line of {len} bytes is over {PROGRESS_LINE_MAX}")),
+        };
+        match parsed {
+            Ok(Value::Object(event)) => {
+                let progress = event
+                    .get("progress")
+                    .and_then(Value::as_i64)
+                    .filter(|p| (0..=100).contains(p));
+                let _ = self.env.bus.send(AgentProgressSeen {
+                    task_id: task_id.to_string(),
+                    progress,
+                    event,
+                });
+            }
+            Ok(_) | Err(_) => log_event!(
+                self.env.log,
+                Warn,
+                "progress_line_invalid",
+                task_id = task_id,
+                error = parsed.err().unwrap_or_else(|| "not a JSON object".into()),
+                note = "each line of <task_id>.progress must be one JSON object; this one is skipped"
+            ),
+        }
+    }
 }
 
-/// Reads and parses a result file: the object, or why it is not a valid result. Blocking.
-fn read_result(path: &Path) -> std::io::Result<Result<serde_json::Map<String, Value>, String>> {
-    let bytes = std::fs::read(path)?;
-    Ok(match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err("result file is JSON but not an object".to_string()),
-        Err(e) => Err(format!("result file is not valid JSON: {e}")),
-    })
+/// The complete lines after `offset` (a line over the limit comes as its length); returns
+/// the offset after the last complete line. Blocking.
+#[allow(clippy::type_complexity)]
+fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<u8>, usize>>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let mut file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok((offset, Vec::new()));
+    }
+    let len = file.metadata()?.len();
+    // Truncated or replaced: start again from the beginning.
+    let start = if len < offset { 0 } else { offset };
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.take(4 * 1024 * 1024).read_to_end(&mut buf)?;
+    let mut lines = Vec::new();
+    let mut consumed = 0;
+    while let Some(end) = buf[consumed..].iter().position(|b| *b == b'\n') {
+        let line = &buf[consumed..consumed + end];
+        if line.len() > PROGRESS_LINE_MAX {
+            lines.push(Err(line.len()));
+        } else if !line.iter().all(u8::is_ascii_whitespace) {
+            lines.push(Ok(line.to_vec()));
+        }
+        consumed += end + 1;
+    }
+    Ok((start + consumed as u64, lines))
 }
 
-/// `<id>.started` or `<id>.json` with a valid task id; anything else is not ours.
+/// `<id>.started`, `<id>.json` or `<id>.progress` with a valid task id; anything else is
+/// not ours.
 fn classify(path: &Path) -> Option<Name> {
     let name = path.file_name()?.to_str()?;
     if let Some(id) = name.strip_suffix(".started") {
         return valid_task_id(id).then(|| Name::Started(id.to_string()));
+    }
+    if let Some(id) = name.strip_suffix(".progress") {
+        return valid_task_id(id).then(|| Name::Progress(id.to_string()));
     }
     let id = name.strip_suffix(".json")?;
     valid_task_id(id).then(|| Name::Result(id.to_string()))
@@ -281,7 +421,7 @@ impl Actor for ResultsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let dir = self.env.config.results_dir.clone();
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = crate::fsx::create_private_dir(&dir) {
             self.env.fail(
                 ctx,
                 format!("cannot create results_dir {}: {e}", dir.display()),
@@ -351,32 +491,31 @@ impl Handler<FsChanged> for ResultsActor {
         if dir_gone {
             return self.rewatch(ctx);
         }
-        // Our own reads open and close the file: only writes, creations and renames matter,
-        // or every read would trigger the next one.
-        let relevant = matches!(
-            event.kind,
-            EventKind::Create(_)
-                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Remove(_)
-                | EventKind::Any
-                | EventKind::Other
-        );
-        if !relevant {
-            return;
-        }
-        let renamed_into_place = matches!(
-            event.kind,
+        // Our own reads open and close the file: only writes, creations, closes after
+        // writing and renames matter, or every read would trigger the next one.
+        let trigger = match event.kind {
             EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-        );
+            | EventKind::Access(AccessKind::Close(AccessMode::Write)) => Trigger::Final,
+            _ if self.polling => Trigger::Scan,
+            EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Remove(_)
+            | EventKind::Any
+            | EventKind::Other => Trigger::Changed,
+            _ => return,
+        };
         // For a rename within the directory the destination is the last path.
-        let paths: Vec<&PathBuf> = if renamed_into_place {
+        let renamed = matches!(
+            event.kind,
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+        );
+        let paths: Vec<&PathBuf> = if renamed {
             event.paths.last().into_iter().collect()
         } else {
             event.paths.iter().collect()
         };
         for path in paths {
-            self.on_path(path, renamed_into_place, ctx);
+            self.on_path(path, trigger, ctx);
         }
     }
 }

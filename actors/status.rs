@@ -147,7 +147,7 @@ impl StatusActor {
         let path = self.env.config.status_file.clone();
         let job = actix_rt::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
-            crate::queue::write_atomic(&path, &bytes)
+            crate::fsx::write_atomic(&path, &bytes)
         });
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(job).map(|result, act, _| {
@@ -313,7 +313,7 @@ impl Handler<Stop> for StatusActor {
         status.updated_at = now();
         status.stopped_at = Some(now());
         if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
-            if let Err(e) = crate::queue::write_atomic(&self.env.config.status_file, &bytes) {
+            if let Err(e) = crate::fsx::write_atomic(&self.env.config.status_file, &bytes) {
                 log_event!(
                     self.env.log,
                     Warn,
@@ -428,6 +428,8 @@ impl Handler<TasksChanged> for StatusActor {
             });
             s.tasks.recovering = msg.recovering;
             s.tasks.outbox = msg.outbox;
+            s.tasks.released = msg.released;
+            s.tasks.refused = msg.refused;
         });
     }
 }

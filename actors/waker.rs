@@ -1,78 +1,81 @@
-//! WakerActor: runs the wake command that starts the agent for a task.
+//! WakerActor: runs one wake attempt when the QueueActor asks ([`WakeTask`]), and says how it
+//! ended ([`WakeExited`]). It decides nothing: retries, confirmation and giving up are the
+//! task machine's rules; every attempt is on disk before it is asked for, with an id of its
+//! own, so an outcome can never be taken for another attempt's.
 //!
-//! `sh -c wake_command`, with the task only in environment variables (`TASK_ID`,
-//! `TASK_JSON`, `TASK_DESCRIPTION`, `TASK_FILE`, `RESULTS_DIR`): task data never becomes
-//! shell text, so a description holding `$(rm -rf ~)` stays text, while a Node-era command
-//! such as `agent --message "Task: ${TASK_JSON}"` keeps working because the shell expands
-//! the variable itself. The command runs in a process group of its own, so the agent it
-//! starts does not receive the signals meant for the sidecar and outlives a sidecar restart;
-//! its stdout and stderr go to a per-task file (a pipe would break the agent once the
-//! sidecar is gone), whose first bytes are logged with the outcome.
+//! The command is the task's `wake_commands[target_type]`, else `wake_command`: a string runs
+//! under `sh -c`; a list runs as program and arguments with no shell at all. Either way the
+//! task reaches it only in environment variables (`TASK_ID`, `TASK_JSON`,
+//! `TASK_DESCRIPTION`, `TASK_FILE`, `RESULTS_DIR`, `TASK_TARGET_TYPE`, `TASK_MODEL`,
+//! `WAKE_ATTEMPT`): task data never becomes shell text, so a description holding
+//! `$(rm -rf ~)` stays text, while a Node-era command such as `agent --message "${TASK_JSON}"`
+//! keeps working because the shell expands the variable itself. The command runs in a
+//! process group of its own (the agent it starts outlives the sidecar and does not get its
+//! signals); its output goes to a per-task file (mode 0600), whose first bytes are logged.
 //!
-//! An attempt that exits non-zero, cannot start, or runs past `wake_timeout` (its whole
-//! process group is killed) is retried after each of `wake_retry_delays`; then
-//! [`WakeFailed`]. Exit 0 is [`WakeSucceeded`]. [`CancelWake`] kills a running attempt's
-//! process group and drops the retries; [`WakeConfirmed`] (the agent wrote `.started`) drops
-//! them without killing anything. On [`Stop`] nothing is killed: a wake in progress is re-run
-//! after restart if the agent never confirmed. A restart of this actor loses the retry
-//! schedule only: it publishes [`WakerStarted`] and the QueueActor asks again.
+//! An attempt still running after `wake_timeout` has its whole process group killed — unless
+//! the agent confirmed ([`WakeConfirmed`]): an agent that runs inside its wake command is
+//! never killed for taking long. [`CancelWake`] kills a running attempt's group. On [`Stop`]
+//! nothing is killed. [`GetRunningWakes`] tells a restarted QueueActor which attempts still
+//! run here.
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::rc::Rc;
 
 use actix::prelude::*;
 
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
+use crate::config::WakeCommand;
 use crate::log_event;
+use crate::tasks::WakeOutcome;
 
-/// Run the wake command for this task (ignored if it is already being woken).
+/// Run one wake attempt.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct WakeTask {
+    pub wake_id: u64,
+    pub attempt: u32,
     pub task_id: String,
     pub raw: String,
     pub description: String,
     pub task_file: PathBuf,
     pub output_file: PathBuf,
+    pub target_type: Option<String>,
+    pub model: Option<String>,
 }
 
-/// Stop waking this task: kill a running attempt's process group, drop the retries.
+/// Kill attempt `wake_id`'s process group if its command still runs.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct CancelWake {
-    pub task_id: String,
+    pub wake_id: u64,
 }
 
-/// The agent confirmed its start: no more attempts for this task. Nothing is killed (a
-/// wake command still running may be the agent itself); its outcome no longer matters.
+/// The agent of attempt `wake_id` confirmed its start: never kill it for its timeout.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct WakeConfirmed {
-    pub task_id: String,
+    pub wake_id: u64,
 }
 
-/// Published when a WakerActor starts: after a restart of the waker alone, a task that was
-/// being woken has to be asked for again.
+/// Which attempts run here now (for a QueueActor that restarted).
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct WakerStarted;
+#[rtype(result = "Vec<u64>")]
+pub struct GetRunningWakes;
 
-/// Published: the wake command exited 0.
+/// Published: an attempt ended.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct WakeSucceeded {
+pub struct WakeExited {
     pub task_id: String,
-}
-
-/// Published: every attempt failed.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct WakeFailed {
-    pub task_id: String,
-    pub error: String,
+    pub wake_id: u64,
+    pub attempt: u32,
+    pub outcome: WakeOutcome,
 }
 
 /// How much of the command's output goes into the log line.
@@ -80,19 +83,16 @@ const OUTPUT_LOGGED: u64 = 2048;
 
 pub struct WakerActor {
     env: Env,
-    current: Option<Waking>,
+    running: BTreeMap<u64, Running>,
 }
 
-struct Waking {
-    task: WakeTask,
-    attempt: u32,
-    /// Process group of the running attempt.
-    running: Option<i32>,
-    /// The agent confirmed its start: the running attempt is the last, whatever it returns.
-    confirmed: bool,
+struct Running {
+    /// Process group of the command.
+    group: Option<i32>,
+    confirmed: Rc<Cell<bool>>,
 }
 
-enum Outcome {
+enum Ended {
     Exited(std::process::ExitStatus),
     TimedOut,
     Failed(String),
@@ -102,35 +102,32 @@ impl WakerActor {
     pub fn new(env: &Env) -> Self {
         WakerActor {
             env: env.clone(),
-            current: None,
+            running: BTreeMap::new(),
         }
     }
 
-    fn attempts(&self) -> u32 {
-        self.env.config.wake_retry_delays.len() as u32 + 1
+    fn command_for(&self, target_type: Option<&str>) -> Option<WakeCommand> {
+        let config = &self.env.config;
+        target_type
+            .and_then(|t| config.wake_commands.get(t))
+            .or(config.wake_command.as_ref())
+            .cloned()
     }
 
-    fn run_attempt(&mut self, ctx: &mut Context<Self>) {
-        let attempts = self.attempts();
+    fn run_attempt(&mut self, task: WakeTask, ctx: &mut Context<Self>) {
         let config = self.env.config.clone();
-        let Some(command) = config.wake_command.clone() else {
-            return;
+        let Some(command) = self.command_for(task.target_type.as_deref()) else {
+            return self.publish(&task, WakeOutcome::Failed("no wake command applies".into()));
         };
-        let Some(waking) = &mut self.current else {
-            return;
-        };
-        waking.attempt += 1;
-        let attempt = waking.attempt;
-        let task = waking.task.clone();
         log_event!(
             self.env.log,
             Info,
             "wake_attempt",
             task_id = task.task_id,
-            attempt = attempt,
-            of = attempts
+            attempt = task.attempt,
+            of = config.wake_retry_delays.len() + 1,
+            target_type = task.target_type
         );
-
         let offset = std::fs::metadata(&task.output_file)
             .map(|m| m.len())
             .unwrap_or(0);
@@ -138,7 +135,7 @@ impl WakerActor {
             ("TASK_JSON", &task.raw),
             ("TASK_DESCRIPTION", &task.description),
         ];
-        if attempt == 1 {
+        if task.attempt == 1 {
             for (name, value) in large.iter().filter(|(_, v)| !fits_env(v)) {
                 log_event!(
                     self.env.log,
@@ -152,8 +149,19 @@ impl WakerActor {
             }
         }
         let spawned = output_stdio(&task.output_file).and_then(|(out, err)| {
-            let mut cmd = tokio::process::Command::new("sh");
-            cmd.arg("-c").arg(&command).env("TASK_ID", &task.task_id);
+            let mut cmd = match &command {
+                WakeCommand::Shell(text) => {
+                    let mut c = tokio::process::Command::new("sh");
+                    c.arg("-c").arg(text);
+                    c
+                }
+                WakeCommand::Argv(argv) => {
+                    let mut c = tokio::process::Command::new(&argv[0]);
+                    c.args(&argv[1..]);
+                    c
+                }
+            };
+            cmd.env("TASK_ID", &task.task_id);
             for (name, value) in large {
                 if fits_env(value) {
                     cmd.env(name, value);
@@ -161,8 +169,15 @@ impl WakerActor {
                     cmd.env(format!("{name}_OMITTED"), "1");
                 }
             }
+            for (name, value) in [("TASK_TARGET_TYPE", &task.target_type), ("TASK_MODEL", &task.model)] {
+                match value.as_deref().filter(|v| fits_env(v)) {
+                    Some(v) => cmd.env(name, v),
+                    None => cmd.env_remove(name),
+                };
+            }
             cmd.env("TASK_FILE", &task.task_file)
                 .env("RESULTS_DIR", &config.results_dir)
+                .env("WAKE_ATTEMPT", task.attempt.to_string())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -172,118 +187,94 @@ impl WakerActor {
             cmd.spawn()
         });
         let timeout = config.wake_timeout;
+        let confirmed = Rc::new(Cell::new(false));
         let wait = match spawned {
             Ok(mut child) => {
                 let group = child.id().map(|id| id as i32);
-                waking.running = group;
+                self.running.insert(
+                    task.wake_id,
+                    Running {
+                        group,
+                        confirmed: confirmed.clone(),
+                    },
+                );
                 futures_util::future::Either::Left(async move {
                     match tokio::time::timeout(timeout, child.wait()).await {
-                        Ok(Ok(status)) => Outcome::Exited(status),
-                        Ok(Err(e)) => Outcome::Failed(format!("waiting for the wake command: {e}")),
+                        Ok(Ok(status)) => Ended::Exited(status),
+                        Ok(Err(e)) => Ended::Failed(format!("waiting for the wake command: {e}")),
+                        // A confirmed agent runs inside its wake command: let it.
+                        Err(_) if confirmed.get() => match child.wait().await {
+                            Ok(status) => Ended::Exited(status),
+                            Err(e) => Ended::Failed(format!("waiting for the wake command: {e}")),
+                        },
                         Err(_) => {
                             kill_group(group);
                             let _ = child.wait().await;
-                            Outcome::TimedOut
+                            Ended::TimedOut
                         }
                     }
                 })
             }
-            Err(e) => futures_util::future::Either::Right(std::future::ready(Outcome::Failed(
-                format!("cannot start sh: {e}"),
-            ))),
+            Err(e) => {
+                let program = command.program().unwrap_or_default().to_string();
+                let what = match command {
+                    WakeCommand::Shell(_) => "sh".to_string(),
+                    WakeCommand::Argv(_) => program,
+                };
+                futures_util::future::Either::Right(std::future::ready(Ended::Failed(format!(
+                    "cannot start {what}: {e}"
+                ))))
+            }
         };
-        let task_id = task.task_id.clone();
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(wait).map(move |outcome, act, ctx| {
-                act.attempt_done(&task_id, attempt, offset, outcome, ctx)
-            }),
+            actix::fut::wrap_future::<_, Self>(wait)
+                .map(move |ended, act, _| act.attempt_done(task, offset, ended)),
         );
     }
 
-    fn attempt_done(
-        &mut self,
-        task_id: &str,
-        attempt: u32,
-        offset: u64,
-        outcome: Outcome,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(waking) = &mut self.current else {
-            return;
-        };
-        if waking.task.task_id != task_id || waking.attempt != attempt {
-            return;
-        }
-        waking.running = None;
-        let output = read_output(&waking.task.output_file, offset);
-        let error = match outcome {
-            Outcome::Exited(status) if status.success() => {
-                log_event!(
-                    self.env.log,
-                    Info,
-                    "wake_success",
-                    task_id = task_id,
-                    attempt = attempt,
-                    output = output
-                );
-                self.current = None;
-                let _ = self.env.bus.send(WakeSucceeded {
-                    task_id: task_id.to_string(),
-                });
-                return;
-            }
-            Outcome::Exited(status) => describe_exit(status),
-            Outcome::TimedOut => format!(
+    fn attempt_done(&mut self, task: WakeTask, offset: u64, ended: Ended) {
+        let was = self.running.remove(&task.wake_id);
+        let confirmed = was.as_ref().is_some_and(|r| r.confirmed.get());
+        let output = read_output(&task.output_file, offset);
+        let outcome = match ended {
+            Ended::Exited(status) if status.success() => WakeOutcome::Success,
+            Ended::Exited(status) => WakeOutcome::Failed(describe_exit(status)),
+            Ended::TimedOut => WakeOutcome::TimedOut(format!(
                 "still running after wake_timeout_ms ({} ms): process group killed",
                 self.env.config.wake_timeout.as_millis()
-            ),
-            Outcome::Failed(e) => e,
+            )),
+            Ended::Failed(e) => WakeOutcome::Failed(e),
         };
-        log_event!(
-            self.env.log,
-            Warn,
-            "wake_error",
-            task_id = task_id,
-            attempt = attempt,
-            error = error,
-            output = output
-        );
-        if self.current.as_ref().is_some_and(|w| w.confirmed) {
-            // The agent runs (it confirmed): no retry, and nothing to report as failed.
-            self.current = None;
-            return;
+        match &outcome {
+            WakeOutcome::Success => log_event!(
+                self.env.log,
+                Info,
+                "wake_success",
+                task_id = task.task_id,
+                attempt = task.attempt,
+                output = output
+            ),
+            WakeOutcome::Failed(error) | WakeOutcome::TimedOut(error) => log_event!(
+                self.env.log,
+                Warn,
+                "wake_error",
+                task_id = task.task_id,
+                attempt = task.attempt,
+                error = error,
+                output = output,
+                agent_confirmed = confirmed
+            ),
         }
-        let delays = &self.env.config.wake_retry_delays;
-        match delays.get(attempt as usize - 1) {
-            Some(delay) => {
-                let delay: Duration = *delay;
-                let id = task_id.to_string();
-                ctx.run_later(delay, move |act, ctx| {
-                    if act
-                        .current
-                        .as_ref()
-                        .is_some_and(|w| w.task.task_id == id && w.attempt == attempt)
-                    {
-                        act.run_attempt(ctx);
-                    }
-                });
-            }
-            None => {
-                log_event!(
-                    self.env.log,
-                    Error,
-                    "wake_failed",
-                    task_id = task_id,
-                    attempts = attempt,
-                    error = error
-                );
-                self.current = None;
-                let _ = self.env.bus.send(WakeFailed {
-                    task_id: task_id.to_string(),
-                    error,
-                });
-            }
-        }
+        self.publish(&task, outcome);
+    }
+
+    fn publish(&self, task: &WakeTask, outcome: WakeOutcome) {
+        let _ = self.env.bus.send(WakeExited {
+            task_id: task.task_id.clone(),
+            wake_id: task.wake_id,
+            attempt: task.attempt,
+            outcome,
+        });
     }
 }
 
@@ -297,15 +288,9 @@ fn fits_env(value: &str) -> bool {
     value.len() <= ENV_VALUE_MAX && !value.contains('\0')
 }
 
-/// The same file for stdout and stderr, appended to.
+/// The same private file for stdout and stderr, appended to.
 fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio)> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let file = crate::fsx::open_private_append(path)?;
     Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
 }
 
@@ -334,7 +319,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// SIGKILL to the whole process group (the wake command and everything it started).
+/// SIGKILL to the whole process group (the wake command and everything it started). Only
+/// ever called while the command (the group's leader) is not yet reaped, so the id cannot
+/// belong to anyone else.
 fn kill_group(group: Option<i32>) {
     #[cfg(unix)]
     if let Some(pgid) = group.filter(|g| *g > 0) {
@@ -349,10 +336,6 @@ fn kill_group(group: Option<i32>) {
 
 impl Actor for WakerActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Context<Self>) {
-        let _ = self.env.bus.send(WakerStarted);
-    }
 }
 
 crate::answers_probe!(WakerActor);
@@ -362,6 +345,7 @@ impl Child for WakerActor {
         bus.register(addr.clone().recipient::<WakeTask>());
         bus.register(addr.clone().recipient::<CancelWake>());
         bus.register(addr.clone().recipient::<WakeConfirmed>());
+        bus.register(addr.clone().recipient::<GetRunningWakes>());
     }
 }
 
@@ -376,40 +360,18 @@ impl Handler<Stop> for WakerActor {
 impl Handler<WakeTask> for WakerActor {
     type Result = ();
     fn handle(&mut self, msg: WakeTask, ctx: &mut Context<Self>) {
-        if self.env.config.wake_command.is_none() {
+        if self.running.contains_key(&msg.wake_id) {
             return;
         }
-        match &self.current {
-            Some(w) if w.task.task_id == msg.task_id => return,
-            Some(w) => kill_group(w.running),
-            None => {}
-        }
-        self.current = Some(Waking {
-            task: msg,
-            attempt: 0,
-            running: None,
-            confirmed: false,
-        });
-        self.run_attempt(ctx);
+        self.run_attempt(msg, ctx);
     }
 }
 
 impl Handler<WakeConfirmed> for WakerActor {
     type Result = ();
     fn handle(&mut self, msg: WakeConfirmed, _: &mut Context<Self>) {
-        let Some(waking) = self
-            .current
-            .as_mut()
-            .filter(|w| w.task.task_id == msg.task_id)
-        else {
-            return;
-        };
-        if waking.running.is_some() {
-            // Its outcome is still logged when it ends; then no retry follows.
-            waking.confirmed = true;
-        } else {
-            // Between attempts: the pending retry finds nothing to do.
-            self.current = None;
+        if let Some(r) = self.running.get(&msg.wake_id) {
+            r.confirmed.set(true);
         }
     }
 }
@@ -417,18 +379,23 @@ impl Handler<WakeConfirmed> for WakerActor {
 impl Handler<CancelWake> for WakerActor {
     type Result = ();
     fn handle(&mut self, msg: CancelWake, _: &mut Context<Self>) {
-        let Some(waking) = &self.current else { return };
-        if waking.task.task_id != msg.task_id {
+        let Some(r) = self.running.get(&msg.wake_id) else {
             return;
-        }
-        kill_group(waking.running);
+        };
+        kill_group(r.group);
         log_event!(
             self.env.log,
             Info,
             "wake_cancelled",
-            task_id = msg.task_id,
-            was_running = waking.running.is_some()
+            wake_id = msg.wake_id,
+            was_running = true
         );
-        self.current = None;
+    }
+}
+
+impl Handler<GetRunningWakes> for WakerActor {
+    type Result = Vec<u64>;
+    fn handle(&mut self, _: GetRunningWakes, _: &mut Context<Self>) -> Vec<u64> {
+        self.running.keys().copied().collect()
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, WakeCommand};
 
 /// One thing that would stop the sidecar from doing its job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +30,18 @@ pub fn check(config: &Config) -> Vec<Problem> {
     dir("log_file", config.log_file.parent());
     dir("queue_file", config.queue_file.parent());
     dir("status_file", config.status_file.parent());
-    if let Some(command) = &config.wake_command {
-        if let Err(message) = program_found(command) {
-            problems.push(Problem {
-                key: "wake_command",
-                message,
-            });
+    let commands = config
+        .wake_command
+        .iter()
+        .map(|c| ("wake_command", c))
+        .chain(config.wake_commands.values().map(|c| ("wake_commands", c)));
+    for (key, command) in commands {
+        let found = match command {
+            WakeCommand::Shell(text) => program_found(text),
+            WakeCommand::Argv(argv) => argv_program_found(&argv[0]),
+        };
+        if let Err(message) = found {
+            problems.push(Problem { key, message });
         }
     }
     problems
@@ -82,6 +88,21 @@ fn program_found(command: &str) -> Result<(), String> {
                 path.to_string_lossy()
             )
         })
+}
+
+/// Whether the program of an argument-list wake command exists (looked up on `PATH`
+/// unless it names a path).
+fn argv_program_found(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        return executable(Path::new(program))
+            .map_err(|e| format!("the wake command's program {program}: {e}"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate).is_ok())
+        .map(|_| ())
+        .ok_or_else(|| format!("the wake command's program \"{program}\" is not on PATH"))
 }
 
 /// An option of a prefix word (`setsid -f`, `nice -n 10`): never the program itself.

@@ -104,6 +104,40 @@ impl fmt::Display for HubUrl {
     }
 }
 
+/// How a wake command is run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WakeCommand {
+    /// A string run by `sh -c` (Unix): the shell expands `$TASK_ID` and friends itself.
+    Shell(String),
+    /// A program and its arguments, run directly: no shell at all; the task reaches the
+    /// agent only through environment variables.
+    Argv(Vec<String>),
+}
+
+impl WakeCommand {
+    /// The program that runs (for `check-config`).
+    pub fn program(&self) -> Option<&str> {
+        match self {
+            WakeCommand::Shell(text) => Some(text.as_str()),
+            WakeCommand::Argv(argv) => argv.first().map(String::as_str),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            WakeCommand::Shell(text) => Value::from(text.as_str()),
+            WakeCommand::Argv(argv) => Value::from(argv.clone()),
+        }
+    }
+}
+
+/// The hub's limits on identify fields, in characters (the hub counts graphemes, which are
+/// never more than characters).
+pub const AGENT_ID_MAX: usize = 128;
+pub const NAME_MAX: usize = 256;
+pub const TOKEN_MAX: usize = 256;
+pub const OLLAMA_URL_MAX: usize = 512;
+
 /// The validated configuration every actor reads (behind an `Rc`).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -114,8 +148,26 @@ pub struct Config {
     pub hub_url: HubUrl,
     pub name: String,
     pub capabilities: Vec<String>,
-    pub wake_command: Option<String>,
+    /// The wake command for tasks whose target type has none in `wake_commands`.
+    pub wake_command: Option<WakeCommand>,
+    /// Wake commands by `routing_decision.target_type` (`ollama`, `claude`, `wake`, …).
+    pub wake_commands: std::collections::BTreeMap<String, WakeCommand>,
+    /// Sent in `identify` (the hub registers the agent's local model endpoint).
+    pub ollama_url: Option<String>,
     pub confirmation_timeout: Duration,
+    /// How often the hub hears that a held task is alive (`task_progress`).
+    pub progress_interval: Duration,
+    /// The agent's own progress events are forwarded at most this often per task.
+    pub agent_progress_min: Duration,
+    /// A held task without a result after this long fails (`task_timeout`); `None`: never.
+    pub task_timeout: Option<Duration>,
+    /// After a session that ended without a clean close, identify again on the new session
+    /// once this long has passed since the old one was last heard (the hub's half-open
+    /// clean-up); `None`: never.
+    pub stale_session_reidentify: Option<Duration>,
+    /// The longest a restart the hub asked for (`restart_sidecar`) waits for the task in
+    /// progress to be reported.
+    pub restart_wait: Duration,
     pub results_dir: PathBuf,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
@@ -193,7 +245,14 @@ pub const KNOWN_KEYS: &[&str] = &[
     "name",
     "capabilities",
     "wake_command",
+    "wake_commands",
+    "ollama_url",
     "confirmation_timeout_ms",
+    "progress_interval_ms",
+    "agent_progress_min_ms",
+    "task_timeout_ms",
+    "stale_session_reidentify_ms",
+    "restart_wait_ms",
     "results_dir",
     "log_file",
     "log_level",
@@ -305,8 +364,15 @@ impl Config {
             "hub_url": self.hub_url.as_str(),
             "name": self.name,
             "capabilities": self.capabilities,
-            "wake_command": self.wake_command,
+            "wake_command": self.wake_command.as_ref().map(WakeCommand::to_json),
+            "wake_commands": self.wake_commands.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<Map<String, Value>>(),
+            "ollama_url": self.ollama_url,
             "confirmation_timeout_ms": ms(self.confirmation_timeout),
+            "progress_interval_ms": ms(self.progress_interval),
+            "agent_progress_min_ms": ms(self.agent_progress_min),
+            "task_timeout_ms": self.task_timeout.map_or(0, |d| d.as_millis() as u64),
+            "stale_session_reidentify_ms": self.stale_session_reidentify.map_or(0, |d| d.as_millis() as u64),
+            "restart_wait_ms": ms(self.restart_wait),
             "results_dir": self.results_dir,
             "log_file": self.log_file,
             "log_level": self.log_level.as_str(),
@@ -346,7 +412,16 @@ impl Raw<'_> {
     fn validate(&self, path: &Path) -> Result<Config, ConfigError> {
         let mut warnings = self.unknown_keys();
         let agent_id = self.required_str("agent_id", "the agent's id as registered on the hub")?;
-        let token = Secret::new(self.required_str("token", "the agent's hub token")?);
+        self.max_chars("agent_id", &agent_id, AGENT_ID_MAX)?;
+        let token = self.required_str("token", "the agent's hub token")?;
+        if token.chars().count() > TOKEN_MAX {
+            return Err(self.invalid(
+                "token",
+                &format!("at most {TOKEN_MAX} characters (the hub refuses a longer one)"),
+                &format!("{} characters", token.chars().count()),
+            ));
+        }
+        let token = Secret::new(token);
         let url = self.required_str(
             "hub_url",
             "the hub's WebSocket URL, e.g. ws://hub-host:4000/ws",
@@ -362,10 +437,24 @@ impl Raw<'_> {
             .opt_str("name")?
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| agent_id.clone());
+        self.max_chars("name", &name, NAME_MAX)?;
         let capabilities = self.str_list("capabilities")?;
-        let wake_command = self
-            .opt_str("wake_command")?
-            .filter(|s| !s.trim().is_empty());
+        let wake_command = match self.get("wake_command") {
+            None => None,
+            Some(v) => self.wake_command("wake_command", v)?,
+        };
+        let wake_commands = self.wake_commands()?;
+        let ollama_url = self.opt_str("ollama_url")?.filter(|u| !u.is_empty());
+        if let Some(url) = &ollama_url {
+            self.max_chars("ollama_url", url, OLLAMA_URL_MAX)?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.invalid(
+                    "ollama_url",
+                    "an http:// or https:// URL such as http://127.0.0.1:11434",
+                    &format!("\"{url}\""),
+                ));
+            }
+        }
 
         let reconnect_initial = self.ms("reconnect_initial_ms", 1_000, 1)?;
         let reconnect_max = self.ms("reconnect_max_ms", 60_000, 1)?;
@@ -419,7 +508,14 @@ impl Raw<'_> {
             name,
             capabilities,
             wake_command,
+            wake_commands,
+            ollama_url,
             confirmation_timeout: self.ms("confirmation_timeout_ms", 30_000, 1)?,
+            progress_interval: self.ms("progress_interval_ms", 60_000, 1)?,
+            agent_progress_min: self.ms("agent_progress_min_ms", 1_000, 0)?,
+            task_timeout: self.optional_ms("task_timeout_ms", 86_400_000)?,
+            stale_session_reidentify: self.optional_ms("stale_session_reidentify_ms", 65_000)?,
+            restart_wait: self.ms("restart_wait_ms", 300_000, 0)?,
             results_dir: self.path_or("results_dir", "./results")?,
             log_file: self.path_or("log_file", "./sidecar.log")?,
             log_level,
@@ -446,6 +542,77 @@ impl Raw<'_> {
             shutdown_timeout: self.ms("shutdown_timeout_ms", 5_000, 10)?,
             warnings,
         })
+    }
+
+    /// A limit the hub puts on a text field.
+    fn max_chars(&self, key: &'static str, value: &str, max: usize) -> Result<(), ConfigError> {
+        let n = value.chars().count();
+        if n > max {
+            return Err(self.invalid(
+                key,
+                &format!("at most {max} characters (the hub refuses a longer one)"),
+                &format!("{n} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A duration where 0 means "never".
+    fn optional_ms(&self, key: &'static str, default: u64) -> Result<Option<Duration>, ConfigError> {
+        // Up to a week: a long agent task may outlast a day.
+        let d = Duration::from_millis(self.int(key, default, 0, 7 * 86_400_000)?);
+        Ok((!d.is_zero()).then_some(d))
+    }
+
+    /// A wake command: a string (run by `sh -c`) or a list of strings (program and
+    /// arguments, no shell); empty means none.
+    fn wake_command(&self, key: &'static str, v: &Value) -> Result<Option<WakeCommand>, ConfigError> {
+        let expected = "a command string (run by sh -c) or a list of strings [program, arg, …] (run without a shell)";
+        match v {
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => Ok(Some(WakeCommand::Shell(s.clone()))),
+            Value::Array(items) => {
+                let argv = items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) if !s.contains('\0') => Ok(s.clone()),
+                        other => Err(self.wrong_type(key, expected, other)),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                match argv.first() {
+                    None => Ok(None),
+                    Some(p) if p.trim().is_empty() => {
+                        Err(self.invalid(key, "a list whose first item names the program", "an empty program"))
+                    }
+                    Some(_) => Ok(Some(WakeCommand::Argv(argv))),
+                }
+            }
+            other => Err(self.wrong_type(key, expected, other)),
+        }
+    }
+
+    /// `wake_commands`: an object of target type → wake command.
+    fn wake_commands(&self) -> Result<std::collections::BTreeMap<String, WakeCommand>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(v) = self.get("wake_commands") else {
+            return Ok(out);
+        };
+        let Value::Object(map) = v else {
+            return Err(self.wrong_type(
+                "wake_commands",
+                "an object of routing target type -> wake command, e.g. {\"ollama\": \"…\", \"claude\": [\"…\"]}",
+                v,
+            ));
+        };
+        for (target, command) in map {
+            if target.is_empty() {
+                return Err(self.invalid("wake_commands", "non-empty target type names", "an empty name"));
+            }
+            if let Some(c) = self.wake_command("wake_commands", command)? {
+                out.insert(target.clone(), c);
+            }
+        }
+        Ok(out)
     }
 
     fn unknown_keys(&self) -> Vec<String> {

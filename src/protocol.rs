@@ -20,7 +20,8 @@ impl Serialize for Secret {
     }
 }
 
-/// Every frame the sidecar sends. `Debug` never shows the token (see [`Secret`]).
+/// Every frame the sidecar sends, each within the current hub's schema for its type (see
+/// [`clip`] for the text limits). `Debug` never shows the token (see [`Secret`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Outgoing {
@@ -31,41 +32,73 @@ pub enum Outgoing {
         status: &'static str,
         capabilities: Vec<String>,
         client_type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ollama_url: Option<String>,
     },
     Ping,
     TaskAccepted {
         task_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        generation: Option<u64>,
+        generation: u64,
     },
-    TaskRejected {
+    /// Work in progress: keeps the task from being taken back as stuck.
+    TaskProgress {
         task_id: String,
-        reason: String,
         #[serde(skip_serializing_if = "Option::is_none")]
-        generation: Option<u64>,
+        progress: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        execution_event: Option<Map<String, Value>>,
     },
     TaskComplete {
         task_id: String,
-        result: Value,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        generation: Option<u64>,
+        generation: u64,
+        result: Map<String, Value>,
     },
-    /// The first hub version reads `reason`, later ones `error` then `reason`: both are sent.
+    /// The first hub version reads `reason`, later ones `error` then `reason`: both are sent,
+    /// each cut to [`TEXT_MAX`] characters.
     TaskFailed {
         task_id: String,
+        generation: u64,
         reason: String,
         error: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        generation: Option<u64>,
     },
     TaskRecovering {
         task_id: String,
-        description: Value,
-        metadata: Value,
-        last_status: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        generation: Option<u64>,
+        generation: u64,
+        last_status: &'static str,
     },
+    /// The outcome of one wake attempt.
+    WakeResult {
+        task_id: String,
+        status: &'static str,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// What the sidecar holds, after a (re)identify: the hub answers `continue` or `abort`.
+    StateReport {
+        task_id: String,
+        status: &'static str,
+        generation: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        assigned_at: Option<u64>,
+    },
+}
+
+/// The longest `error`/`reason` text the current hub accepts, in characters.
+pub const TEXT_MAX: usize = 2000;
+
+/// `text` cut to at most `max` characters (the hub counts graphemes, which are never more
+/// than characters), with a marker that says how long the whole text was.
+pub fn clip(text: &str, max: usize) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text.to_string();
+    }
+    let marker = format!(" [cut: {total} characters in all; the whole text is in the sidecar log]");
+    let keep = max.saturating_sub(marker.chars().count());
+    let mut out: String = text.chars().take(keep).collect();
+    out.push_str(&marker);
+    out
 }
 
 #[derive(Serialize)]
@@ -82,10 +115,12 @@ impl Outgoing {
             Outgoing::Identify { .. } => "identify",
             Outgoing::Ping => "ping",
             Outgoing::TaskAccepted { .. } => "task_accepted",
-            Outgoing::TaskRejected { .. } => "task_rejected",
+            Outgoing::TaskProgress { .. } => "task_progress",
             Outgoing::TaskComplete { .. } => "task_complete",
             Outgoing::TaskFailed { .. } => "task_failed",
             Outgoing::TaskRecovering { .. } => "task_recovering",
+            Outgoing::WakeResult { .. } => "wake_result",
+            Outgoing::StateReport { .. } => "state_report",
         }
     }
 
@@ -103,67 +138,75 @@ impl Outgoing {
 pub enum Incoming {
     Identified,
     /// `{"type":"error","error":…}`: `invalid_token`, `token_agent_mismatch`,
-    /// `not_identified`, `invalid_json`, `unknown_message_type`, …
+    /// `not_identified`, `task_complete_failed: …`, `validation_failed` (with the failed
+    /// frame's `message_type` and the `errors` details), …
     Error {
         error: String,
+        message_type: Option<String>,
+        errors: Option<Value>,
     },
     Pong {
         timestamp: Option<i64>,
     },
+    /// The frame that caused it was dropped: send it again after `retry_after_ms`.
     RateLimited {
         retry_after_ms: Option<u64>,
+        tier: Option<String>,
+    },
+    RateLimitWarning {
+        tier: Option<String>,
+        remaining: Option<u64>,
+        capacity: Option<u64>,
     },
     RestartSidecar {
         reason: String,
     },
-    /// `task_*` frames, handed to the task actors as they are.
-    Task(TaskFrame),
+    TaskAssign(TaskAssign),
+    TaskAck {
+        task_id: String,
+        status: String,
+    },
+    TaskContinue {
+        task_id: String,
+        generation: u64,
+    },
+    TaskReassign {
+        task_id: String,
+    },
+    TaskCancelled {
+        task_id: String,
+    },
+    StateReportAck {
+        task_id: String,
+        action: String,
+    },
+    OllamaReportAck,
     /// A type the sidecar has no use for (chat, presence, …).
     Other {
         kind: String,
     },
 }
 
-/// A `task_*` frame from the hub. Every one carries its whole JSON object, so fields this
-/// version does not know are kept.
+/// A `task_assign`: the fields the sidecar reads, and the whole frame as sent (every field
+/// is kept with the task).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TaskFrame {
-    pub kind: TaskFrameKind,
-    /// `task_id` as sent: `None` when absent, the JSON text of the value when not a string.
+pub struct TaskAssign {
+    /// `None` when absent or null.
     pub task_id: Option<TaskIdField>,
-    pub generation: Option<u64>,
-    pub fields: Map<String, Value>,
+    /// The hub's lease; 0 when the hub sent none (the hub's own default).
+    pub generation: u64,
+    /// `routing_decision.target_type` and `.selected_model`, when strings.
+    pub target_type: Option<String>,
+    pub model: Option<String>,
     /// The frame's text exactly as the hub sent it.
     pub raw: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskFrameKind {
-    Assign,
-    Ack,
-    Reassign,
-    Continue,
-    Cancelled,
-}
-
-impl TaskFrameKind {
-    /// The frame's `type` on the wire.
-    pub fn wire_type(self) -> &'static str {
-        match self {
-            TaskFrameKind::Assign => "task_assign",
-            TaskFrameKind::Ack => "task_ack",
-            TaskFrameKind::Reassign => "task_reassign",
-            TaskFrameKind::Continue => "task_continue",
-            TaskFrameKind::Cancelled => "task_cancelled",
-        }
-    }
 }
 
 /// What the hub put in `task_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskIdField {
     Str(String),
-    /// Not a string: the value's JSON text, for the log and the rejection.
+    /// Not a string: the value's JSON text, for the log.
     NotAString(String),
 }
 
@@ -197,7 +240,10 @@ impl Incoming {
             Some(Value::String(t)) => t.as_str(),
             _ => return Err(FrameError::MissingType),
         };
-        let task = |kind| Incoming::task(kind, &fields, text);
+        let f = Fields {
+            kind: wire_kind(kind),
+            map: &fields,
+        };
         Ok(match kind {
             "identified" => Incoming::Identified,
             "error" => Incoming::Error {
@@ -206,56 +252,120 @@ impl Incoming {
                     Some(other) => other.to_string(),
                     None => "unspecified".to_string(),
                 },
+                message_type: f.opt_str("message_type"),
+                errors: fields.get("errors").filter(|v| !v.is_null()).cloned(),
             },
             "pong" => Incoming::Pong {
                 timestamp: fields.get("timestamp").and_then(Value::as_i64),
             },
             "rate_limited" => Incoming::RateLimited {
                 retry_after_ms: fields.get("retry_after_ms").and_then(Value::as_u64),
+                tier: f.opt_str("tier"),
+            },
+            "rate_limit_warning" => Incoming::RateLimitWarning {
+                tier: f.opt_str("tier"),
+                remaining: fields.get("remaining").and_then(Value::as_u64),
+                capacity: fields.get("capacity").and_then(Value::as_u64),
             },
             "restart_sidecar" => Incoming::RestartSidecar {
-                reason: fields
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unspecified")
-                    .to_string(),
+                reason: f.opt_str("reason").unwrap_or_else(|| "unspecified".into()),
             },
-            "task_assign" => task(TaskFrameKind::Assign)?,
-            "task_ack" => task(TaskFrameKind::Ack)?,
-            "task_reassign" => task(TaskFrameKind::Reassign)?,
-            "task_continue" => task(TaskFrameKind::Continue)?,
-            "task_cancelled" => task(TaskFrameKind::Cancelled)?,
+            "task_assign" => {
+                let routing = fields.get("routing_decision").and_then(Value::as_object);
+                let routed = |k: &str| {
+                    routing
+                        .and_then(|r| r.get(k))
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                };
+                Incoming::TaskAssign(TaskAssign {
+                    task_id: fields.get("task_id").and_then(|v| match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(TaskIdField::Str(s.clone())),
+                        other => Some(TaskIdField::NotAString(other.to_string())),
+                    }),
+                    generation: f.generation()?,
+                    target_type: routed("target_type"),
+                    model: routed("selected_model"),
+                    raw: text.to_string(),
+                })
+            }
+            "task_ack" => Incoming::TaskAck {
+                task_id: f.task_id()?,
+                status: f.opt_str("status").unwrap_or_default(),
+            },
+            "task_continue" => Incoming::TaskContinue {
+                task_id: f.task_id()?,
+                generation: f.generation()?,
+            },
+            "task_reassign" => Incoming::TaskReassign {
+                task_id: f.task_id()?,
+            },
+            "task_cancelled" => Incoming::TaskCancelled {
+                task_id: f.task_id()?,
+            },
+            "state_report_ack" => Incoming::StateReportAck {
+                task_id: f.task_id()?,
+                action: f.opt_str("action").unwrap_or_default(),
+            },
+            "ollama_report_ack" => Incoming::OllamaReportAck,
             other => Incoming::Other {
                 kind: other.to_string(),
             },
         })
     }
+}
 
-    fn task(
-        kind: TaskFrameKind,
-        fields: &Map<String, Value>,
-        raw: &str,
-    ) -> Result<Incoming, FrameError> {
-        let task_id = fields.get("task_id").and_then(|v| match v {
-            Value::Null => None,
-            Value::String(s) => Some(TaskIdField::Str(s.clone())),
-            other => Some(TaskIdField::NotAString(other.to_string())),
-        });
-        let generation = match fields.get("generation") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or(FrameError::BadField {
-                kind: "task",
+/// The frame types the sidecar reads, as static names for errors.
+fn wire_kind(kind: &str) -> &'static str {
+    match kind {
+        "task_assign" => "task_assign",
+        "task_ack" => "task_ack",
+        "task_continue" => "task_continue",
+        "task_reassign" => "task_reassign",
+        "task_cancelled" => "task_cancelled",
+        "state_report_ack" => "state_report_ack",
+        _ => "hub",
+    }
+}
+
+/// Typed reads of one frame's fields.
+struct Fields<'a> {
+    kind: &'static str,
+    map: &'a Map<String, Value>,
+}
+
+impl Fields<'_> {
+    fn opt_str(&self, key: &str) -> Option<String> {
+        self.map.get(key).and_then(Value::as_str).map(str::to_string)
+    }
+
+    fn task_id(&self) -> Result<String, FrameError> {
+        match self.map.get("task_id") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(FrameError::BadField {
+                kind: self.kind,
+                field: "task_id",
+                problem: "is missing",
+            }),
+            Some(_) => Err(FrameError::BadField {
+                kind: self.kind,
+                field: "task_id",
+                problem: "is not a string",
+            }),
+        }
+    }
+
+    fn generation(&self) -> Result<u64, FrameError> {
+        match self.map.get("generation") {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => v.as_u64().ok_or(FrameError::BadField {
+                kind: self.kind,
                 field: "generation",
                 problem: "is not a whole number",
-            })?),
-        };
-        Ok(Incoming::Task(TaskFrame {
-            kind,
-            task_id,
-            generation,
-            fields: fields.clone(),
-            raw: raw.to_string(),
-        }))
+            }),
+        }
     }
 }
 
@@ -280,19 +390,27 @@ mod tests {
             Outgoing::Ping,
             Outgoing::TaskAccepted {
                 task_id: "t".into(),
-                generation: Some(3),
+                generation: 3,
             },
             Outgoing::TaskFailed {
                 task_id: "t".into(),
                 reason: "r".into(),
                 error: "r".into(),
-                generation: None,
+                generation: 0,
+            },
+            Outgoing::TaskProgress {
+                task_id: "t".into(),
+                progress: None,
+                execution_event: None,
             },
         ];
         for f in frames {
             let v: Value = serde_json::from_str(&f.encode().unwrap()).unwrap();
             assert_eq!(v["protocol_version"], 1);
             assert_eq!(v["type"], f.kind());
+            if v.get("generation").is_some() {
+                assert!(v["generation"].is_u64(), "generation is an integer");
+            }
         }
     }
 
@@ -305,9 +423,21 @@ mod tests {
             status: "idle",
             capabilities: vec![],
             client_type: "sidecar",
+            ollama_url: None,
         };
         assert!(f.encode().unwrap().contains("\"token\":\"s3cret\""));
+        assert!(!f.encode().unwrap().contains("ollama_url"));
         assert!(!format!("{f:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_to_the_limit_with_a_marker() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(3000);
+        let cut = clip(&long, TEXT_MAX);
+        assert_eq!(cut.chars().count(), TEXT_MAX);
+        assert!(cut.ends_with("the whole text is in the sidecar log]"));
+        assert!(cut.contains("3000 characters"));
     }
 
     #[test]
@@ -331,22 +461,43 @@ mod tests {
                 kind: "agent_joined".into()
             })
         );
+        assert!(matches!(
+            Incoming::parse(r#"{"type":"task_ack","status":"complete"}"#),
+            Err(FrameError::BadField { field: "task_id", .. })
+        ));
+        assert!(matches!(
+            Incoming::parse(r#"{"type":"task_assign","task_id":"t","generation":-1}"#),
+            Err(FrameError::BadField { field: "generation", .. })
+        ));
     }
 
     #[test]
-    fn task_frames_keep_every_field_and_the_raw_text() {
-        let raw = r#"{"type":"task_assign","task_id":"t-1","generation":3,"repo":"x"}"#;
-        let Ok(Incoming::Task(t)) = Incoming::parse(raw) else {
+    fn task_assign_keeps_the_raw_text_and_reads_routing() {
+        let raw = r#"{"type":"task_assign","task_id":"t-1","generation":3,"repo":"x","routing_decision":{"target_type":"ollama","selected_model":"qwen"}}"#;
+        let Ok(Incoming::TaskAssign(t)) = Incoming::parse(raw) else {
             panic!()
         };
-        assert_eq!(t.kind, TaskFrameKind::Assign);
         assert_eq!(t.task_id, Some(TaskIdField::Str("t-1".into())));
-        assert_eq!(t.generation, Some(3));
-        assert_eq!(t.fields["repo"], "x");
+        assert_eq!(t.generation, 3);
+        assert_eq!(t.target_type.as_deref(), Some("ollama"));
+        assert_eq!(t.model.as_deref(), Some("qwen"));
         assert_eq!(t.raw, raw);
-        let Ok(Incoming::Task(t)) = Incoming::parse(r#"{"type":"task_assign","task_id":7}"#) else {
+        let Ok(Incoming::TaskAssign(t)) = Incoming::parse(r#"{"type":"task_assign","task_id":7}"#) else {
             panic!()
         };
         assert_eq!(t.task_id, Some(TaskIdField::NotAString("7".into())));
+        assert_eq!(t.generation, 0);
+    }
+
+    #[test]
+    fn errors_keep_the_failed_type_and_details() {
+        let Ok(Incoming::Error { error, message_type, errors }) = Incoming::parse(
+            r#"{"type":"error","error":"validation_failed","message_type":"task_failed","errors":[{"field":"error"}]}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(error, "validation_failed");
+        assert_eq!(message_type.as_deref(), Some("task_failed"));
+        assert_eq!(errors, Some(serde_json::json!([{"field": "error"}])));
     }
 }

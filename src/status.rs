@@ -56,7 +56,14 @@ pub struct Tasks {
     pub active: Option<ActiveTask>,
     pub recovering: Option<String>,
     pub outbox: usize,
-    /// Tasks that left the sidecar's hands, by outcome: complete, failed, rejected, cancelled.
+    /// Tasks the hub took back whose agent may still run or whose result is kept aside.
+    #[serde(default)]
+    pub released: usize,
+    /// Reports the hub refused for good (kept in `queue_file` for the operator).
+    #[serde(default)]
+    pub refused: Vec<RefusedReport>,
+    /// Tasks that left the sidecar's hands, by outcome: complete, failed, rejected, cancelled,
+    /// aborted, reassigned, refused.
     #[serde(default)]
     pub ended: BTreeMap<String, u64>,
 }
@@ -65,6 +72,16 @@ pub struct Tasks {
 pub struct ActiveTask {
     pub task_id: String,
     pub status: String,
+}
+
+/// A report the hub refused, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedReport {
+    pub task_id: String,
+    pub frame: String,
+    pub generation: u64,
+    pub error: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -154,10 +171,18 @@ impl Status {
             .unwrap_or_else(|| "none".into());
         let _ = writeln!(
             out,
-            "  tasks:      active {active}; recovering {}; outbox {}",
+            "  tasks:      active {active}; recovering {}; outbox {}; released {}",
             t.recovering.as_deref().unwrap_or("none"),
-            t.outbox
+            t.outbox,
+            t.released
         );
+        for r in &t.refused {
+            let _ = writeln!(
+                out,
+                "  refused:    {} {} (generation {}) at {}: {}",
+                r.frame, r.task_id, r.generation, r.at, r.error
+            );
+        }
         let ended: Vec<String> = t.ended.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let ended = if ended.is_empty() {
             "none".to_string()

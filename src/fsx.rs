@@ -1,0 +1,188 @@
+//! File operations every part of the sidecar shares (part of the kit): the one atomic write,
+//! private directories, directory fsync, and reading a file an agent wrote without trusting
+//! it. Blocking: call from the blocking pool, never from the event loop.
+//!
+//! Task data is private: files written here are mode 0600 and directories created here 0700,
+//! whatever the umask (the mode is set explicitly after creation).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// Replaces `path` with `bytes` atomically (temporary file, fsync, rename, directory fsync),
+/// mode 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let mut options = atomic_write_file::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use atomic_write_file::unix::OpenOptionsExt as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600).preserve_mode(false);
+    }
+    let mut file = options.open(path)?;
+    set_private(file.as_file())?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// Creates `dir` (and its parents) if missing; a directory created here is mode 0700.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Mode 0600 on an open file (its owner only).
+pub fn set_private(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// Makes renames and removals in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Opens a file for appending, creating it mode 0600 (a wake command's output log).
+pub fn open_private_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    set_private(&file)?;
+    Ok(file)
+}
+
+/// What reading an untrusted file found.
+#[derive(Debug)]
+pub enum Untrusted {
+    /// Its bytes (at most the limit).
+    Bytes(Vec<u8>),
+    /// Not a regular file (a symlink, a FIFO, a device, a directory): not read.
+    NotRegular,
+    /// Larger than the limit: not read (past the limit).
+    TooLarge(u64),
+}
+
+/// Reads a file an agent wrote, without trusting it: the last path component is not followed
+/// if it is a symlink, opening never blocks (a FIFO behind the name cannot hang the reader),
+/// the open file must be a regular file, and at most `max + 1` bytes are read (a file that
+/// grows without end, or `/dev/zero` behind the name, cannot exhaust memory).
+pub fn read_untrusted(path: &Path, max: u64) -> io::Result<Untrusted> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+    );
+    let file = match options.open(path) {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symlink.
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Untrusted::NotRegular),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Untrusted::NotRegular);
+    }
+    if meta.len() > max {
+        return Ok(Untrusted::TooLarge(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Ok(Untrusted::TooLarge(bytes.len() as u64));
+    }
+    Ok(Untrusted::Bytes(bytes))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_and_directories_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: umask(2) only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let nested = dir.path().join("a/b");
+        let file = nested.join("q.json");
+        write_atomic(&file, b"{}").unwrap();
+        write_atomic(&file, b"{\"x\":1}").unwrap();
+        let log = nested.join("w.log");
+        open_private_append(&log).unwrap();
+        unsafe { libc::umask(old) };
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(mode(&nested), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(std::fs::read(&file).unwrap(), b"{\"x\":1}");
+    }
+
+    #[test]
+    fn untrusted_reads_refuse_links_fifos_and_endless_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, b"{\"a\":1}").unwrap();
+        assert!(matches!(read_untrusted(&real, 100).unwrap(), Untrusted::Bytes(b) if b == b"{\"a\":1}"));
+        assert!(matches!(read_untrusted(&real, 3).unwrap(), Untrusted::TooLarge(7)));
+
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(read_untrusted(&link, 100).unwrap(), Untrusted::NotRegular));
+
+        let fifo = dir.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Without O_NONBLOCK this open would wait for a writer forever.
+        assert!(matches!(read_untrusted(&fifo, 100).unwrap(), Untrusted::NotRegular));
+
+        let zero = dir.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(matches!(read_untrusted(&zero, 100).unwrap(), Untrusted::NotRegular));
+        assert!(matches!(
+            read_untrusted(Path::new("/dev/zero"), 100).unwrap(),
+            Untrusted::NotRegular
+        ));
+    }
+}

@@ -1,0 +1,563 @@
+//! The session's send discipline and reply attribution: which frame goes out when, and which
+//! sent frame each answer from the hub belongs to. Pure rules (time comes in as an
+//! `Instant`); the HubActor runs them on its one connection.
+//!
+//! The hub handles one socket's frames in order and answers each in order, but it does not
+//! say which frame an answer is for: `task_ack` carries a task id, while the errors that
+//! refuse a report (`task_complete_failed: …`, `validation_failed`) and `rate_limited` carry
+//! none. So every sent frame is kept here, in order, until it is answered (or, for a frame
+//! the hub never answers, until a later answer proves it was handled), and an answer
+//! belongs to the oldest frame it can belong to. Two rules make that exact:
+//!
+//! - **Isolation.** Within a rate-limit tier, a frame the hub does not answer
+//!   (`task_progress`, `wake_result`, `resource_report`) is sent only when nothing else of
+//!   its tier is waiting for an answer, and is followed by a `ping` whose `pong` proves it
+//!   was handled; until then nothing else of that tier is sent. So a `rate_limited` or a
+//!   `validation_failed` always belongs to the oldest unsettled frame of its tier.
+//! - **Pacing.** Each tier has a token bucket below the hub's own limits (the hub drops a
+//!   frame over its limit), so the hub's limit is reached only if something else shares the
+//!   agent's bucket. A frame the hub dropped (`rate_limited`) is sent again, first in line,
+//!   after `retry_after_ms`, and its tier waits until then.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{Incoming, Outgoing};
+
+/// The hub's rate-limit tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Light,
+    Normal,
+    Heavy,
+}
+
+impl Tier {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The hub's tier of a frame type (unknown types are normal, as on the hub).
+    pub fn of(frame_type: &str) -> Tier {
+        match frame_type {
+            "ping" | "list_agents" | "list_channels" | "status" | "channel_history" => Tier::Light,
+            "identify" => Tier::Heavy,
+            _ => Tier::Normal,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Tier> {
+        match text {
+            "light" => Some(Tier::Light),
+            "normal" => Some(Tier::Normal),
+            "heavy" => Some(Tier::Heavy),
+            _ => None,
+        }
+    }
+}
+
+/// What answer a frame gets from the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// None: the hub handles it silently.
+    Nothing,
+    Identified,
+    Pong,
+    /// `task_ack` (or an error).
+    TaskAck,
+    /// `task_continue` or `task_reassign`.
+    Recovery,
+    StateReportAck,
+}
+
+impl Expect {
+    pub fn of(frame: &Outgoing) -> Expect {
+        match frame {
+            Outgoing::Identify { .. } => Expect::Identified,
+            Outgoing::Ping => Expect::Pong,
+            Outgoing::TaskAccepted { .. }
+            | Outgoing::TaskComplete { .. }
+            | Outgoing::TaskFailed { .. } => Expect::TaskAck,
+            Outgoing::TaskRecovering { .. } => Expect::Recovery,
+            Outgoing::StateReport { .. } => Expect::StateReportAck,
+            _ => Expect::Nothing,
+        }
+    }
+}
+
+/// A sent frame waiting for its answer (or to be proven handled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub frame: Outgoing,
+    pub tier: Tier,
+    pub expect: Expect,
+    /// A ping sent only to settle the frames before it (its pong goes to nobody).
+    pub fence: bool,
+}
+
+/// What an incoming frame meant for the frames sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attribution {
+    /// Not an answer to anything sent (a push: `task_assign`, chat, …).
+    NotAnAnswer,
+    /// The answer to `sent`.
+    Answer(Sent),
+    /// `rate_limited`: `sent` was dropped; it goes again after the wait.
+    Dropped { sent: Sent, retry_after: Duration },
+    /// An answer that fits no frame waiting for one (logged by the caller).
+    Unmatched,
+}
+
+/// Frames per minute per tier the sidecar allows itself (the hub allows 120, 60, 10).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub light: u32,
+    pub normal: u32,
+    pub heavy: u32,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            light: 100,
+            normal: 50,
+            heavy: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    capacity: f64,
+    per_sec: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u32, now: Instant) -> Bucket {
+        let capacity = f64::from(per_minute.max(1));
+        Bucket {
+            capacity,
+            per_sec: capacity / 60.0,
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + secs * self.per_sec).min(self.capacity);
+        self.at = now;
+    }
+
+    fn available(&mut self, now: Instant, n: f64) -> bool {
+        self.refill(now);
+        self.tokens >= n
+    }
+
+    fn take(&mut self, n: f64) {
+        self.tokens -= n;
+    }
+
+    /// When `n` tokens will be there.
+    fn ready_at(&self, n: f64) -> Instant {
+        let missing = (n - self.tokens).max(0.0);
+        self.at + Duration::from_secs_f64(missing / self.per_sec)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Waiting {
+    frame: Outgoing,
+    not_before: Option<Instant>,
+}
+
+/// One connection's outgoing side.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    waiting: VecDeque<Waiting>,
+    inflight: VecDeque<Sent>,
+    buckets: [Bucket; 3],
+    paused: [Option<Instant>; 3],
+}
+
+impl Outbound {
+    pub fn new(pacing: Pacing, now: Instant) -> Outbound {
+        Outbound {
+            waiting: VecDeque::new(),
+            inflight: VecDeque::new(),
+            buckets: [
+                Bucket::new(pacing.light, now),
+                Bucket::new(pacing.normal, now),
+                Bucket::new(pacing.heavy, now),
+            ],
+            paused: [None; 3],
+        }
+    }
+
+    /// Queues a frame; [`Outbound::poll`] says when it goes.
+    pub fn submit(&mut self, frame: Outgoing) {
+        self.waiting.push_back(Waiting {
+            frame,
+            not_before: None,
+        });
+    }
+
+    /// Frames waiting to be sent.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Frames sent and not settled yet.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The frames that may go now, in order (fence pings included).
+    pub fn poll(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut held = [false; 3];
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = &self.waiting[i];
+            let tier = Tier::of(w.frame.kind());
+            let expect = Expect::of(&w.frame);
+            let t = tier.index();
+            let blocked = held[t]
+                || self.paused[t].is_some_and(|p| p > now)
+                || w.not_before.is_some_and(|nb| nb > now)
+                || !self.isolated(tier, expect);
+            // A silent frame takes a light token too, for the ping that settles it.
+            let fence_ok = expect != Expect::Nothing
+                || self.buckets[Tier::Light.index()].available(now, 1.0);
+            if blocked || !fence_ok || !self.buckets[t].available(now, 1.0) {
+                held[t] = true;
+                i += 1;
+                continue;
+            }
+            let Some(w) = self.waiting.remove(i) else { break };
+            self.buckets[t].take(1.0);
+            self.paused[t] = None;
+            out.push(w.frame.clone());
+            self.inflight.push_back(Sent {
+                frame: w.frame,
+                tier,
+                expect,
+                fence: false,
+            });
+            if expect == Expect::Nothing {
+                self.buckets[Tier::Light.index()].take(1.0);
+                out.push(Outgoing::Ping);
+                self.inflight.push_back(Sent {
+                    frame: Outgoing::Ping,
+                    tier: Tier::Light,
+                    expect: Expect::Pong,
+                    fence: true,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether a frame of `tier` expecting `expect` may be sent with what is in flight.
+    fn isolated(&self, tier: Tier, expect: Expect) -> bool {
+        let mut same = self.inflight.iter().filter(|s| s.tier == tier);
+        if expect == Expect::Nothing {
+            same.next().is_none()
+        } else {
+            same.all(|s| s.expect != Expect::Nothing)
+        }
+    }
+
+    /// When something held could go (to poll again then), if anything is held.
+    pub fn next_poll(&self, now: Instant) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        };
+        for w in &self.waiting {
+            let tier = Tier::of(w.frame.kind()).index();
+            if let Some(nb) = w.not_before.filter(|nb| *nb > now) {
+                consider(nb);
+            }
+            if let Some(p) = self.paused[tier].filter(|p| *p > now) {
+                consider(p);
+            }
+            let b = &self.buckets[tier];
+            let mut probe = b.clone();
+            if !probe.available(now, 1.0) {
+                consider(probe.ready_at(1.0));
+            }
+        }
+        earliest
+    }
+
+    /// Which sent frame an incoming frame answers; settles the frames before it.
+    pub fn attribute(&mut self, incoming: &Incoming, now: Instant) -> Attribution {
+        match incoming {
+            Incoming::Identified => self.settle(|s| s.expect == Expect::Identified),
+            Incoming::Pong { .. } => self.settle(|s| s.expect == Expect::Pong),
+            Incoming::TaskAck { task_id, status } => self.settle(|s| {
+                s.expect == Expect::TaskAck
+                    && frame_task_id(&s.frame) == Some(task_id.as_str())
+                    && (status == "accepted") == matches!(s.frame, Outgoing::TaskAccepted { .. })
+            }),
+            Incoming::TaskContinue { task_id, .. } | Incoming::TaskReassign { task_id } => self
+                .settle(|s| {
+                    s.expect == Expect::Recovery && frame_task_id(&s.frame) == Some(task_id.as_str())
+                }),
+            Incoming::StateReportAck { task_id, .. } => self.settle(|s| {
+                s.expect == Expect::StateReportAck
+                    && frame_task_id(&s.frame) == Some(task_id.as_str())
+            }),
+            Incoming::RateLimited {
+                retry_after_ms,
+                tier,
+            } => {
+                let tier = tier.as_deref().and_then(Tier::parse);
+                let Attribution::Answer(sent) = self.settle(|s| tier.is_none_or(|t| s.tier == t))
+                else {
+                    return Attribution::Unmatched;
+                };
+                let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1000).min(3_600_000));
+                let until = now + retry_after;
+                self.paused[sent.tier.index()] = Some(until);
+                if !sent.fence {
+                    self.waiting.push_front(Waiting {
+                        frame: sent.frame.clone(),
+                        not_before: Some(until),
+                    });
+                }
+                Attribution::Dropped { sent, retry_after }
+            }
+            Incoming::Error {
+                error,
+                message_type,
+                ..
+            } => {
+                match error.split(':').next().unwrap_or_default() {
+                    "task_complete_failed" => {
+                        return self.settle(|s| matches!(s.frame, Outgoing::TaskComplete { .. }))
+                    }
+                    "task_fail_failed" => {
+                        return self.settle(|s| matches!(s.frame, Outgoing::TaskFailed { .. }))
+                    }
+                    _ => {}
+                }
+                match (error.as_str(), message_type) {
+                    ("validation_failed", Some(m)) => {
+                        let tier = Tier::of(m);
+                        self.settle(|s| s.tier == tier && s.frame.kind() == m)
+                    }
+                    ("invalid_token" | "token_agent_mismatch", _) => {
+                        self.settle(|s| s.expect == Expect::Identified)
+                    }
+                    // Errors that answer the oldest frame whatever it was.
+                    ("validation_failed" | "invalid_json" | "unknown_message_type" | "not_identified", _) => {
+                        self.settle(|_| true)
+                    }
+                    _ => Attribution::NotAnAnswer,
+                }
+            }
+            _ => Attribution::NotAnAnswer,
+        }
+    }
+
+    /// Pops the oldest sent frame that `fits`, and every frame before it (handled: the hub
+    /// answers in order). A frame before it that expected an answer and got none is a
+    /// protocol surprise; it is dropped from the books all the same.
+    fn settle(&mut self, fits: impl Fn(&Sent) -> bool) -> Attribution {
+        let Some(index) = self.inflight.iter().position(fits) else {
+            return Attribution::Unmatched;
+        };
+        self.inflight.drain(..index);
+        match self.inflight.pop_front() {
+            Some(sent) => Attribution::Answer(sent),
+            None => Attribution::Unmatched,
+        }
+    }
+}
+
+/// The task id a sent frame is about.
+pub fn frame_task_id(frame: &Outgoing) -> Option<&str> {
+    match frame {
+        Outgoing::TaskAccepted { task_id, .. }
+        | Outgoing::TaskProgress { task_id, .. }
+        | Outgoing::TaskComplete { task_id, .. }
+        | Outgoing::TaskFailed { task_id, .. }
+        | Outgoing::TaskRecovering { task_id, .. }
+        | Outgoing::WakeResult { task_id, .. }
+        | Outgoing::StateReport { task_id, .. } => Some(task_id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn complete(id: &str) -> Outgoing {
+        Outgoing::TaskComplete {
+            task_id: id.into(),
+            generation: 1,
+            result: Map::new(),
+        }
+    }
+
+    fn progress(id: &str) -> Outgoing {
+        Outgoing::TaskProgress {
+            task_id: id.into(),
+            progress: None,
+            execution_event: None,
+        }
+    }
+
+    fn kinds(frames: &[Outgoing]) -> Vec<&'static str> {
+        frames.iter().map(Outgoing::kind).collect()
+    }
+
+    fn error(e: &str) -> Incoming {
+        Incoming::Error {
+            error: e.into(),
+            message_type: None,
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn reports_pipeline_and_task_id_less_errors_go_to_the_oldest() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        o.submit(complete("b"));
+        assert_eq!(kinds(&o.poll(now)), ["task_complete", "task_complete"]);
+        let a = o.attribute(&error("task_complete_failed: stale_generation"), now);
+        assert!(matches!(a, Attribution::Answer(s) if frame_task_id(&s.frame) == Some("a")));
+        let b = o.attribute(
+            &Incoming::TaskAck {
+                task_id: "b".into(),
+                status: "complete".into(),
+            },
+            now,
+        );
+        assert!(matches!(b, Attribution::Answer(s) if frame_task_id(&s.frame) == Some("b")));
+        assert_eq!(o.inflight(), 0);
+    }
+
+    #[test]
+    fn a_silent_frame_goes_alone_with_a_fence_ping_and_holds_its_tier() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        o.submit(progress("a"));
+        o.submit(complete("b"));
+        // The progress waits for the first report's answer; the second report waits for
+        // the progress to be settled.
+        assert_eq!(kinds(&o.poll(now)), ["task_complete"]);
+        o.attribute(
+            &Incoming::TaskAck {
+                task_id: "a".into(),
+                status: "complete".into(),
+            },
+            now,
+        );
+        assert_eq!(kinds(&o.poll(now)), ["task_progress", "ping"]);
+        assert!(o.poll(now).is_empty());
+        // rate_limited now can only be the progress.
+        let d = o.attribute(
+            &Incoming::RateLimited {
+                retry_after_ms: Some(500),
+                tier: Some("normal".into()),
+            },
+            now,
+        );
+        assert!(matches!(d, Attribution::Dropped { ref sent, .. } if sent.frame.kind() == "task_progress"));
+        // The fence's pong settles nothing else; the tier waits for retry_after.
+        assert!(matches!(o.attribute(&Incoming::Pong { timestamp: None }, now), Attribution::Answer(s) if s.fence));
+        assert!(o.poll(now).is_empty());
+        let later = now + Duration::from_millis(500);
+        assert_eq!(o.next_poll(now), Some(later));
+        assert_eq!(kinds(&o.poll(later)), ["task_progress", "ping"]);
+        o.attribute(&Incoming::Pong { timestamp: None }, later);
+        assert_eq!(kinds(&o.poll(later)), ["task_complete"]);
+    }
+
+    #[test]
+    fn a_dropped_report_is_sent_again_first_after_the_wait() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        o.submit(complete("b"));
+        o.poll(now);
+        let d = o.attribute(
+            &Incoming::RateLimited {
+                retry_after_ms: Some(100),
+                tier: Some("normal".into()),
+            },
+            now,
+        );
+        assert!(matches!(d, Attribution::Dropped { sent, .. } if frame_task_id(&sent.frame) == Some("a")));
+        // b's answer still comes and belongs to b.
+        let b = o.attribute(&error("task_complete_failed: invalid_state"), now);
+        assert!(matches!(b, Attribution::Answer(s) if frame_task_id(&s.frame) == Some("b")));
+        assert!(o.poll(now).is_empty());
+        let again = o.poll(now + Duration::from_millis(100));
+        assert_eq!(again.len(), 1);
+        assert_eq!(frame_task_id(&again[0]), Some("a"));
+    }
+
+    #[test]
+    fn pacing_holds_frames_over_the_budget_until_tokens_come_back() {
+        let now = Instant::now();
+        let mut o = Outbound::new(
+            Pacing {
+                light: 100,
+                normal: 2,
+                heavy: 1,
+            },
+            now,
+        );
+        for id in ["a", "b", "c"] {
+            o.submit(Outgoing::TaskAccepted {
+                task_id: id.into(),
+                generation: 1,
+            });
+        }
+        o.submit(Outgoing::Ping);
+        assert_eq!(kinds(&o.poll(now)), ["task_accepted", "task_accepted", "ping"]);
+        let next = o.next_poll(now).expect("the third waits for a token");
+        assert_eq!(next, now + Duration::from_secs(30));
+        assert_eq!(o.poll(next).len(), 1);
+    }
+
+    #[test]
+    fn validation_failures_go_to_the_oldest_frame_of_that_type() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(Outgoing::Ping);
+        o.submit(Outgoing::TaskFailed {
+            task_id: "x".into(),
+            generation: 2,
+            reason: "r".into(),
+            error: "e".into(),
+        });
+        o.poll(now);
+        let a = o.attribute(
+            &Incoming::Error {
+                error: "validation_failed".into(),
+                message_type: Some("task_failed".into()),
+                errors: None,
+            },
+            now,
+        );
+        assert!(matches!(a, Attribution::Answer(s) if s.frame.kind() == "task_failed"));
+        // The ping before it was handled (its pong may have been lost or is ignored).
+        assert_eq!(o.inflight(), 0);
+        assert_eq!(
+            o.attribute(&Incoming::Pong { timestamp: None }, now),
+            Attribution::Unmatched
+        );
+    }
+}

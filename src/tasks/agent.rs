@@ -1,0 +1,539 @@
+//! The agent's side of a task's life: waking it (each attempt on disk before its command is
+//! spawned), its confirmation (`.started`), its progress, its result, and the timers that
+//! keep a task from waiting forever.
+//!
+//! One agent per task id: an attempt is started only when no earlier attempt can have an
+//! agent running — never while one is `Waking`/`Woken`/`Confirmed`; after a failed attempt
+//! (exit ≠ 0, timeout, could not start) and no `.started`; and after a restart only once the
+//! attempt it found on disk had its whole confirmation window without a `.started`.
+
+use serde_json::{Map, Value};
+
+use super::effects::{Effect, FileOp, Timer, WakeOrder, WakeOutcome};
+use super::machine::{Deferred, Machine};
+use super::model::{Agent, Outcome, Role};
+use crate::config::LogLevel;
+use crate::protocol::{clip, Outgoing, TEXT_MAX};
+
+impl Machine {
+    /// The next step of a task that became held (accepted, adopted, continued).
+    pub(super) fn resume(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else { return };
+        if task.outcome.is_some() {
+            self.queue_report(task_id);
+            return;
+        }
+        match task.agent.clone() {
+            Agent::NotWoken => {
+                if self.cfg.wake.wakes(task.target_type.as_deref()) {
+                    self.start_wake(task_id, 1);
+                } else {
+                    // The agent starts by itself: look for its files.
+                    self.out.push(Effect::Rescan);
+                }
+            }
+            Agent::WakeFailed {
+                wake_id, attempt, ..
+            } => self.after_failed_attempt(task_id, wake_id, attempt),
+            Agent::Confirmed => self.out.push(Effect::Rescan),
+            // An attempt is under way or its confirmation window runs: wait for it.
+            Agent::Waking { .. } | Agent::Woken { .. } => {}
+            Agent::GaveUp => {}
+        }
+    }
+
+    /// Records attempt `attempt` on disk; it is spawned once that is durable.
+    fn start_wake(&mut self, task_id: &str, attempt: u32) {
+        let wake_id = self.state.next_wake_id;
+        self.state.next_wake_id += 1;
+        let Some(task) = self.task_mut(task_id) else { return };
+        task.agent = Agent::Waking { wake_id, attempt };
+        self.changed();
+        self.defer(Deferred::Wake {
+            task_id: task_id.to_string(),
+            wake_id,
+        });
+    }
+
+    /// A recorded attempt is now on disk: spawn it, unless the task moved on meanwhile.
+    pub(super) fn spawn_wake(&mut self, task_id: &str, wake_id: u64) {
+        let Some(task) = self.task(task_id) else { return };
+        let Agent::Waking { wake_id: w, attempt } = task.agent else {
+            return;
+        };
+        if w != wake_id || task.role != Role::Held || self.spawned.contains(&wake_id) {
+            return;
+        }
+        let order = WakeOrder {
+            wake_id,
+            attempt,
+            task_id: task_id.to_string(),
+            raw: task.raw.clone(),
+            target_type: task.target_type.clone(),
+            model: task.model.clone(),
+        };
+        self.spawned.insert(wake_id);
+        self.out.push(Effect::Wake(order));
+        // The agent may confirm (or even finish) before its wake command returns.
+        self.out.push(Effect::Rescan);
+    }
+
+    pub(super) fn on_wake_exited(
+        &mut self,
+        task_id: &str,
+        wake_id: u64,
+        attempt: u32,
+        outcome: WakeOutcome,
+    ) {
+        let Some(task) = self.task(task_id) else {
+            self.note_wake_outcome_ignored(wake_id, &outcome);
+            return;
+        };
+        let held = task.role == Role::Held;
+        let finished = task.outcome.is_some();
+        let current = matches!(task.agent,
+            Agent::Waking { wake_id: w, .. } | Agent::Woken { wake_id: w, .. } if w == wake_id);
+        let (status, error) = match &outcome {
+            WakeOutcome::Success => ("success", None),
+            WakeOutcome::Failed(e) => ("failed", Some(e.clone())),
+            WakeOutcome::TimedOut(e) => ("timeout", Some(e.clone())),
+        };
+        if held {
+            // The hub hears about every attempt (a success also keeps the task alive there).
+            self.send(Outgoing::WakeResult {
+                task_id: task_id.to_string(),
+                status,
+                attempt,
+                error: error.as_deref().map(|e| clip(e, TEXT_MAX)),
+            });
+        }
+        if !current || finished {
+            // Confirmed already (the agent runs, whatever its wake command said), or a
+            // stale attempt: nothing changes.
+            self.note_wake_outcome_ignored(wake_id, &outcome);
+            return;
+        }
+        let task_id = task_id.to_string();
+        match error {
+            None => {
+                if let Some(t) = self.task_mut(&task_id) {
+                    t.agent = Agent::Woken { wake_id, attempt };
+                }
+                self.changed();
+                self.out.push(Effect::Arm {
+                    timer: Timer::Confirmation { task_id, wake_id },
+                    after: self.cfg.confirmation_timeout,
+                });
+            }
+            Some(error) => {
+                if let Some(t) = self.task_mut(&task_id) {
+                    t.agent = Agent::WakeFailed {
+                        wake_id,
+                        attempt,
+                        error,
+                    };
+                }
+                self.changed();
+                if held {
+                    self.after_failed_attempt(&task_id, wake_id, attempt);
+                } else {
+                    self.prune();
+                }
+            }
+        }
+    }
+
+    fn note_wake_outcome_ignored(&mut self, wake_id: u64, outcome: &WakeOutcome) {
+        self.note(
+            LogLevel::Debug,
+            "wake_outcome_ignored",
+            vec![
+                ("wake_id", wake_id.into()),
+                ("outcome", format!("{outcome:?}").into()),
+                ("reason", "its task confirmed, ended or moved to a newer attempt".into()),
+            ],
+        );
+    }
+
+    /// Attempt `attempt` failed: retry after its delay, or give up.
+    fn after_failed_attempt(&mut self, task_id: &str, wake_id: u64, attempt: u32) {
+        match self.cfg.wake_retry_delays.get(attempt as usize - 1).copied() {
+            Some(delay) if attempt < self.cfg.max_attempts() => {
+                self.out.push(Effect::Arm {
+                    timer: Timer::WakeRetry {
+                        task_id: task_id.to_string(),
+                        wake_id,
+                    },
+                    after: delay,
+                });
+            }
+            _ => {
+                let error = match self.task(task_id).map(|t| &t.agent) {
+                    Some(Agent::WakeFailed { error, .. }) => error.clone(),
+                    _ => "wake failed".to_string(),
+                };
+                self.note(
+                    LogLevel::Error,
+                    "wake_failed",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("attempts", attempt.into()),
+                        ("error", error.clone().into()),
+                    ],
+                );
+                if let Some(t) = self.task_mut(task_id) {
+                    t.agent = Agent::GaveUp;
+                }
+                self.conclude(
+                    task_id,
+                    Outcome::Failed {
+                        reason: "wake_failed".into(),
+                        error,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_started(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        let wake_id = match task.agent {
+            Agent::Confirmed | Agent::GaveUp => return,
+            Agent::Waking { wake_id, .. }
+            | Agent::Woken { wake_id, .. }
+            | Agent::WakeFailed { wake_id, .. } => Some(wake_id),
+            Agent::NotWoken => None,
+        };
+        if task.outcome.is_some() {
+            return;
+        }
+        if let Some(t) = self.task_mut(task_id) {
+            t.agent = Agent::Confirmed;
+        }
+        self.changed();
+        if let Some(wake_id) = wake_id {
+            self.out.push(Effect::WakeConfirmed { wake_id });
+        }
+        self.note(
+            LogLevel::Info,
+            "confirmation_received",
+            vec![("task_id", task_id.into())],
+        );
+    }
+
+    pub(super) fn on_result(&mut self, task_id: &str, result: Result<Map<String, Value>, String>) {
+        let Some(task) = self.task(task_id) else {
+            self.note(
+                LogLevel::Info,
+                "result_ignored",
+                vec![
+                    ("task_id", task_id.into()),
+                    ("reason", "not a task this sidecar knows: left alone".into()),
+                ],
+            );
+            return;
+        };
+        if task.outcome.is_some() {
+            self.note(
+                LogLevel::Debug,
+                "result_ignored",
+                vec![
+                    ("task_id", task_id.into()),
+                    ("reason", "its outcome is known already".into()),
+                ],
+            );
+            return;
+        }
+        let (outcome, invalid) = match result {
+            Ok(obj) => (Outcome::from_result(obj), false),
+            Err(why) => (
+                Outcome::Failed {
+                    reason: "invalid_result".into(),
+                    error: why,
+                },
+                true,
+            ),
+        };
+        let result_file = self.cfg.result_file(task_id);
+        let result_op = if invalid {
+            // Kept for the operator, out of the way of a new result.
+            FileOp::Rename {
+                from: result_file.clone(),
+                to: result_file.with_extension("json.invalid"),
+            }
+        } else if task.role == Role::Held {
+            FileOp::Remove(result_file.clone())
+        } else {
+            // Not reported now: kept aside for the operator (and for a re-push).
+            FileOp::Rename {
+                from: result_file.clone(),
+                to: result_file.with_extension("json.unreported"),
+            }
+        };
+        self.conclude(task_id, outcome, Some(result_op));
+    }
+
+    /// The task's outcome is known. A held task's report goes in the outbox and its files
+    /// go; a recovering or released task keeps it (reported if the hub gives it back).
+    pub(super) fn conclude(&mut self, task_id: &str, outcome: Outcome, result_op: Option<FileOp>) {
+        let now = self.now_ms;
+        let Some(task) = self.task_mut(task_id) else { return };
+        task.outcome = Some(outcome.clone());
+        if task.agent.may_run() && !matches!(task.agent, Agent::Confirmed) {
+            // A result means an agent ran: it confirmed, whatever the files said.
+            task.agent = Agent::Confirmed;
+        }
+        let role = task.role;
+        let elapsed = now.saturating_sub(task.accepted_at_ms);
+        let generation = task.generation;
+        self.changed();
+        let mut after = Vec::new();
+        if role == Role::Held {
+            after = self.task_files(task_id);
+        }
+        after.extend(result_op);
+        self.file_work(Vec::new(), after);
+        let (event, level, ended) = match (&outcome, role) {
+            (Outcome::Complete { .. }, Role::Held) => ("task_complete", LogLevel::Info, "complete"),
+            (Outcome::Failed { .. }, Role::Held) => ("task_failed", LogLevel::Warn, "failed"),
+            (_, _) => ("result_kept", LogLevel::Warn, ""),
+        };
+        let mut fields = vec![
+            ("task_id", task_id.into()),
+            ("generation", generation.into()),
+            ("duration_ms", elapsed.into()),
+        ];
+        if let Outcome::Failed { reason, error } = &outcome {
+            fields.push(("reason", reason.clone().into()));
+            fields.push(("error", error.clone().into()));
+        }
+        if role != Role::Held {
+            fields.push((
+                "note",
+                "the task is not held (recovering or released): its result is kept, not reported, unless the hub gives the task back".into(),
+            ));
+        }
+        self.note(level, event, fields);
+        if role == Role::Held {
+            self.out.push(Effect::Ended {
+                task_id: task_id.to_string(),
+                outcome: ended,
+            });
+            self.queue_report(task_id);
+        }
+    }
+
+    pub(super) fn on_agent_progress(
+        &mut self,
+        task_id: &str,
+        progress: Option<i64>,
+        event: Map<String, Value>,
+    ) {
+        if self.task(task_id).is_none_or(|t| !t.in_progress()) {
+            return;
+        }
+        let now = self.now_ms;
+        let gap = self.cfg.agent_progress_gap.as_millis() as u64;
+        let marks = self.marks.entry(task_id.to_string()).or_default();
+        if progress.is_some() {
+            marks.progress = progress;
+        }
+        let due = marks.event_sent_at.is_none_or(|t| now.saturating_sub(t) >= gap);
+        if due && !marks.event_timer {
+            marks.event_sent_at = Some(now);
+            let progress = marks.progress;
+            self.send(Outgoing::TaskProgress {
+                task_id: task_id.to_string(),
+                progress,
+                execution_event: Some(event),
+            });
+        } else {
+            // Paced: the latest waits for the gap (earlier ones it replaces are not sent).
+            marks.event_waiting = Some(event);
+            if !marks.event_timer {
+                marks.event_timer = true;
+                let wait = gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
+                self.out.push(Effect::Arm {
+                    timer: Timer::AgentProgress {
+                        task_id: task_id.to_string(),
+                    },
+                    after: std::time::Duration::from_millis(wait),
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Confirmation { task_id, wake_id } => self.on_confirmation_timeout(&task_id, wake_id),
+            Timer::WakeRetry { task_id, wake_id } => {
+                let Some(task) = self.task(&task_id) else { return };
+                if let (Role::Held, Agent::WakeFailed { wake_id: w, attempt, .. }) = (task.role, &task.agent) {
+                    if *w == wake_id && task.outcome.is_none() {
+                        let next = attempt + 1;
+                        self.start_wake(&task_id, next);
+                    }
+                }
+            }
+            Timer::TaskTimeout {
+                task_id,
+                accepted_at_ms,
+            } => {
+                let Some(task) = self.task(&task_id) else { return };
+                let agent = task.agent.clone();
+                if task.in_progress() && task.accepted_at_ms == accepted_at_ms {
+                    let ms = self.cfg.task_timeout.map_or(0, |d| d.as_millis() as u64);
+                    self.note(
+                        LogLevel::Warn,
+                        "task_timeout",
+                        vec![("task_id", task_id.clone().into()), ("timeout_ms", ms.into())],
+                    );
+                    if let Agent::Waking { wake_id, .. } | Agent::Woken { wake_id, .. } = agent {
+                        self.out.push(Effect::KillWake { wake_id });
+                    }
+                    let error = format!("no result within task_timeout_ms ({ms} ms)");
+                    self.conclude(
+                        &task_id,
+                        Outcome::Failed {
+                            reason: "task_timeout".into(),
+                            error,
+                        },
+                        None,
+                    );
+                }
+            }
+            Timer::Progress { session } => self.on_progress_timer(session),
+            Timer::AgentProgress { task_id } => {
+                let held = self.task(&task_id).is_some_and(|t| t.in_progress());
+                let now = self.now_ms;
+                let Some(marks) = self.marks.get_mut(&task_id) else { return };
+                marks.event_timer = false;
+                let Some(event) = marks.event_waiting.take() else { return };
+                if held {
+                    marks.event_sent_at = Some(now);
+                    let progress = marks.progress;
+                    self.send(Outgoing::TaskProgress {
+                        task_id,
+                        progress,
+                        execution_event: Some(event),
+                    });
+                }
+            }
+            Timer::WriteRetry { seq } => self.on_write_retry(seq),
+            Timer::RestartDeadline => {
+                if let Some(reason) = self.restart.take() {
+                    self.note(
+                        LogLevel::Warn,
+                        "restart_wait_over",
+                        vec![("note", "restarting with a task in progress: it is recovered after the restart".into())],
+                    );
+                    self.out.push(Effect::Restart { reason });
+                }
+            }
+        }
+    }
+
+    fn on_confirmation_timeout(&mut self, task_id: &str, wake_id: u64) {
+        let Some(task) = self.task(task_id) else { return };
+        let ms = self.cfg.confirmation_timeout.as_millis() as u64;
+        let held = task.role == Role::Held;
+        match task.agent.clone() {
+            Agent::Woken { wake_id: w, .. } if w == wake_id => {
+                self.note(
+                    LogLevel::Warn,
+                    "confirmation_timeout",
+                    vec![("task_id", task_id.into()), ("timeout_ms", ms.into())],
+                );
+                if let Some(t) = self.task_mut(task_id) {
+                    t.agent = Agent::GaveUp;
+                }
+                let error = format!("no {task_id}.started within confirmation_timeout_ms ({ms} ms)");
+                if self.task(task_id).is_some_and(|t| t.role == Role::Released) {
+                    self.changed();
+                    self.prune();
+                } else {
+                    self.conclude(
+                        task_id,
+                        Outcome::Failed {
+                            reason: "confirmation_timeout".into(),
+                            error,
+                        },
+                        None,
+                    );
+                }
+            }
+            // An attempt found on disk at a restart, never confirmed in its window: it counts
+            // as failed (a retry may follow).
+            Agent::Waking { wake_id: w, attempt } if w == wake_id && !self.spawned.contains(&w) => {
+                let error = format!("no {task_id}.started within confirmation_timeout_ms ({ms} ms) after a restart interrupted this attempt");
+                self.note(
+                    LogLevel::Warn,
+                    "wake_error",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("attempt", attempt.into()),
+                        ("error", error.clone().into()),
+                    ],
+                );
+                if let Some(t) = self.task_mut(task_id) {
+                    t.agent = Agent::WakeFailed {
+                        wake_id,
+                        attempt,
+                        error,
+                    };
+                }
+                self.changed();
+                if held {
+                    self.after_failed_attempt(task_id, wake_id, attempt);
+                } else {
+                    self.prune();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn arm_task_timeout(&mut self, task_id: &str) {
+        let (Some(timeout), Some(task)) = (self.cfg.task_timeout, self.task(task_id)) else {
+            return;
+        };
+        let elapsed = self.now_ms.saturating_sub(task.accepted_at_ms);
+        let after = timeout.saturating_sub(std::time::Duration::from_millis(elapsed));
+        let timer = Timer::TaskTimeout {
+            task_id: task_id.to_string(),
+            accepted_at_ms: task.accepted_at_ms,
+        };
+        self.out.push(Effect::Arm { timer, after });
+    }
+
+    /// After a load: the timers a task's state needs again.
+    pub(super) fn rearm(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else { return };
+        let (role, agent, in_progress) = (task.role, task.agent.clone(), task.in_progress());
+        if in_progress {
+            self.arm_task_timeout(task_id);
+        }
+        match agent {
+            // An attempt that may have started an agent (the process stopped after it was
+            // recorded) gets its whole confirmation window before anyone is woken again.
+            Agent::Waking { wake_id, .. } | Agent::Woken { wake_id, .. } => {
+                self.out.push(Effect::Arm {
+                    timer: Timer::Confirmation {
+                        task_id: task_id.to_string(),
+                        wake_id,
+                    },
+                    after: self.cfg.confirmation_timeout,
+                });
+            }
+            Agent::WakeFailed {
+                wake_id, attempt, ..
+            } if role == Role::Held && in_progress => {
+                self.after_failed_attempt(task_id, wake_id, attempt);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The hub's side of a task's life: taken (or refused), adopted again when pushed again,
+//! continued or released after a restart, aborted, cancelled, and reported.
+//!
+//! The rule every branch keeps: **the task id is the work**, a generation only the hub's
+//! latest lease on it. A `task_assign` for a task id the sidecar still knows (its agent may
+//! run, its result is known, or its report waits) adopts the new generation and answers
+//! `task_accepted`: it never starts a second agent. Only a *different* task while one is in
+//! progress is refused (`busy`), with a `task_failed` the hub accepts (the current hub has no
+//! schema for `task_rejected`).
+
+use std::collections::BTreeMap;
+
+use super::effects::{Answer, Assign, Effect, FileOp};
+use super::machine::{failed_frame, DiskFacts, Machine};
+use super::model::{valid_task_id, Agent, Release, RefusedReport, ReportKind, Role, TaskRecord};
+use crate::config::LogLevel;
+
+impl Machine {
+    pub(super) fn on_assign(&mut self, a: Assign) {
+        if (self.shutting_down || self.restart.is_some()) && self.task(&a.task_id).is_none() {
+            self.note(
+                LogLevel::Info,
+                "task_rejected",
+                vec![
+                    ("task_id", a.task_id.into()),
+                    ("generation", a.generation.into()),
+                    ("reason", if self.shutting_down { "shutting_down" } else { "restarting" }.into()),
+                    ("sent", "nothing: the hub takes it back when the session closes".into()),
+                ],
+            );
+            return;
+        }
+        self.note(
+            LogLevel::Info,
+            "task_received",
+            vec![
+                ("task_id", a.task_id.clone().into()),
+                ("generation", a.generation.into()),
+                ("bytes", a.raw.len().into()),
+            ],
+        );
+        if !valid_task_id(&a.task_id) {
+            // Task ids become file names: anything else runs nothing.
+            return self.refuse(&a, "invalid_task_id", "task_id is not a safe file name (^[A-Za-z0-9._-]{1,128}$)");
+        }
+        if self.task(&a.task_id).is_some() {
+            return self.adopt(a);
+        }
+        if let Some(busy) = self.state.busy_with() {
+            let busy_id = busy.task_id.clone();
+            let waiting_answer = self
+                .marks
+                .get(&busy_id)
+                .is_some_and(|m| m.state_report_pending.is_some() && m.state_report_pending == self.session);
+            if waiting_answer && self.undecided.is_none() {
+                // The hub's answer to our state_report may free the slot: decide then.
+                self.note(
+                    LogLevel::Info,
+                    "task_deferred",
+                    vec![
+                        ("task_id", a.task_id.clone().into()),
+                        ("busy_with", busy_id.into()),
+                        ("until", "the hub answers the state_report of the held task".into()),
+                    ],
+                );
+                self.undecided = Some(a);
+                return;
+            }
+            let why = format!("busy with task {busy_id}");
+            return self.refuse(&a, "busy", &why);
+        }
+        self.accept(a);
+    }
+
+    /// A new task: on disk (with its `TASK_FILE`) before `task_accepted`, then the agent.
+    fn accept(&mut self, a: Assign) {
+        let now = self.now_ms;
+        let task_id = a.task_id.clone();
+        let task_file = FileOp::Write {
+            path: self.cfg.task_file(&task_id),
+            bytes: a.raw.clone().into_bytes(),
+        };
+        self.state.tasks.push(TaskRecord {
+            task_id: task_id.clone(),
+            generation: a.generation,
+            raw: a.raw,
+            role: Role::Held,
+            released: None,
+            agent: Agent::NotWoken,
+            outcome: None,
+            target_type: a.target_type,
+            model: a.model,
+            accepted_at_ms: now,
+            changed_at_ms: now,
+        });
+        self.changed();
+        self.file_work(vec![task_file], Vec::new());
+        self.announce(&task_id);
+        self.note(
+            LogLevel::Info,
+            "task_accepted",
+            vec![
+                ("task_id", task_id.clone().into()),
+                ("generation", a.generation.into()),
+            ],
+        );
+        self.arm_task_timeout(&task_id);
+        self.resume(&task_id);
+    }
+
+    /// The same task id again: the same work under a new lease.
+    fn adopt(&mut self, a: Assign) {
+        let Some(task) = self.task_mut(&a.task_id) else {
+            return;
+        };
+        let was = task.role;
+        let released = task.released;
+        let generation = task.generation.max(a.generation);
+        task.generation = generation;
+        task.role = Role::Held;
+        task.released = None;
+        let in_progress = task.outcome.is_none();
+        self.changed();
+        self.announce(&a.task_id);
+        if was == Role::Held && a.generation < generation {
+            self.note(
+                LogLevel::Warn,
+                "task_generation_stale",
+                vec![
+                    ("task_id", a.task_id.clone().into()),
+                    ("pushed", a.generation.into()),
+                    ("kept", generation.into()),
+                ],
+            );
+        }
+        self.note(
+            LogLevel::Info,
+            "task_accepted",
+            vec![
+                ("task_id", a.task_id.clone().into()),
+                ("generation", generation.into()),
+                ("again", true.into()),
+                ("was", role_name(was, released).into()),
+            ],
+        );
+        if was != Role::Held {
+            if in_progress {
+                self.arm_task_timeout(&a.task_id);
+            }
+            self.resume(&a.task_id);
+        } else {
+            // The report (if any) goes again with the new generation.
+            self.queue_report(&a.task_id);
+        }
+    }
+
+    /// Refuses a task the hub pushed, in a frame the current hub accepts: `task_failed`
+    /// (the task goes back to the hub's queue at once; no violation). Not kept on disk: if
+    /// the session drops first, the hub takes the task back anyway.
+    pub(super) fn refuse(&mut self, a: &Assign, reason: &'static str, error: &str) {
+        self.note(
+            LogLevel::Warn,
+            "task_rejected",
+            vec![
+                ("task_id", a.task_id.clone().into()),
+                ("generation", a.generation.into()),
+                ("reason", reason.into()),
+                ("error", error.into()),
+                ("sent", "task_failed".into()),
+            ],
+        );
+        self.out.push(Effect::Ended {
+            task_id: a.task_id.clone(),
+            outcome: "rejected",
+        });
+        let frame = failed_frame(a.task_id.clone(), a.generation, reason, &format!("{reason}: {error}"));
+        self.send(frame);
+    }
+
+    pub(super) fn on_continue(&mut self, task_id: &str, generation: u64) {
+        if self.task(task_id).is_none_or(|t| t.role != Role::Recovering) {
+            self.note(
+                LogLevel::Debug,
+                "task_continue_ignored",
+                vec![("task_id", task_id.into())],
+            );
+            return;
+        }
+        let Some(task) = self.task_mut(task_id) else {
+            return;
+        };
+        task.generation = task.generation.max(generation);
+        task.role = Role::Held;
+        let generation = task.generation;
+        let status = task.status();
+        let in_progress = task.outcome.is_none();
+        self.changed();
+        self.announce(task_id);
+        if let Some(m) = self.marks.get_mut(task_id) {
+            m.state_report_due = in_progress;
+        }
+        self.note(
+            LogLevel::Info,
+            "recovery_continued",
+            vec![
+                ("task_id", task_id.into()),
+                ("generation", generation.into()),
+                ("last_status", status.into()),
+            ],
+        );
+        if in_progress {
+            self.arm_task_timeout(task_id);
+        }
+        self.resume(task_id);
+    }
+
+    pub(super) fn on_reassign(&mut self, task_id: &str) {
+        if self.task(task_id).is_none_or(|t| t.role != Role::Recovering) {
+            // Often the answer to a `task_recovering` of a task the hub meanwhile pushed
+            // again (and we adopted): it no longer applies.
+            self.note(
+                LogLevel::Debug,
+                "task_reassign_ignored",
+                vec![("task_id", task_id.into())],
+            );
+            return;
+        }
+        self.note(
+            LogLevel::Info,
+            "recovery_reassigned",
+            vec![("task_id", task_id.into())],
+        );
+        self.release(task_id, Release::Reassigned);
+    }
+
+    pub(super) fn on_cancelled(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else {
+            self.note(
+                LogLevel::Debug,
+                "task_cancel_ignored",
+                vec![("task_id", task_id.into())],
+            );
+            return;
+        };
+        if task.role == Role::Released {
+            self.note(
+                LogLevel::Debug,
+                "task_cancel_ignored",
+                vec![("task_id", task_id.into()), ("reason", "already released".into())],
+            );
+            return;
+        }
+        // Its wake command, if it still runs, is stopped (with the agent in its group).
+        match task.agent {
+            Agent::Waking { wake_id, .. } if self.spawned.contains(&wake_id) => {
+                self.out.push(Effect::KillWake { wake_id });
+            }
+            Agent::Waking { .. } => {
+                // Recorded but not spawned yet: it never will be.
+                if let Some(t) = self.task_mut(task_id) {
+                    t.agent = Agent::NotWoken;
+                }
+            }
+            Agent::Woken { wake_id, .. } => self.out.push(Effect::KillWake { wake_id }),
+            _ => {}
+        }
+        self.note(
+            LogLevel::Info,
+            "task_cancelled",
+            vec![("task_id", task_id.into())],
+        );
+        self.release(task_id, Release::Cancelled);
+    }
+
+    pub(super) fn on_state_report_answer(&mut self, task_id: &str, generation: u64, action: &str) {
+        let Some(task) = self.task(task_id) else { return };
+        let current = task.role == Role::Held && task.generation == generation;
+        if let Some(m) = self.marks.get_mut(task_id) {
+            m.state_report_pending = None;
+        }
+        match action {
+            "continue" => {
+                self.note(
+                    LogLevel::Debug,
+                    "state_report_continue",
+                    vec![("task_id", task_id.into()), ("generation", generation.into())],
+                );
+            }
+            "abort" if current => {
+                self.note(
+                    LogLevel::Warn,
+                    "task_aborted",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("generation", generation.into()),
+                        ("reason", "the hub answered state_report with abort: the task is no longer ours".into()),
+                        ("note", "the agent is not stopped; a late result is kept aside, not reported".into()),
+                    ],
+                );
+                self.release(task_id, Release::Aborted);
+            }
+            "abort" => {
+                self.note(
+                    LogLevel::Debug,
+                    "state_report_abort_ignored",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("generation", generation.into()),
+                        ("reason", "a newer lease was adopted since".into()),
+                    ],
+                );
+            }
+            other => {
+                self.note(
+                    LogLevel::Warn,
+                    "state_report_answer_unknown",
+                    vec![("task_id", task_id.into()), ("action", other.into())],
+                );
+            }
+        }
+        // A task pushed while waiting for this answer is decided now.
+        if let Some(a) = self.undecided.take() {
+            if self.state.busy_with().is_some() {
+                let why = format!("busy with task {task_id}");
+                self.refuse(&a, "busy", &why);
+            } else {
+                self.on_assign(a);
+            }
+        }
+    }
+
+    pub(super) fn on_report_answer(
+        &mut self,
+        task_id: &str,
+        kind: ReportKind,
+        generation: u64,
+        answer: Answer,
+    ) {
+        let Some(index) = self
+            .state
+            .outbox
+            .iter()
+            .position(|e| e.task_id == task_id && e.kind == kind && e.generation == generation)
+        else {
+            self.note(
+                LogLevel::Debug,
+                "report_answer_ignored",
+                vec![
+                    ("task_id", task_id.into()),
+                    ("frame", kind.wire_type().into()),
+                    ("generation", generation.into()),
+                    ("reason", "no such report waiting (answered before, or re-stamped)".into()),
+                ],
+            );
+            return;
+        };
+        match answer {
+            Answer::Acked { status } => {
+                let fits = match kind {
+                    ReportKind::Complete => status == "complete",
+                    ReportKind::Failed => matches!(status.as_str(), "failed" | "retried" | "dead_letter"),
+                };
+                if !fits {
+                    self.note(
+                        LogLevel::Warn,
+                        "task_ack_unexpected",
+                        vec![
+                            ("task_id", task_id.into()),
+                            ("status", status.into()),
+                            ("frame", kind.wire_type().into()),
+                        ],
+                    );
+                    return;
+                }
+                self.note(
+                    LogLevel::Info,
+                    "task_ack",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("status", status.clone().into()),
+                        ("generation", generation.into()),
+                    ],
+                );
+                self.forget(task_id);
+            }
+            Answer::Refused { error, details } => {
+                let Some(task) = self.task(task_id) else { return };
+                let Some(outcome) = task.outcome.clone() else { return };
+                let _ = index;
+                self.note(
+                    LogLevel::Error,
+                    "report_refused",
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("frame", kind.wire_type().into()),
+                        ("generation", generation.into()),
+                        ("error", error.clone().into()),
+                        ("errors", details.clone().unwrap_or(serde_json::Value::Null)),
+                        ("action", "not sent again; kept in queue_file's refused list (see status); reported again only if the hub pushes the task again".into()),
+                    ],
+                );
+                self.state.refused.push(RefusedReport {
+                    task_id: task_id.to_string(),
+                    kind,
+                    generation,
+                    error,
+                    details,
+                    outcome,
+                    at_ms: self.now_ms,
+                });
+                let excess = self.state.refused.len().saturating_sub(self.cfg.keep_refused);
+                self.state.refused.drain(..excess);
+                self.release(task_id, Release::Refused);
+            }
+        }
+    }
+
+    /// The hub no longer wants this task from us. Its reports are dropped (nothing is sent
+    /// for it again); it is remembered while its agent may run or its result is kept aside.
+    pub(super) fn release(&mut self, task_id: &str, why: Release) {
+        let Some(task) = self.task_mut(task_id) else { return };
+        task.role = Role::Released;
+        task.released = Some(why);
+        self.drop_reports(task_id);
+        self.changed();
+        if let Some(m) = self.marks.get_mut(task_id) {
+            m.state_report_due = false;
+            m.state_report_pending = None;
+        }
+        self.out.push(Effect::Ended {
+            task_id: task_id.to_string(),
+            outcome: why.as_str(),
+        });
+        self.prune();
+    }
+
+    /// Released tasks are forgotten once nothing is left to remember (no agent can run and
+    /// no result is kept), and beyond `keep_released`, oldest first.
+    pub(super) fn prune(&mut self) {
+        let idle: Vec<String> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| t.role == Role::Released && !t.agent.may_run() && t.outcome.is_none())
+            .map(|t| t.task_id.clone())
+            .collect();
+        for id in idle {
+            self.forget(&id);
+        }
+        let released: Vec<String> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| t.role == Role::Released)
+            .map(|t| t.task_id.clone())
+            .collect();
+        let excess = released.len().saturating_sub(self.cfg.keep_released);
+        for id in released.into_iter().take(excess) {
+            self.note(
+                LogLevel::Info,
+                "task_forgotten",
+                vec![("task_id", id.clone().into()), ("reason", "keep_released reached".into())],
+            );
+            self.forget(&id);
+        }
+    }
+
+    /// The queue file cannot be written: a task accepted since the last good write is not
+    /// safe, so it is given back to the hub rather than run late, or twice once the hub has
+    /// taken it back.
+    pub(super) fn give_back_unsaved(&mut self) {
+        let durable = self.durable;
+        let unsaved: Vec<TaskRecord> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.role == Role::Held
+                    && t.agent == Agent::NotWoken
+                    && self.marks.get(&t.task_id).is_some_and(|m| m.stamp > durable && m.accept_sent.is_none())
+            })
+            .cloned()
+            .collect();
+        for task in unsaved {
+            let file = self.cfg.task_file(&task.task_id);
+            self.before.retain(|op| op.written_path() != Some(file.as_path()));
+            self.state.tasks.retain(|t| t.task_id != task.task_id);
+            self.marks.remove(&task.task_id);
+            self.deferred.retain(|(_, d)| !matches!(d, super::machine::Deferred::Wake { task_id, .. } if *task_id == task.task_id));
+            self.changed();
+            let a = Assign {
+                task_id: task.task_id.clone(),
+                generation: task.generation,
+                raw: String::new(),
+                target_type: None,
+                model: None,
+            };
+            self.refuse(&a, "storage_unavailable", "the queue file cannot be written");
+        }
+    }
+
+    /// After loading: interrupted tasks become recovering (at the process's first load), what
+    /// the results directory holds is taken into account, and timers are armed again.
+    pub(super) fn recover(&mut self, process_start: bool, disk: BTreeMap<String, DiskFacts>) {
+        let ids: Vec<String> = self.state.tasks.iter().map(|t| t.task_id.clone()).collect();
+        for id in &ids {
+            self.marks.entry(id.clone()).or_default();
+        }
+        if process_start {
+            for task in self.state.tasks.iter_mut().filter(|t| t.in_progress()) {
+                task.role = Role::Recovering;
+            }
+        }
+        let recovering: Vec<(String, &'static str, u64)> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| t.role == Role::Recovering)
+            .map(|t| (t.task_id.clone(), t.status(), t.generation))
+            .collect();
+        if !recovering.is_empty() && process_start {
+            self.changed();
+        }
+        for (id, status, generation) in recovering {
+            self.announce(&id);
+            self.note(
+                LogLevel::Info,
+                "recovery_found",
+                vec![
+                    ("task_id", id.into()),
+                    ("last_status", status.into()),
+                    ("generation", generation.into()),
+                ],
+            );
+        }
+        for (id, facts) in disk {
+            if facts.started {
+                self.on_started(&id);
+            }
+            if let Some(result) = facts.result {
+                self.on_result(&id, result);
+            }
+        }
+        for id in ids {
+            self.rearm(&id);
+        }
+        self.prune();
+        self.out.push(Effect::Rescan);
+    }
+}
+
+fn role_name(role: Role, released: Option<Release>) -> &'static str {
+    match (role, released) {
+        (Role::Held, _) => "held",
+        (Role::Recovering, _) => "recovering",
+        (Role::Released, Some(r)) => r.as_str(),
+        (Role::Released, None) => "released",
+    }
+}

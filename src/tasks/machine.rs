@@ -1,0 +1,674 @@
+//! The task machine: the sidecar's task rules as a pure state machine.
+//!
+//! [`Machine::handle`] takes one [`Event`] and returns the [`Effect`]s it decides; nothing
+//! here touches a file, a socket, a process or a clock (the time comes with each event). The
+//! persisted part of its state is a [`QueueState`] value; the rest (the session, what was
+//! sent on it, writes in flight, wakes spawned) lives only as long as the machine.
+//!
+//! Durability first: every change of the persisted state is written (an [`Effect::Persist`])
+//! before anything that depends on it leaves the machine. Frames the hub must be able to
+//! rely on (`task_accepted`, reports, recovery) are derived from the durable state by
+//! [`Machine::flush`], once per session; a wake is spawned only once its attempt is on disk.
+//!
+//! This file holds the machine's frame (state, dispatch, durability, what is sent when);
+//! the rules of a task's life are in `lifecycle.rs` (the hub's side) and `agent.rs` (the
+//! agent's side).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::effects::{Assign, Effect, Event, FileOp, Note, Persist, Timer};
+use super::model::{QueueState, ReportKind, Role, TaskRecord};
+use crate::config::LogLevel;
+use crate::protocol::{clip, Outgoing, TEXT_MAX};
+
+/// The machine's settings: what it needs of the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Delays between wake attempts (attempts = delays + 1).
+    pub wake_retry_delays: Vec<Duration>,
+    pub confirmation_timeout: Duration,
+    /// A held task still without a result after this long fails (`task_timeout`).
+    pub task_timeout: Option<Duration>,
+    /// How often the hub hears that held tasks are alive (`task_progress`).
+    pub progress_interval: Duration,
+    /// The agent's own progress is forwarded at most this often per task (the latest wins).
+    pub agent_progress_gap: Duration,
+    /// A failed write is tried again after this long…
+    pub write_retry: Duration,
+    /// …and after this many failures in a row, a task whose acceptance is not on disk is
+    /// given back to the hub.
+    pub give_back_after: u32,
+    pub results_dir: PathBuf,
+    /// Where `TASK_FILE`s and wake logs are kept.
+    pub tasks_dir: PathBuf,
+    /// Which tasks have a wake command (the others' agents start by themselves).
+    pub wake: WakeTargets,
+    /// Released tasks remembered (their agent may run, or their result is kept aside).
+    pub keep_released: usize,
+    /// Refused reports kept for the operator.
+    pub keep_refused: usize,
+    /// The longest a restart the hub asked for waits for the task in progress.
+    pub restart_wait: Duration,
+}
+
+/// Which routing targets have a wake command: `default` (`wake_command`) applies to all,
+/// `types` (`wake_commands`) to those target types.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WakeTargets {
+    pub default: bool,
+    pub types: BTreeSet<String>,
+}
+
+impl WakeTargets {
+    pub fn wakes(&self, target_type: Option<&str>) -> bool {
+        self.default || target_type.is_some_and(|t| self.types.contains(t))
+    }
+}
+
+impl Settings {
+    pub fn task_file(&self, task_id: &str) -> PathBuf {
+        self.tasks_dir.join(format!("{task_id}.json"))
+    }
+    pub fn wake_log(&self, task_id: &str) -> PathBuf {
+        self.tasks_dir.join(format!("{task_id}.wake.log"))
+    }
+    pub fn result_file(&self, task_id: &str) -> PathBuf {
+        self.results_dir.join(format!("{task_id}.json"))
+    }
+    pub fn started_file(&self, task_id: &str) -> PathBuf {
+        self.results_dir.join(format!("{task_id}.started"))
+    }
+    pub fn progress_file(&self, task_id: &str) -> PathBuf {
+        self.results_dir.join(format!("{task_id}.progress"))
+    }
+    /// Attempts in all: the first and one per retry delay.
+    pub fn max_attempts(&self) -> u32 {
+        self.wake_retry_delays.len() as u32 + 1
+    }
+}
+
+/// What reading the results directory at start-up found for a known task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiskFacts {
+    pub started: bool,
+    pub result: Option<Result<serde_json::Map<String, Value>, String>>,
+}
+
+/// What was sent for one task on which session (volatile).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Marks {
+    /// The change after which the task's announcement is due (its acceptance, a new
+    /// generation, its recovery): nothing is announced before that change is durable.
+    pub stamp: u64,
+    pub accept_sent: Option<u64>,
+    pub recovering_sent: Option<u64>,
+    /// A `state_report` is due on the next flush.
+    pub state_report_due: bool,
+    /// The session whose `state_report` has not been answered yet.
+    pub state_report_pending: Option<u64>,
+    /// Last progress value the agent reported, and pacing of its events.
+    pub progress: Option<i64>,
+    pub event_sent_at: Option<u64>,
+    pub event_waiting: Option<serde_json::Map<String, Value>>,
+    pub event_timer: bool,
+}
+
+/// Per outbox entry (same order): when it became due, and the session it was sent on.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SendMark {
+    pub stamp: u64,
+    pub sent_on: Option<u64>,
+}
+
+/// Work that waits for a change to be durable.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Deferred {
+    Wake { task_id: String, wake_id: u64 },
+}
+
+pub struct Machine {
+    pub(super) cfg: Settings,
+    pub(super) state: QueueState,
+    pub(super) session: Option<u64>,
+    pub(super) now_ms: u64,
+    /// The latest change and the latest one known to be on disk.
+    pub(super) change: u64,
+    pub(super) durable: u64,
+    /// The write in flight (its sequence number and its file work, kept for a retry).
+    pub(super) writing: Option<(u64, Vec<FileOp>, Vec<FileOp>)>,
+    pub(super) before: Vec<FileOp>,
+    pub(super) after: Vec<FileOp>,
+    pub(super) write_failures: u32,
+    pub(super) deferred: Vec<(u64, Deferred)>,
+    pub(super) marks: BTreeMap<String, Marks>,
+    pub(super) outbox_marks: Vec<SendMark>,
+    /// Wake attempts spawned by this machine (a restart cannot know about earlier ones).
+    pub(super) spawned: BTreeSet<u64>,
+    /// A new task pushed while busy, kept until the busy task's `state_report` is answered.
+    pub(super) undecided: Option<Assign>,
+    pub(super) progress_timer_for: Option<u64>,
+    pub(super) shutting_down: bool,
+    /// A restart the hub asked for, waiting for the task in progress.
+    pub(super) restart: Option<String>,
+    pub(super) out: Vec<Effect>,
+}
+
+impl Machine {
+    /// A machine over the state loaded from disk. `process_start`: the first load of this
+    /// process (held tasks were interrupted and are recovered); otherwise only the actor
+    /// restarted and carries on. `disk` holds what the results directory says about known
+    /// tasks; `running` the wake attempts whose commands still run (known to the waker).
+    /// Returns the machine and its first effects.
+    pub fn start(
+        cfg: Settings,
+        state: QueueState,
+        disk: BTreeMap<String, DiskFacts>,
+        running: BTreeSet<u64>,
+        process_start: bool,
+        now_ms: u64,
+    ) -> (Machine, Vec<Effect>) {
+        let outbox_marks = vec![SendMark::default(); state.outbox.len()];
+        let mut m = Machine {
+            cfg,
+            state,
+            session: None,
+            now_ms,
+            change: 0,
+            durable: 0,
+            writing: None,
+            before: Vec::new(),
+            after: Vec::new(),
+            write_failures: 0,
+            deferred: Vec::new(),
+            marks: BTreeMap::new(),
+            outbox_marks,
+            spawned: running,
+            undecided: None,
+            progress_timer_for: None,
+            shutting_down: false,
+            restart: None,
+            out: Vec::new(),
+        };
+        m.recover(process_start, disk);
+        let effects = m.finish_step();
+        (m, effects)
+    }
+
+    /// The persisted state as it stands (not necessarily durable yet).
+    pub fn state(&self) -> &QueueState {
+        &self.state
+    }
+
+    /// Whether everything is on disk and no write is in flight (shutdown waits for this).
+    pub fn settled(&self) -> bool {
+        self.writing.is_none() && self.durable == self.change
+    }
+
+    /// Handles one event at wall-clock time `now_ms`; returns what to do.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Effect> {
+        self.now_ms = now_ms.max(self.now_ms);
+        match event {
+            Event::SessionUp { session } => self.on_session_up(session),
+            Event::SessionDown { session } => self.on_session_down(session),
+            Event::Assign(assign) => self.on_assign(assign),
+            Event::Continue {
+                task_id,
+                generation,
+            } => self.on_continue(&task_id, generation),
+            Event::Reassign { task_id } => self.on_reassign(&task_id),
+            Event::Cancelled { task_id } => self.on_cancelled(&task_id),
+            Event::StateReportAnswered {
+                task_id,
+                generation,
+                action,
+            } => self.on_state_report_answer(&task_id, generation, &action),
+            Event::ReportAnswered {
+                task_id,
+                kind,
+                generation,
+                answer,
+            } => self.on_report_answer(&task_id, kind, generation, answer),
+            Event::StartedSeen { task_id } => self.on_started(&task_id),
+            Event::ResultSeen { task_id, result } => self.on_result(&task_id, result),
+            Event::AgentProgress {
+                task_id,
+                progress,
+                event,
+            } => self.on_agent_progress(&task_id, progress, event),
+            Event::WakeExited {
+                task_id,
+                wake_id,
+                attempt,
+                outcome,
+            } => self.on_wake_exited(&task_id, wake_id, attempt, outcome),
+            Event::Timer(timer) => self.on_timer(timer),
+            Event::Persisted { seq } => self.on_persisted(seq),
+            Event::PersistFailed { seq, error } => self.on_persist_failed(seq, &error),
+            Event::RestartRequested { reason } => {
+                if self.restart.is_none() {
+                    self.note(
+                        LogLevel::Warn,
+                        "restart_pending",
+                        vec![
+                            ("reason", reason.clone().into()),
+                            ("wait_ms", (self.cfg.restart_wait.as_millis() as u64).into()),
+                            ("note", "restarting once no task is in progress and every report is answered (or when the wait is over); no new task is taken meanwhile".into()),
+                        ],
+                    );
+                    self.out.push(Effect::Arm {
+                        timer: Timer::RestartDeadline,
+                        after: self.cfg.restart_wait,
+                    });
+                    self.restart = Some(reason);
+                }
+            }
+            Event::ShutdownBegun => {
+                self.shutting_down = true;
+                if let Some(a) = self.undecided.take() {
+                    self.note(
+                        LogLevel::Info,
+                        "task_rejected",
+                        vec![
+                            ("task_id", a.task_id.into()),
+                            ("reason", "shutting_down".into()),
+                            ("sent", "nothing: the hub takes it back when the session closes".into()),
+                        ],
+                    );
+                }
+            }
+        }
+        self.finish_step()
+    }
+
+    // ----- the frame: changes, writes, sending -----
+
+    /// Records that the persisted state changed: it will be written, and anything that
+    /// depends on it waits for that write.
+    pub(super) fn changed(&mut self) -> u64 {
+        self.change += 1;
+        self.out.push(Effect::Changed);
+        self.change
+    }
+
+    /// File work to do with the next write.
+    pub(super) fn file_work(&mut self, before: Vec<FileOp>, after: Vec<FileOp>) {
+        // A file this change writes must not be removed by the clean-up of an earlier change
+        // still waiting in the same batch (a task dropped and taken again before a write).
+        let written: Vec<PathBuf> = before
+            .iter()
+            .filter_map(|op| op.written_path().map(PathBuf::from))
+            .collect();
+        self.after
+            .retain(|op| !matches!(op, FileOp::Remove(p) if written.contains(p)));
+        self.before.extend(before);
+        self.after.extend(after);
+    }
+
+    pub(super) fn defer(&mut self, work: Deferred) {
+        let seq = self.change;
+        self.deferred.push((seq, work));
+    }
+
+    fn finish_step(&mut self) -> Vec<Effect> {
+        self.release_deferred();
+        self.flush();
+        let idle = self.state.busy_with().is_none() && self.state.outbox.is_empty();
+        if idle && self.settled() {
+            if let Some(reason) = self.restart.take() {
+                self.out.push(Effect::Restart { reason });
+            }
+        }
+        if self.writing.is_none() && self.change > self.durable {
+            let before = std::mem::take(&mut self.before);
+            let after = std::mem::take(&mut self.after);
+            self.writing = Some((self.change, before.clone(), after.clone()));
+            self.out.push(Effect::Persist(Persist {
+                seq: self.change,
+                state: self.state.clone(),
+                before,
+                after,
+            }));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn on_persisted(&mut self, seq: u64) {
+        if self.writing.as_ref().is_none_or(|(s, _, _)| *s != seq) {
+            return;
+        }
+        self.writing = None;
+        self.write_failures = 0;
+        self.durable = self.durable.max(seq);
+    }
+
+    fn on_persist_failed(&mut self, seq: u64, error: &str) {
+        let Some((s, before, after)) = self.writing.take() else {
+            return;
+        };
+        if s != seq {
+            self.writing = Some((s, before, after));
+            return;
+        }
+        // The file work goes again with the retry, ahead of anything newer.
+        let newer_before = std::mem::replace(&mut self.before, before);
+        let newer_after = std::mem::replace(&mut self.after, after);
+        self.before.extend(newer_before);
+        self.after.extend(newer_after);
+        self.write_failures += 1;
+        self.note(
+            LogLevel::Error,
+            "queue_write_failed",
+            vec![
+                ("error", error.into()),
+                ("failures", self.write_failures.into()),
+                ("retry_ms", (self.cfg.write_retry.as_millis() as u64).into()),
+            ],
+        );
+        if self.write_failures >= self.cfg.give_back_after {
+            self.give_back_unsaved();
+        }
+        // Nothing is written until the retry: the change counter stays ahead of `durable`.
+        self.writing = Some((seq, Vec::new(), Vec::new()));
+        self.out.push(Effect::Arm {
+            timer: Timer::WriteRetry { seq },
+            after: self.cfg.write_retry,
+        });
+    }
+
+    pub(super) fn on_write_retry(&mut self, seq: u64) {
+        if matches!(&self.writing, Some((s, b, a)) if *s == seq && b.is_empty() && a.is_empty())
+        {
+            self.writing = None;
+        }
+    }
+
+    fn release_deferred(&mut self) {
+        let durable = self.durable;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= durable);
+        self.deferred = waiting;
+        // The hub hears first (`task_accepted`); the agent is started right after.
+        self.flush();
+        for (_, work) in ready {
+            match work {
+                Deferred::Wake { task_id, wake_id } => self.spawn_wake(&task_id, wake_id),
+            }
+        }
+    }
+
+    /// Sends what is durable and not yet sent on this session, in order: recoveries, then
+    /// acceptances (with a `state_report` after a re-identify), then the outbox.
+    pub(super) fn flush(&mut self) {
+        let Some(session) = self.session else { return };
+        let durable = self.durable;
+        let mut frames = Vec::new();
+        for task in &self.state.tasks {
+            let Some(marks) = self.marks.get_mut(&task.task_id) else {
+                continue;
+            };
+            if marks.stamp > durable {
+                continue;
+            }
+            match task.role {
+                Role::Recovering if marks.recovering_sent != Some(session) => {
+                    marks.recovering_sent = Some(session);
+                    frames.push(Outgoing::TaskRecovering {
+                        task_id: task.task_id.clone(),
+                        generation: task.generation,
+                        last_status: task.status(),
+                    });
+                }
+                Role::Held => {
+                    if marks.accept_sent != Some(session) {
+                        marks.accept_sent = Some(session);
+                        frames.push(Outgoing::TaskAccepted {
+                            task_id: task.task_id.clone(),
+                            generation: task.generation,
+                        });
+                    }
+                    if marks.state_report_due && task.in_progress() {
+                        marks.state_report_due = false;
+                        marks.state_report_pending = Some(session);
+                        frames.push(Outgoing::StateReport {
+                            task_id: task.task_id.clone(),
+                            status: task.status(),
+                            generation: task.generation,
+                            assigned_at: assigned_at(task),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (entry, mark) in self.state.outbox.iter().zip(self.outbox_marks.iter_mut()) {
+            if mark.stamp > durable || mark.sent_on == Some(session) {
+                continue;
+            }
+            let Some(task) = self.state.tasks.iter().find(|t| t.task_id == entry.task_id)
+            else {
+                continue;
+            };
+            mark.sent_on = Some(session);
+            if let Some(frame) = report_frame(task, entry.kind, entry.generation) {
+                frames.push(frame);
+            }
+        }
+        for frame in frames {
+            self.send(frame);
+        }
+    }
+
+    /// Sends a frame on the current session now (if there is one).
+    pub(super) fn send(&mut self, frame: Outgoing) {
+        if let Some(session) = self.session {
+            self.out.push(Effect::Send { session, frame });
+        }
+    }
+
+    fn on_session_up(&mut self, session: u64) {
+        if self.session == Some(session) {
+            // The same session announced again (an actor restarted): nothing new.
+            return;
+        }
+        self.session = Some(session);
+        for task in &self.state.tasks {
+            let marks = self.marks.entry(task.task_id.clone()).or_default();
+            marks.state_report_due = task.in_progress();
+            marks.state_report_pending = None;
+        }
+        self.progress_timer_for = Some(session);
+        self.out.push(Effect::Arm {
+            timer: Timer::Progress { session },
+            after: self.cfg.progress_interval,
+        });
+    }
+
+    fn on_session_down(&mut self, session: u64) {
+        if self.session != Some(session) {
+            return;
+        }
+        self.session = None;
+        self.progress_timer_for = None;
+        for marks in self.marks.values_mut() {
+            marks.state_report_pending = None;
+        }
+        if let Some(a) = self.undecided.take() {
+            self.note(
+                LogLevel::Info,
+                "task_rejected",
+                vec![
+                    ("task_id", a.task_id.into()),
+                    ("reason", "busy".into()),
+                    ("sent", "nothing: the session ended and the hub takes it back".into()),
+                ],
+            );
+        }
+    }
+
+    pub(super) fn on_progress_timer(&mut self, session: u64) {
+        if self.session != Some(session) || self.progress_timer_for != Some(session) {
+            return;
+        }
+        let frames: Vec<Outgoing> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|t| t.in_progress())
+            .map(|t| Outgoing::TaskProgress {
+                task_id: t.task_id.clone(),
+                progress: self.marks.get(&t.task_id).and_then(|m| m.progress),
+                execution_event: None,
+            })
+            .collect();
+        for frame in frames {
+            self.send(frame);
+        }
+        self.out.push(Effect::Arm {
+            timer: Timer::Progress { session },
+            after: self.cfg.progress_interval,
+        });
+    }
+
+    // ----- helpers shared by the rule files -----
+
+    pub(super) fn note(
+        &mut self,
+        level: LogLevel,
+        event: &'static str,
+        fields: Vec<(&'static str, Value)>,
+    ) {
+        self.out.push(Effect::Log(Note {
+            level,
+            event,
+            fields,
+        }));
+    }
+
+    pub(super) fn task(&self, task_id: &str) -> Option<&TaskRecord> {
+        self.state.task(task_id)
+    }
+
+    pub(super) fn task_mut(&mut self, task_id: &str) -> Option<&mut TaskRecord> {
+        let now = self.now_ms;
+        let task = self.state.task_mut(task_id)?;
+        task.changed_at_ms = now;
+        Some(task)
+    }
+
+    /// The task's announcement is due again from this change on (acceptance, new
+    /// generation, recovery): it is sent once the change is durable.
+    pub(super) fn announce(&mut self, task_id: &str) {
+        let stamp = self.change;
+        let marks = self.marks.entry(task_id.to_string()).or_default();
+        marks.stamp = stamp;
+        marks.accept_sent = None;
+        marks.recovering_sent = None;
+    }
+
+    /// Adds (or re-stamps with the task's generation) the report of a held, finished task.
+    pub(super) fn queue_report(&mut self, task_id: &str) {
+        let Some(task) = self.state.task(task_id) else {
+            return;
+        };
+        let (Some(outcome), Role::Held) = (&task.outcome, task.role) else {
+            return;
+        };
+        let kind = outcome.kind();
+        let generation = task.generation;
+        let stamp = self.change;
+        match self
+            .state
+            .outbox
+            .iter()
+            .position(|e| e.task_id == task_id)
+        {
+            Some(i) => {
+                self.state.outbox[i].kind = kind;
+                self.state.outbox[i].generation = generation;
+                self.outbox_marks[i] = SendMark {
+                    stamp,
+                    sent_on: None,
+                };
+            }
+            None => {
+                self.state.outbox.push(super::model::OutboxEntry {
+                    task_id: task_id.to_string(),
+                    kind,
+                    generation,
+                });
+                self.outbox_marks.push(SendMark {
+                    stamp,
+                    sent_on: None,
+                });
+            }
+        }
+    }
+
+    pub(super) fn drop_reports(&mut self, task_id: &str) {
+        let entries = std::mem::take(&mut self.state.outbox);
+        let marks = std::mem::take(&mut self.outbox_marks);
+        for (entry, mark) in entries.into_iter().zip(marks) {
+            if entry.task_id != task_id {
+                self.state.outbox.push(entry);
+                self.outbox_marks.push(mark);
+            }
+        }
+    }
+
+    /// A task's own files (not its result, which is handled where it is read).
+    pub(super) fn task_files(&self, task_id: &str) -> Vec<FileOp> {
+        vec![
+            FileOp::Remove(self.cfg.started_file(task_id)),
+            FileOp::Remove(self.cfg.progress_file(task_id)),
+            FileOp::Remove(self.cfg.task_file(task_id)),
+            FileOp::Remove(self.cfg.wake_log(task_id)),
+        ]
+    }
+
+    /// Forgets a task: its record and its files.
+    pub(super) fn forget(&mut self, task_id: &str) {
+        self.drop_reports(task_id);
+        self.state.tasks.retain(|t| t.task_id != task_id);
+        self.marks.remove(task_id);
+        let files = self.task_files(task_id);
+        self.changed();
+        self.file_work(Vec::new(), files);
+    }
+}
+
+/// The report frame of a finished task, with `generation`; text cut to the hub's limits.
+pub(super) fn report_frame(task: &TaskRecord, kind: ReportKind, generation: u64) -> Option<Outgoing> {
+    use super::model::Outcome;
+    let task_id = task.task_id.clone();
+    match (&task.outcome, kind) {
+        (Some(Outcome::Complete { result }), ReportKind::Complete) => Some(Outgoing::TaskComplete {
+            task_id,
+            generation,
+            result: result.clone(),
+        }),
+        (Some(Outcome::Failed { reason, error }), ReportKind::Failed) => Some(failed_frame(
+            task_id, generation, reason, error,
+        )),
+        _ => None,
+    }
+}
+
+/// `task_failed` with `reason` and `error` each cut to the hub's limit.
+pub(super) fn failed_frame(task_id: String, generation: u64, reason: &str, error: &str) -> Outgoing {
+    Outgoing::TaskFailed {
+        task_id,
+        generation,
+        reason: clip(reason, TEXT_MAX),
+        error: clip(error, TEXT_MAX),
+    }
+}
+
+/// The assignment's `assigned_at`, if the hub sent a whole number.
+fn assigned_at(task: &TaskRecord) -> Option<u64> {
+    task.fields().get("assigned_at").and_then(Value::as_u64)
+}

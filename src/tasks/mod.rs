@@ -1,0 +1,29 @@
+//! The tasks: the rules of a task's life and the state they keep, apart from the actor that
+//! runs them.
+//!
+//! - [`model`] — the persisted state as values (`queue_file`'s contents).
+//! - [`effects`] — what goes in ([`Event`]) and comes out ([`Effect`]) of the machine.
+//! - [`machine`] — the pure state machine: events in, effects out, no I/O (with its rules in
+//!   `lifecycle.rs`, the hub's side, and `agent.rs`, the agent's side).
+//! - [`store`] — the blocking file work: load, results at start-up, the durable write step.
+//!
+//! The QueueActor (`actors/queue.rs`) is a thin shell: it feeds events in and carries the
+//! effects out (writes on the blocking pool, frames to the HubActor, wakes to the
+//! WakerActor, timers on its context). The machine's unit tests are in `tests.rs`; property
+//! tests over random interleavings (crashes included) in `props.rs`.
+
+mod agent;
+pub mod effects;
+mod lifecycle;
+pub mod machine;
+pub mod model;
+pub mod store;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+pub use effects::{Answer, Assign, Effect, Event, FileOp, Note, Persist, Timer, WakeOrder, WakeOutcome};
+pub use machine::{DiskFacts, Machine, Settings, WakeTargets};
+pub use model::{valid_task_id, QueueState, ReportKind};

@@ -1,0 +1,1 @@
+//! Unit tests of the task machine, one or more per transition.
