@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
-use crate::tasks::store;
+use crate::tasks::store::{self, ResultRead};
 use crate::tasks::valid_task_id;
 
 /// Scan the whole results directory again and report every file, including ones reported
@@ -292,10 +292,10 @@ impl ResultsActor {
         task_id: String,
         fingerprint: Fingerprint,
         trigger: Trigger,
-        outcome: Result<Map<String, Value>, String>,
+        read: ResultRead,
         ctx: &mut Context<Self>,
     ) {
-        if outcome.is_err() {
+        if let ResultRead::Partial(_) = read {
             match (trigger, self.polling) {
                 (Trigger::Final, _) => {}
                 // Still open for writing: its close (or rename) will come.
@@ -315,6 +315,7 @@ impl ResultsActor {
             }
         }
         self.reported.insert(task_id.clone(), fingerprint);
+        let outcome = read.into_result();
         let _ = self.env.bus.send(ResultFileRead { task_id, outcome });
     }
 

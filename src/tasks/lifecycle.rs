@@ -475,8 +475,13 @@ impl Machine {
             .tasks
             .iter()
             .filter(|t| {
+                let unspawned = match t.agent {
+                    Agent::NotWoken => true,
+                    Agent::Waking { wake_id, .. } => !self.spawned.contains(&wake_id),
+                    _ => false,
+                };
                 t.role == Role::Held
-                    && t.agent == Agent::NotWoken
+                    && unspawned
                     && self.marks.get(&t.task_id).is_some_and(|m| m.stamp > durable && m.accept_sent.is_none())
             })
             .cloned()

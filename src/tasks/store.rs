@@ -86,7 +86,8 @@ pub fn disk_facts(
         let id = &task.task_id;
         let started = std::fs::symlink_metadata(results_dir.join(format!("{id}.started")))
             .is_ok_and(|m| m.is_file());
-        let result = read_result(&results_dir.join(format!("{id}.json")), max_result_bytes);
+        let result = read_result(&results_dir.join(format!("{id}.json")), max_result_bytes)
+            .map(ResultRead::into_result);
         if started || result.is_some() {
             facts.insert(id.clone(), DiskFacts { started, result });
         }
@@ -94,19 +95,37 @@ pub fn disk_facts(
     facts
 }
 
-/// A result file as the sidecar reads it: `None` if there is none (or none yet: empty);
-/// else the object, or why it is not a valid result.
-pub fn read_result(
-    path: &Path,
-    max: u64,
-) -> Option<Result<serde_json::Map<String, serde_json::Value>, String>> {
+/// What reading a result file found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultRead {
+    /// A JSON object: the result.
+    Object(serde_json::Map<String, serde_json::Value>),
+    /// Not (yet) a JSON object: maybe still being written.
+    Partial(String),
+    /// Never a result, however long one waits (a link, a FIFO, too large, unreadable).
+    Invalid(String),
+}
+
+impl ResultRead {
+    /// The result, or why it is not one.
+    pub fn into_result(self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        match self {
+            ResultRead::Object(o) => Ok(o),
+            ResultRead::Partial(why) | ResultRead::Invalid(why) => Err(why),
+        }
+    }
+}
+
+/// A result file as the sidecar reads it: `None` if there is none (or none yet: empty).
+pub fn read_result(path: &Path, max: u64) -> Option<ResultRead> {
     match fsx::read_untrusted(path, max) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => Some(Err(format!("result file cannot be read: {e}"))),
-        Ok(Untrusted::NotRegular) => Some(Err(
-            "result path is not a regular file (symlinks, FIFOs and devices are refused)".into(),
+        Err(e) => Some(ResultRead::Invalid(format!("result file cannot be read: {e}"))),
+        Ok(Untrusted::NotRegular) => Some(ResultRead::Invalid(
+            "result path is not a regular file (symlinks are refused, as are FIFOs and devices)"
+                .into(),
         )),
-        Ok(Untrusted::TooLarge(n)) => Some(Err(format!(
+        Ok(Untrusted::TooLarge(n)) => Some(ResultRead::Invalid(format!(
             "result file is {n} bytes or more; max_result_bytes is {max}"
         ))),
         Ok(Untrusted::Bytes(bytes)) => parse_result(&bytes),
@@ -115,16 +134,14 @@ pub fn read_result(
 
 /// A result file's bytes: `None` while empty (nothing written yet), else the JSON object or
 /// why it is not one.
-pub fn parse_result(
-    bytes: &[u8],
-) -> Option<Result<serde_json::Map<String, serde_json::Value>, String>> {
+pub fn parse_result(bytes: &[u8]) -> Option<ResultRead> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
     Some(match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(object)) => Ok(object),
-        Ok(_) => Err("result file is JSON but not an object".to_string()),
-        Err(e) => Err(format!("result file is not valid JSON: {e}")),
+        Ok(serde_json::Value::Object(object)) => ResultRead::Object(object),
+        Ok(_) => ResultRead::Partial("result file is JSON but not an object".to_string()),
+        Err(e) => ResultRead::Partial(format!("result file is not valid JSON: {e}")),
     })
 }
 
@@ -282,8 +299,8 @@ mod tests {
     fn result_files_parse_or_say_why_not() {
         assert!(parse_result(b"").is_none());
         assert!(parse_result(b" \n").is_none());
-        assert!(matches!(parse_result(b"{\"status\":\"success\"}"), Some(Ok(_))));
-        assert!(matches!(parse_result(b"[1]"), Some(Err(e)) if e.contains("not an object")));
-        assert!(matches!(parse_result(b"{\"a\""), Some(Err(e)) if e.contains("not valid JSON")));
+        assert!(matches!(parse_result(b"{\"status\":\"success\"}"), Some(ResultRead::Object(_))));
+        assert!(matches!(parse_result(b"[1]"), Some(ResultRead::Partial(e)) if e.contains("not an object")));
+        assert!(matches!(parse_result(b"{\"a\""), Some(ResultRead::Partial(e)) if e.contains("not valid JSON")));
     }
 }
