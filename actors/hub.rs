@@ -236,7 +236,10 @@ impl HubActor {
                 self.env.log,
                 Warn,
                 "task_frame_unrouted",
-                event = format!("{:?}", msg.event).chars().take(200).collect::<String>()
+                event = format!("{:?}", msg.event)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             );
         }
     }
@@ -288,9 +291,7 @@ impl Handler<SendFrame> for HubActor {
     fn handle(&mut self, msg: SendFrame, ctx: &mut Context<Self>) {
         let kind = msg.frame.kind();
         let usable = match &self.state {
-            State::Open(s) => {
-                s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id)
-            }
+            State::Open(s) => s.identified && !s.closing && msg.session.is_none_or(|id| id == s.id),
             _ => false,
         };
         if !usable {

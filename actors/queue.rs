@@ -130,7 +130,9 @@ impl QueueActor {
             let epoch = fence.enter();
             let loaded = store::load(&queue_file);
             let facts = match &loaded {
-                Ok(Loaded::Found(state)) => store::disk_facts(state, &results_dir, max_result_bytes),
+                Ok(Loaded::Found(state)) => {
+                    store::disk_facts(state, &results_dir, max_result_bytes)
+                }
                 _ => Default::default(),
             };
             (epoch, loaded, facts)
@@ -151,7 +153,9 @@ impl QueueActor {
                 let state = match loaded {
                     Err(e) => {
                         let path = act.env.config.queue_file.display().to_string();
-                        return act.env.fail(ctx, format!("cannot read queue_file {path}: {e}"));
+                        return act
+                            .env
+                            .fail(ctx, format!("cannot read queue_file {path}: {e}"));
                     }
                     Ok(Loaded::Missing) => Default::default(),
                     Ok(Loaded::Corrupt { moved_to, error }) => {
@@ -171,8 +175,14 @@ impl QueueActor {
                 act.epoch = epoch;
                 let process_start = !act.kept.loaded.replace(true);
                 let running: BTreeSet<u64> = running.into_iter().collect();
-                let (machine, effects) =
-                    Machine::start(act.settings(), state, facts, running, process_start, now_ms());
+                let (machine, effects) = Machine::start(
+                    act.settings(),
+                    state,
+                    facts,
+                    running,
+                    process_start,
+                    now_ms(),
+                );
                 act.machine = Some(machine);
                 act.run(effects, ctx);
                 for event in std::mem::take(&mut act.early) {
@@ -236,7 +246,8 @@ impl QueueActor {
         let path = self.env.config.queue_file.clone();
         let seq = p.seq;
         // A task may be megabytes: encoding and writing happen on the blocking pool.
-        let job = actix_rt::task::spawn_blocking(move || store::write_step(&fence, epoch, &path, &p));
+        let job =
+            actix_rt::task::spawn_blocking(move || store::write_step(&fence, epoch, &path, &p));
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(job).map(move |result, act, ctx| {
                 let event = match result {
@@ -298,7 +309,11 @@ impl QueueActor {
                 .busy_with()
                 .map(|t: &TaskRecord| (t.task_id.clone(), t.status())),
             recovering: first(Role::Recovering).map(|t| t.task_id.clone()),
-            released: state.tasks.iter().filter(|t| t.role == Role::Released).count(),
+            released: state
+                .tasks
+                .iter()
+                .filter(|t| t.role == Role::Released)
+                .count(),
             outbox: state.outbox.len(),
             refused: state
                 .refused
@@ -308,8 +323,10 @@ impl QueueActor {
                     frame: r.kind.wire_type().to_string(),
                     generation: r.generation,
                     error: r.error.clone(),
-                    at: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.at_ms))
-                        .to_string(),
+                    at: humantime::format_rfc3339_millis(
+                        UNIX_EPOCH + Duration::from_millis(r.at_ms),
+                    )
+                    .to_string(),
                 })
                 .collect(),
         });
@@ -372,7 +389,12 @@ impl Handler<SessionIdentified> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: SessionIdentified, ctx: &mut Context<Self>) {
         self.session = Some(msg.session);
-        self.handle_event(Event::SessionUp { session: msg.session }, ctx);
+        self.handle_event(
+            Event::SessionUp {
+                session: msg.session,
+            },
+            ctx,
+        );
     }
 }
 
@@ -382,7 +404,12 @@ impl Handler<SessionLost> for QueueActor {
         if self.session == Some(msg.session) {
             self.session = None;
         }
-        self.handle_event(Event::SessionDown { session: msg.session }, ctx);
+        self.handle_event(
+            Event::SessionDown {
+                session: msg.session,
+            },
+            ctx,
+        );
     }
 }
 
@@ -409,7 +436,12 @@ impl Handler<AnnounceTasks> for QueueActor {
 impl Handler<StartedFileSeen> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: StartedFileSeen, ctx: &mut Context<Self>) {
-        self.handle_event(Event::StartedSeen { task_id: msg.task_id }, ctx);
+        self.handle_event(
+            Event::StartedSeen {
+                task_id: msg.task_id,
+            },
+            ctx,
+        );
     }
 }
 

@@ -146,8 +146,10 @@ impl ResultsActor {
         let dir = self.env.config.results_dir.clone();
         let recipient = ctx.address().recipient::<FsChanged>();
         let forward = move |event| recipient.do_send(FsChanged(event));
-        let inotify = notify::recommended_watcher(forward.clone())
-            .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+        let inotify = notify::recommended_watcher(forward.clone()).and_then(|mut w| {
+            w.watch(&dir, notify::RecursiveMode::NonRecursive)
+                .map(|()| w)
+        });
         let watcher: Box<dyn Watcher> = match inotify {
             Ok(w) => {
                 self.polling = false;
@@ -258,7 +260,10 @@ impl ResultsActor {
         }
         if !self.reading.insert(task_id.clone()) {
             // A read is under way: look again when it is done.
-            let t = self.look_again.get(&task_id).map_or(trigger, |t| t.max(trigger));
+            let t = self
+                .look_again
+                .get(&task_id)
+                .map_or(trigger, |t| t.max(trigger));
             self.look_again.insert(task_id, t);
             return;
         }
@@ -268,7 +273,9 @@ impl ResultsActor {
             actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
                 act.reading.remove(&task_id);
                 match result {
-                    Ok(Some(outcome)) => act.decide(task_id.clone(), fingerprint, trigger, outcome, ctx),
+                    Ok(Some(outcome)) => {
+                        act.decide(task_id.clone(), fingerprint, trigger, outcome, ctx)
+                    }
                     // Empty (opened, nothing written yet) or gone: no result yet.
                     Ok(None) => {}
                     Err(e) => log_event!(
@@ -305,7 +312,8 @@ impl ResultsActor {
                     let settle = self.env.config.result_settle;
                     ctx.run_later(settle, move |act, ctx| {
                         let path = act.env.config.results_dir.join(format!("{task_id}.json"));
-                        let now = std::fs::symlink_metadata(path).map(|m| (m.len(), m.modified().ok()));
+                        let now =
+                            std::fs::symlink_metadata(path).map(|m| (m.len(), m.modified().ok()));
                         if now.ok() == Some(fingerprint) {
                             act.check(task_id, Trigger::Final, ctx);
                         }
@@ -324,7 +332,11 @@ impl ResultsActor {
         if !self.progress_reading.insert(task_id.clone()) {
             return;
         }
-        let path = self.env.config.results_dir.join(format!("{task_id}.progress"));
+        let path = self
+            .env
+            .config
+            .results_dir
+            .join(format!("{task_id}.progress"));
         let offset = self.progress.get(&task_id).copied().unwrap_or(0);
         let read = actix_rt::task::spawn_blocking(move || read_lines(&path, offset));
         ctx.spawn(
@@ -364,7 +376,8 @@ impl ResultsActor {
                 "progress_line_invalid",
                 task_id = task_id,
                 error = parsed.err().unwrap_or_else(|| "not a JSON object".into()),
-                note = "each line of <task_id>.progress must be one JSON object; this one is skipped"
+                note =
+                    "each line of <task_id>.progress must be one JSON object; this one is skipped"
             ),
         }
     }
@@ -378,7 +391,10 @@ fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    );
     let mut file = options.open(path)?;
     if !file.metadata()?.is_file() {
         return Ok((offset, Vec::new()));

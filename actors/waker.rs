@@ -169,7 +169,10 @@ impl WakerActor {
                     cmd.env(format!("{name}_OMITTED"), "1");
                 }
             }
-            for (name, value) in [("TASK_TARGET_TYPE", &task.target_type), ("TASK_MODEL", &task.model)] {
+            for (name, value) in [
+                ("TASK_TARGET_TYPE", &task.target_type),
+                ("TASK_MODEL", &task.model),
+            ] {
                 match value.as_deref().filter(|v| fits_env(v)) {
                     Some(v) => cmd.env(name, v),
                     None => cmd.env_remove(name),

@@ -558,7 +558,11 @@ impl Raw<'_> {
     }
 
     /// A duration where 0 means "never".
-    fn optional_ms(&self, key: &'static str, default: u64) -> Result<Option<Duration>, ConfigError> {
+    fn optional_ms(
+        &self,
+        key: &'static str,
+        default: u64,
+    ) -> Result<Option<Duration>, ConfigError> {
         // Up to a week: a long agent task may outlast a day.
         let d = Duration::from_millis(self.int(key, default, 0, 7 * 86_400_000)?);
         Ok((!d.is_zero()).then_some(d))
@@ -566,7 +570,11 @@ impl Raw<'_> {
 
     /// A wake command: a string (run by `sh -c`) or a list of strings (program and
     /// arguments, no shell); empty means none.
-    fn wake_command(&self, key: &'static str, v: &Value) -> Result<Option<WakeCommand>, ConfigError> {
+    fn wake_command(
+        &self,
+        key: &'static str,
+        v: &Value,
+    ) -> Result<Option<WakeCommand>, ConfigError> {
         let expected = "a command string (run by sh -c) or a list of strings [program, arg, …] (run without a shell)";
         match v {
             Value::String(s) if s.trim().is_empty() => Ok(None),
@@ -581,9 +589,11 @@ impl Raw<'_> {
                     .collect::<Result<Vec<_>, _>>()?;
                 match argv.first() {
                     None => Ok(None),
-                    Some(p) if p.trim().is_empty() => {
-                        Err(self.invalid(key, "a list whose first item names the program", "an empty program"))
-                    }
+                    Some(p) if p.trim().is_empty() => Err(self.invalid(
+                        key,
+                        "a list whose first item names the program",
+                        "an empty program",
+                    )),
                     Some(_) => Ok(Some(WakeCommand::Argv(argv))),
                 }
             }
@@ -592,7 +602,9 @@ impl Raw<'_> {
     }
 
     /// `wake_commands`: an object of target type → wake command.
-    fn wake_commands(&self) -> Result<std::collections::BTreeMap<String, WakeCommand>, ConfigError> {
+    fn wake_commands(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, WakeCommand>, ConfigError> {
         let mut out = std::collections::BTreeMap::new();
         let Some(v) = self.get("wake_commands") else {
             return Ok(out);
@@ -606,7 +618,11 @@ impl Raw<'_> {
         };
         for (target, command) in map {
             if target.is_empty() {
-                return Err(self.invalid("wake_commands", "non-empty target type names", "an empty name"));
+                return Err(self.invalid(
+                    "wake_commands",
+                    "non-empty target type names",
+                    "an empty name",
+                ));
             }
             if let Some(c) = self.wake_command("wake_commands", command)? {
                 out.insert(target.clone(), c);

@@ -163,23 +163,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real.json");
         std::fs::write(&real, b"{\"a\":1}").unwrap();
-        assert!(matches!(read_untrusted(&real, 100).unwrap(), Untrusted::Bytes(b) if b == b"{\"a\":1}"));
-        assert!(matches!(read_untrusted(&real, 3).unwrap(), Untrusted::TooLarge(7)));
+        assert!(
+            matches!(read_untrusted(&real, 100).unwrap(), Untrusted::Bytes(b) if b == b"{\"a\":1}")
+        );
+        assert!(matches!(
+            read_untrusted(&real, 3).unwrap(),
+            Untrusted::TooLarge(7)
+        ));
 
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(matches!(read_untrusted(&link, 100).unwrap(), Untrusted::NotRegular));
+        assert!(matches!(
+            read_untrusted(&link, 100).unwrap(),
+            Untrusted::NotRegular
+        ));
 
         let fifo = dir.path().join("fifo.json");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo(3) with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Without O_NONBLOCK this open would wait for a writer forever.
-        assert!(matches!(read_untrusted(&fifo, 100).unwrap(), Untrusted::NotRegular));
+        assert!(matches!(
+            read_untrusted(&fifo, 100).unwrap(),
+            Untrusted::NotRegular
+        ));
 
         let zero = dir.path().join("zero.json");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-        assert!(matches!(read_untrusted(&zero, 100).unwrap(), Untrusted::NotRegular));
+        assert!(matches!(
+            read_untrusted(&zero, 100).unwrap(),
+            Untrusted::NotRegular
+        ));
         assert!(matches!(
             read_untrusted(Path::new("/dev/zero"), 100).unwrap(),
             Untrusted::NotRegular

@@ -79,7 +79,11 @@ pub struct Reassembly {
 
 impl Reassembly {
     /// Takes one fragment; a whole message (`text`?, bytes) once its last fragment is in.
-    pub fn push(&mut self, item: Item, limit: usize) -> Result<Option<(bool, Bytes)>, FragmentError> {
+    pub fn push(
+        &mut self,
+        item: Item,
+        limit: usize,
+    ) -> Result<Option<(bool, Bytes)>, FragmentError> {
         let (chunk, last) = match item {
             Item::FirstText(data) | Item::FirstBinary(data) if self.partial.is_some() => {
                 self.partial = None;
@@ -167,8 +171,14 @@ mod tests {
     #[test]
     fn fragments_are_reassembled_under_the_limit() {
         let mut r = Reassembly::default();
-        assert_eq!(r.push(Item::FirstText(Bytes::from_static(b"ab")), 10), Ok(None));
-        assert_eq!(r.push(Item::Continue(Bytes::from_static(b"cd")), 10), Ok(None));
+        assert_eq!(
+            r.push(Item::FirstText(Bytes::from_static(b"ab")), 10),
+            Ok(None)
+        );
+        assert_eq!(
+            r.push(Item::Continue(Bytes::from_static(b"cd")), 10),
+            Ok(None)
+        );
         assert_eq!(
             r.push(Item::Last(Bytes::from_static(b"e")), 10),
             Ok(Some((true, Bytes::from_static(b"abcde"))))
@@ -177,7 +187,8 @@ mod tests {
             r.push(Item::Continue(Bytes::from_static(b"x")), 10),
             Err(FragmentError::Orphan { bytes: 1 })
         );
-        r.push(Item::FirstBinary(Bytes::from_static(b"123456")), 10).unwrap();
+        r.push(Item::FirstBinary(Bytes::from_static(b"123456")), 10)
+            .unwrap();
         assert_eq!(
             r.push(Item::Last(Bytes::from_static(b"78901")), 10),
             Err(FragmentError::TooLarge { bytes: 11 })

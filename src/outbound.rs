@@ -229,14 +229,16 @@ impl Outbound {
                 || w.not_before.is_some_and(|nb| nb > now)
                 || !self.isolated(tier, expect);
             // A silent frame takes a light token too, for the ping that settles it.
-            let fence_ok = expect != Expect::Nothing
-                || self.buckets[Tier::Light.index()].available(now, 1.0);
+            let fence_ok =
+                expect != Expect::Nothing || self.buckets[Tier::Light.index()].available(now, 1.0);
             if blocked || !fence_ok || !self.buckets[t].available(now, 1.0) {
                 held[t] = true;
                 i += 1;
                 continue;
             }
-            let Some(w) = self.waiting.remove(i) else { break };
+            let Some(w) = self.waiting.remove(i) else {
+                break;
+            };
             self.buckets[t].take(1.0);
             self.paused[t] = None;
             out.push(w.frame.clone());
@@ -305,7 +307,8 @@ impl Outbound {
             }),
             Incoming::TaskContinue { task_id, .. } | Incoming::TaskReassign { task_id } => self
                 .settle(|s| {
-                    s.expect == Expect::Recovery && frame_task_id(&s.frame) == Some(task_id.as_str())
+                    s.expect == Expect::Recovery
+                        && frame_task_id(&s.frame) == Some(task_id.as_str())
                 }),
             Incoming::StateReportAck { task_id, .. } => self.settle(|s| {
                 s.expect == Expect::StateReportAck
@@ -320,7 +323,8 @@ impl Outbound {
                 else {
                     return Attribution::Unmatched;
                 };
-                let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1000).min(3_600_000));
+                let retry_after =
+                    Duration::from_millis(retry_after_ms.unwrap_or(1000).min(3_600_000));
                 let until = now + retry_after;
                 self.paused[sent.tier.index()] = Some(until);
                 if !sent.fence {
@@ -354,9 +358,13 @@ impl Outbound {
                         self.settle(|s| s.expect == Expect::Identified)
                     }
                     // Errors that answer the oldest frame whatever it was.
-                    ("validation_failed" | "invalid_json" | "unknown_message_type" | "not_identified", _) => {
-                        self.settle(|_| true)
-                    }
+                    (
+                        "validation_failed"
+                        | "invalid_json"
+                        | "unknown_message_type"
+                        | "not_identified",
+                        _,
+                    ) => self.settle(|_| true),
                     _ => Attribution::NotAnAnswer,
                 }
             }
@@ -473,9 +481,13 @@ mod tests {
             },
             now,
         );
-        assert!(matches!(d, Attribution::Dropped { ref sent, .. } if sent.frame.kind() == "task_progress"));
+        assert!(
+            matches!(d, Attribution::Dropped { ref sent, .. } if sent.frame.kind() == "task_progress")
+        );
         // The fence's pong settles nothing else; the tier waits for retry_after.
-        assert!(matches!(o.attribute(&Incoming::Pong { timestamp: None }, now), Attribution::Answer(s) if s.fence));
+        assert!(
+            matches!(o.attribute(&Incoming::Pong { timestamp: None }, now), Attribution::Answer(s) if s.fence)
+        );
         assert!(o.poll(now).is_empty());
         let later = now + Duration::from_millis(500);
         assert_eq!(o.next_poll(now), Some(later));
@@ -498,7 +510,9 @@ mod tests {
             },
             now,
         );
-        assert!(matches!(d, Attribution::Dropped { sent, .. } if frame_task_id(&sent.frame) == Some("a")));
+        assert!(
+            matches!(d, Attribution::Dropped { sent, .. } if frame_task_id(&sent.frame) == Some("a"))
+        );
         // b's answer still comes and belongs to b.
         let b = o.attribute(&error("task_complete_failed: invalid_state"), now);
         assert!(matches!(b, Attribution::Answer(s) if frame_task_id(&s.frame) == Some("b")));
@@ -526,7 +540,10 @@ mod tests {
             });
         }
         o.submit(Outgoing::Ping);
-        assert_eq!(kinds(&o.poll(now)), ["task_accepted", "task_accepted", "ping"]);
+        assert_eq!(
+            kinds(&o.poll(now)),
+            ["task_accepted", "task_accepted", "ping"]
+        );
         let next = o.next_poll(now).expect("the third waits for a token");
         assert_eq!(next, now + Duration::from_secs(30));
         assert_eq!(o.poll(next).len(), 1);

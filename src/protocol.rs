@@ -338,7 +338,10 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn opt_str(&self, key: &str) -> Option<String> {
-        self.map.get(key).and_then(Value::as_str).map(str::to_string)
+        self.map
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     fn task_id(&self) -> Result<String, FrameError> {
@@ -463,11 +466,17 @@ mod tests {
         );
         assert!(matches!(
             Incoming::parse(r#"{"type":"task_ack","status":"complete"}"#),
-            Err(FrameError::BadField { field: "task_id", .. })
+            Err(FrameError::BadField {
+                field: "task_id",
+                ..
+            })
         ));
         assert!(matches!(
             Incoming::parse(r#"{"type":"task_assign","task_id":"t","generation":-1}"#),
-            Err(FrameError::BadField { field: "generation", .. })
+            Err(FrameError::BadField {
+                field: "generation",
+                ..
+            })
         ));
     }
 
@@ -482,7 +491,8 @@ mod tests {
         assert_eq!(t.target_type.as_deref(), Some("ollama"));
         assert_eq!(t.model.as_deref(), Some("qwen"));
         assert_eq!(t.raw, raw);
-        let Ok(Incoming::TaskAssign(t)) = Incoming::parse(r#"{"type":"task_assign","task_id":7}"#) else {
+        let Ok(Incoming::TaskAssign(t)) = Incoming::parse(r#"{"type":"task_assign","task_id":7}"#)
+        else {
             panic!()
         };
         assert_eq!(t.task_id, Some(TaskIdField::NotAString("7".into())));
@@ -491,9 +501,14 @@ mod tests {
 
     #[test]
     fn errors_keep_the_failed_type_and_details() {
-        let Ok(Incoming::Error { error, message_type, errors }) = Incoming::parse(
+        let Ok(Incoming::Error {
+            error,
+            message_type,
+            errors,
+        }) = Incoming::parse(
             r#"{"type":"error","error":"validation_failed","message_type":"task_failed","errors":[{"field":"error"}]}"#,
-        ) else {
+        )
+        else {
             panic!()
         };
         assert_eq!(error, "validation_failed");

@@ -229,7 +229,9 @@ impl HubActor {
             ctx.cancel_future(timer);
         }
         if let Some(at) = next {
-            let wait = at.saturating_duration_since(now).max(Duration::from_millis(1));
+            let wait = at
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
             let handle = ctx.run_later(wait, |act, ctx| act.pump(ctx));
             if let Some(s) = self.session() {
                 s.poll_timer = Some(handle);
@@ -239,7 +241,13 @@ impl HubActor {
             log_event!(self.env.log, Debug, "frame_sent", frame = kind);
         }
         for (kind, error) in unencodable {
-            log_event!(self.env.log, Error, "frame_not_sent", frame = kind, error = error);
+            log_event!(
+                self.env.log,
+                Error,
+                "frame_not_sent",
+                frame = kind,
+                error = error
+            );
         }
     }
 

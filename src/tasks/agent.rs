@@ -18,7 +18,9 @@ use crate::protocol::{clip, Outgoing, TEXT_MAX};
 impl Machine {
     /// The next step of a task that became held (accepted, adopted, continued).
     pub(super) fn resume(&mut self, task_id: &str) {
-        let Some(task) = self.task(task_id) else { return };
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
         if task.outcome.is_some() {
             self.queue_report(task_id);
             return;
@@ -46,7 +48,9 @@ impl Machine {
     fn start_wake(&mut self, task_id: &str, attempt: u32) {
         let wake_id = self.state.next_wake_id;
         self.state.next_wake_id += 1;
-        let Some(task) = self.task_mut(task_id) else { return };
+        let Some(task) = self.task_mut(task_id) else {
+            return;
+        };
         task.agent = Agent::Waking { wake_id, attempt };
         self.changed();
         self.defer(Deferred::Wake {
@@ -57,8 +61,14 @@ impl Machine {
 
     /// A recorded attempt is now on disk: spawn it, unless the task moved on meanwhile.
     pub(super) fn spawn_wake(&mut self, task_id: &str, wake_id: u64) {
-        let Some(task) = self.task(task_id) else { return };
-        let Agent::Waking { wake_id: w, attempt } = task.agent else {
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        let Agent::Waking {
+            wake_id: w,
+            attempt,
+        } = task.agent
+        else {
             return;
         };
         if w != wake_id || task.role != Role::Held || self.spawned.contains(&wake_id) {
@@ -150,14 +160,22 @@ impl Machine {
             vec![
                 ("wake_id", wake_id.into()),
                 ("outcome", format!("{outcome:?}").into()),
-                ("reason", "its task confirmed, ended or moved to a newer attempt".into()),
+                (
+                    "reason",
+                    "its task confirmed, ended or moved to a newer attempt".into(),
+                ),
             ],
         );
     }
 
     /// Attempt `attempt` failed: retry after its delay, or give up.
     fn after_failed_attempt(&mut self, task_id: &str, wake_id: u64, attempt: u32) {
-        match self.cfg.wake_retry_delays.get(attempt as usize - 1).copied() {
+        match self
+            .cfg
+            .wake_retry_delays
+            .get(attempt as usize - 1)
+            .copied()
+        {
             Some(delay) if attempt < self.cfg.max_attempts() => {
                 self.out.push(Effect::Arm {
                     timer: Timer::WakeRetry {
@@ -280,7 +298,9 @@ impl Machine {
     /// go; a recovering or released task keeps it (reported if the hub gives it back).
     pub(super) fn conclude(&mut self, task_id: &str, outcome: Outcome, result_op: Option<FileOp>) {
         let now = self.now_ms;
-        let Some(task) = self.task_mut(task_id) else { return };
+        let Some(task) = self.task_mut(task_id) else {
+            return;
+        };
         task.outcome = Some(outcome.clone());
         if task.agent.may_run() && !matches!(task.agent, Agent::Confirmed) {
             // A result means an agent ran: it confirmed, whatever the files said.
@@ -341,7 +361,9 @@ impl Machine {
         if progress.is_some() {
             marks.progress = progress;
         }
-        let due = marks.event_sent_at.is_none_or(|t| now.saturating_sub(t) >= gap);
+        let due = marks
+            .event_sent_at
+            .is_none_or(|t| now.saturating_sub(t) >= gap);
         if due && !marks.event_timer {
             marks.event_sent_at = Some(now);
             let progress = marks.progress;
@@ -355,7 +377,8 @@ impl Machine {
             marks.event_waiting = Some(event);
             if !marks.event_timer {
                 marks.event_timer = true;
-                let wait = gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
+                let wait =
+                    gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
                 self.out.push(Effect::Arm {
                     timer: Timer::AgentProgress {
                         task_id: task_id.to_string(),
@@ -368,10 +391,22 @@ impl Machine {
 
     pub(super) fn on_timer(&mut self, timer: Timer) {
         match timer {
-            Timer::Confirmation { task_id, wake_id } => self.on_confirmation_timeout(&task_id, wake_id),
+            Timer::Confirmation { task_id, wake_id } => {
+                self.on_confirmation_timeout(&task_id, wake_id)
+            }
             Timer::WakeRetry { task_id, wake_id } => {
-                let Some(task) = self.task(&task_id) else { return };
-                if let (Role::Held, Agent::WakeFailed { wake_id: w, attempt, .. }) = (task.role, &task.agent) {
+                let Some(task) = self.task(&task_id) else {
+                    return;
+                };
+                if let (
+                    Role::Held,
+                    Agent::WakeFailed {
+                        wake_id: w,
+                        attempt,
+                        ..
+                    },
+                ) = (task.role, &task.agent)
+                {
                     if *w == wake_id && task.outcome.is_none() {
                         let next = attempt + 1;
                         self.start_wake(&task_id, next);
@@ -382,14 +417,19 @@ impl Machine {
                 task_id,
                 accepted_at_ms,
             } => {
-                let Some(task) = self.task(&task_id) else { return };
+                let Some(task) = self.task(&task_id) else {
+                    return;
+                };
                 let agent = task.agent.clone();
                 if task.in_progress() && task.accepted_at_ms == accepted_at_ms {
                     let ms = self.cfg.task_timeout.map_or(0, |d| d.as_millis() as u64);
                     self.note(
                         LogLevel::Warn,
                         "task_timeout",
-                        vec![("task_id", task_id.clone().into()), ("timeout_ms", ms.into())],
+                        vec![
+                            ("task_id", task_id.clone().into()),
+                            ("timeout_ms", ms.into()),
+                        ],
                     );
                     if let Agent::Waking { wake_id, .. } | Agent::Woken { wake_id, .. } = agent {
                         self.out.push(Effect::KillWake { wake_id });
@@ -409,9 +449,13 @@ impl Machine {
             Timer::AgentProgress { task_id } => {
                 let held = self.task(&task_id).is_some_and(|t| t.in_progress());
                 let now = self.now_ms;
-                let Some(marks) = self.marks.get_mut(&task_id) else { return };
+                let Some(marks) = self.marks.get_mut(&task_id) else {
+                    return;
+                };
                 marks.event_timer = false;
-                let Some(event) = marks.event_waiting.take() else { return };
+                let Some(event) = marks.event_waiting.take() else {
+                    return;
+                };
                 if held {
                     marks.event_sent_at = Some(now);
                     let progress = marks.progress;
@@ -428,7 +472,11 @@ impl Machine {
                     self.note(
                         LogLevel::Warn,
                         "restart_wait_over",
-                        vec![("note", "restarting with a task in progress: it is recovered after the restart".into())],
+                        vec![(
+                            "note",
+                            "restarting with a task in progress: it is recovered after the restart"
+                                .into(),
+                        )],
                     );
                     self.out.push(Effect::Restart { reason });
                 }
@@ -437,7 +485,9 @@ impl Machine {
     }
 
     fn on_confirmation_timeout(&mut self, task_id: &str, wake_id: u64) {
-        let Some(task) = self.task(task_id) else { return };
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
         let ms = self.cfg.confirmation_timeout.as_millis() as u64;
         let held = task.role == Role::Held;
         match task.agent.clone() {
@@ -450,7 +500,8 @@ impl Machine {
                 if let Some(t) = self.task_mut(task_id) {
                     t.agent = Agent::GaveUp;
                 }
-                let error = format!("no {task_id}.started within confirmation_timeout_ms ({ms} ms)");
+                let error =
+                    format!("no {task_id}.started within confirmation_timeout_ms ({ms} ms)");
                 if self.task(task_id).is_some_and(|t| t.role == Role::Released) {
                     self.changed();
                     self.prune();
@@ -467,7 +518,10 @@ impl Machine {
             }
             // An attempt found on disk at a restart, never confirmed in its window: it counts
             // as failed (a retry may follow).
-            Agent::Waking { wake_id: w, attempt } if w == wake_id && !self.spawned.contains(&w) => {
+            Agent::Waking {
+                wake_id: w,
+                attempt,
+            } if w == wake_id && !self.spawned.contains(&w) => {
                 let error = format!("no {task_id}.started within confirmation_timeout_ms ({ms} ms) after a restart interrupted this attempt");
                 self.note(
                     LogLevel::Warn,
@@ -511,7 +565,9 @@ impl Machine {
 
     /// After a load: the timers a task's state needs again.
     pub(super) fn rearm(&mut self, task_id: &str) {
-        let Some(task) = self.task(task_id) else { return };
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
         let (role, agent, in_progress) = (task.role, task.agent.clone(), task.in_progress());
         if in_progress {
             self.arm_task_timeout(task_id);

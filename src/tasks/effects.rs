@@ -16,15 +16,26 @@ use crate::protocol::Outgoing;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A hub session was identified.
-    SessionUp { session: u64 },
+    SessionUp {
+        session: u64,
+    },
     /// That session ended (however).
-    SessionDown { session: u64 },
+    SessionDown {
+        session: u64,
+    },
     Assign(Assign),
     /// `task_continue`: the hub still has the task assigned.
-    Continue { task_id: String, generation: u64 },
+    Continue {
+        task_id: String,
+        generation: u64,
+    },
     /// `task_reassign`: the hub no longer has it assigned to us.
-    Reassign { task_id: String },
-    Cancelled { task_id: String },
+    Reassign {
+        task_id: String,
+    },
+    Cancelled {
+        task_id: String,
+    },
     /// `state_report_ack` to our `state_report` of `task_id` at `generation`.
     StateReportAnswered {
         task_id: String,
@@ -39,7 +50,9 @@ pub enum Event {
         answer: Answer,
     },
     /// `<task_id>.started` exists.
-    StartedSeen { task_id: String },
+    StartedSeen {
+        task_id: String,
+    },
     /// `<task_id>.json` was read: the object, or why it is not a valid result.
     ResultSeen {
         task_id: String,
@@ -60,13 +73,20 @@ pub enum Event {
     },
     Timer(Timer),
     /// The write with this sequence number is durable.
-    Persisted { seq: u64 },
-    PersistFailed { seq: u64, error: String },
+    Persisted {
+        seq: u64,
+    },
+    PersistFailed {
+        seq: u64,
+        error: String,
+    },
     /// The orderly shutdown began: no new task is taken.
     ShutdownBegun,
     /// The hub asked for a restart (`restart_sidecar`): it happens once no task is in
     /// progress and every report is answered, or after `restart_wait`.
-    RestartRequested { reason: String },
+    RestartRequested {
+        reason: String,
+    },
 }
 
 /// A `task_assign`, as far as the machine needs it.
@@ -109,7 +129,10 @@ pub enum Timer {
     /// Retry after failed attempt `wake_id`.
     WakeRetry { task_id: String, wake_id: u64 },
     /// `task_timeout`: the held task accepted at `accepted_at_ms` has run too long.
-    TaskTimeout { task_id: String, accepted_at_ms: u64 },
+    TaskTimeout {
+        task_id: String,
+        accepted_at_ms: u64,
+    },
     /// Tell the hub the held tasks are alive (`task_progress`).
     Progress { session: u64 },
     /// Send the agent's latest progress that had to wait.
@@ -196,13 +219,23 @@ impl Note {
 pub enum Effect {
     Persist(Persist),
     /// Send on the identified session `session` (dropped if it is gone).
-    Send { session: u64, frame: Outgoing },
+    Send {
+        session: u64,
+        frame: Outgoing,
+    },
     Wake(WakeOrder),
     /// Kill attempt `wake_id`'s process group if its command still runs.
-    KillWake { wake_id: u64 },
+    KillWake {
+        wake_id: u64,
+    },
     /// The agent confirmed: attempt `wake_id` must never be killed by its timeout.
-    WakeConfirmed { wake_id: u64 },
-    Arm { timer: Timer, after: Duration },
+    WakeConfirmed {
+        wake_id: u64,
+    },
+    Arm {
+        timer: Timer,
+        after: Duration,
+    },
     /// Look at the results directory again (files there may matter now).
     Rescan,
     Log(Note),
@@ -215,5 +248,7 @@ pub enum Effect {
         outcome: &'static str,
     },
     /// Restart the process now (the hub asked; nothing is in progress, or the wait is over).
-    Restart { reason: String },
+    Restart {
+        reason: String,
+    },
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::effects::{Answer, Assign, Effect, FileOp};
 use super::machine::{failed_frame, DiskFacts, Machine};
-use super::model::{valid_task_id, Agent, Release, RefusedReport, ReportKind, Role, TaskRecord};
+use super::model::{valid_task_id, Agent, RefusedReport, Release, ReportKind, Role, TaskRecord};
 use crate::config::LogLevel;
 
 impl Machine {
@@ -24,8 +24,19 @@ impl Machine {
                 vec![
                     ("task_id", a.task_id.into()),
                     ("generation", a.generation.into()),
-                    ("reason", if self.shutting_down { "shutting_down" } else { "restarting" }.into()),
-                    ("sent", "nothing: the hub takes it back when the session closes".into()),
+                    (
+                        "reason",
+                        if self.shutting_down {
+                            "shutting_down"
+                        } else {
+                            "restarting"
+                        }
+                        .into(),
+                    ),
+                    (
+                        "sent",
+                        "nothing: the hub takes it back when the session closes".into(),
+                    ),
                 ],
             );
             return;
@@ -39,19 +50,30 @@ impl Machine {
                 ("bytes", a.raw.len().into()),
             ],
         );
+        if self
+            .undecided
+            .as_ref()
+            .is_some_and(|u| u.task_id == a.task_id)
+        {
+            // Pushed again: this push is the one to decide.
+            self.undecided = None;
+        }
         if !valid_task_id(&a.task_id) {
             // Task ids become file names: anything else runs nothing.
-            return self.refuse(&a, "invalid_task_id", "task_id is not a safe file name (^[A-Za-z0-9._-]{1,128}$)");
+            return self.refuse(
+                &a,
+                "invalid_task_id",
+                "task_id is not a safe file name (^[A-Za-z0-9._-]{1,128}$)",
+            );
         }
         if self.task(&a.task_id).is_some() {
             return self.adopt(a);
         }
         if let Some(busy) = self.state.busy_with() {
             let busy_id = busy.task_id.clone();
-            let waiting_answer = self
-                .marks
-                .get(&busy_id)
-                .is_some_and(|m| m.state_report_pending.is_some() && m.state_report_pending == self.session);
+            let waiting_answer = self.marks.get(&busy_id).is_some_and(|m| {
+                m.state_report_pending.is_some() && m.state_report_pending == self.session
+            });
             if waiting_answer && self.undecided.is_none() {
                 // The hub's answer to our state_report may free the slot: decide then.
                 self.note(
@@ -60,7 +82,10 @@ impl Machine {
                     vec![
                         ("task_id", a.task_id.clone().into()),
                         ("busy_with", busy_id.into()),
-                        ("until", "the hub answers the state_report of the held task".into()),
+                        (
+                            "until",
+                            "the hub answers the state_report of the held task".into(),
+                        ),
                     ],
                 );
                 self.undecided = Some(a);
@@ -173,12 +198,20 @@ impl Machine {
             task_id: a.task_id.clone(),
             outcome: "rejected",
         });
-        let frame = failed_frame(a.task_id.clone(), a.generation, reason, &format!("{reason}: {error}"));
+        let frame = failed_frame(
+            a.task_id.clone(),
+            a.generation,
+            reason,
+            &format!("{reason}: {error}"),
+        );
         self.send(frame);
     }
 
     pub(super) fn on_continue(&mut self, task_id: &str, generation: u64) {
-        if self.task(task_id).is_none_or(|t| t.role != Role::Recovering) {
+        if self
+            .task(task_id)
+            .is_none_or(|t| t.role != Role::Recovering)
+        {
             self.note(
                 LogLevel::Debug,
                 "task_continue_ignored",
@@ -215,7 +248,10 @@ impl Machine {
     }
 
     pub(super) fn on_reassign(&mut self, task_id: &str) {
-        if self.task(task_id).is_none_or(|t| t.role != Role::Recovering) {
+        if self
+            .task(task_id)
+            .is_none_or(|t| t.role != Role::Recovering)
+        {
             // Often the answer to a `task_recovering` of a task the hub meanwhile pushed
             // again (and we adopted): it no longer applies.
             self.note(
@@ -234,6 +270,21 @@ impl Machine {
     }
 
     pub(super) fn on_cancelled(&mut self, task_id: &str) {
+        if self
+            .undecided
+            .as_ref()
+            .is_some_and(|a| a.task_id == task_id)
+        {
+            self.undecided = None;
+            self.note(
+                LogLevel::Info,
+                "task_cancelled",
+                vec![
+                    ("task_id", task_id.into()),
+                    ("note", "it was waiting to be decided: dropped".into()),
+                ],
+            );
+        }
         let Some(task) = self.task(task_id) else {
             self.note(
                 LogLevel::Debug,
@@ -246,21 +297,25 @@ impl Machine {
             self.note(
                 LogLevel::Debug,
                 "task_cancel_ignored",
-                vec![("task_id", task_id.into()), ("reason", "already released".into())],
+                vec![
+                    ("task_id", task_id.into()),
+                    ("reason", "already released".into()),
+                ],
             );
             return;
         }
         // Its wake command, if it still runs, is stopped (with the agent in its group).
         match task.agent {
-            Agent::Waking { wake_id, .. } if self.spawned.contains(&wake_id) => {
-                self.out.push(Effect::KillWake { wake_id });
-            }
-            Agent::Waking { .. } => {
+            Agent::Waking { wake_id, .. } if self.spawn_pending(wake_id) => {
                 // Recorded but not spawned yet: it never will be.
+                self.deferred.retain(|(_, d)| !matches!(d, super::machine::Deferred::Wake { wake_id: w, .. } if *w == wake_id));
                 if let Some(t) = self.task_mut(task_id) {
                     t.agent = Agent::NotWoken;
                 }
             }
+            // Spawned here (killed if it still runs), or by the process before a restart
+            // (its confirmation window decides).
+            Agent::Waking { wake_id, .. } => self.out.push(Effect::KillWake { wake_id }),
             Agent::Woken { wake_id, .. } => self.out.push(Effect::KillWake { wake_id }),
             _ => {}
         }
@@ -273,7 +328,9 @@ impl Machine {
     }
 
     pub(super) fn on_state_report_answer(&mut self, task_id: &str, generation: u64, action: &str) {
-        let Some(task) = self.task(task_id) else { return };
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
         let current = task.role == Role::Held && task.generation == generation;
         if let Some(m) = self.marks.get_mut(task_id) {
             m.state_report_pending = None;
@@ -283,7 +340,10 @@ impl Machine {
                 self.note(
                     LogLevel::Debug,
                     "state_report_continue",
-                    vec![("task_id", task_id.into()), ("generation", generation.into())],
+                    vec![
+                        ("task_id", task_id.into()),
+                        ("generation", generation.into()),
+                    ],
                 );
             }
             "abort" if current => {
@@ -293,8 +353,16 @@ impl Machine {
                     vec![
                         ("task_id", task_id.into()),
                         ("generation", generation.into()),
-                        ("reason", "the hub answered state_report with abort: the task is no longer ours".into()),
-                        ("note", "the agent is not stopped; a late result is kept aside, not reported".into()),
+                        (
+                            "reason",
+                            "the hub answered state_report with abort: the task is no longer ours"
+                                .into(),
+                        ),
+                        (
+                            "note",
+                            "the agent is not stopped; a late result is kept aside, not reported"
+                                .into(),
+                        ),
                     ],
                 );
                 self.release(task_id, Release::Aborted);
@@ -349,7 +417,10 @@ impl Machine {
                     ("task_id", task_id.into()),
                     ("frame", kind.wire_type().into()),
                     ("generation", generation.into()),
-                    ("reason", "no such report waiting (answered before, or re-stamped)".into()),
+                    (
+                        "reason",
+                        "no such report waiting (answered before, or re-stamped)".into(),
+                    ),
                 ],
             );
             return;
@@ -358,7 +429,9 @@ impl Machine {
             Answer::Acked { status } => {
                 let fits = match kind {
                     ReportKind::Complete => status == "complete",
-                    ReportKind::Failed => matches!(status.as_str(), "failed" | "retried" | "dead_letter"),
+                    ReportKind::Failed => {
+                        matches!(status.as_str(), "failed" | "retried" | "dead_letter")
+                    }
                 };
                 if !fits {
                     self.note(
@@ -384,8 +457,12 @@ impl Machine {
                 self.forget(task_id);
             }
             Answer::Refused { error, details } => {
-                let Some(task) = self.task(task_id) else { return };
-                let Some(outcome) = task.outcome.clone() else { return };
+                let Some(task) = self.task(task_id) else {
+                    return;
+                };
+                let Some(outcome) = task.outcome.clone() else {
+                    return;
+                };
                 let _ = index;
                 self.note(
                     LogLevel::Error,
@@ -408,7 +485,11 @@ impl Machine {
                     outcome,
                     at_ms: self.now_ms,
                 });
-                let excess = self.state.refused.len().saturating_sub(self.cfg.keep_refused);
+                let excess = self
+                    .state
+                    .refused
+                    .len()
+                    .saturating_sub(self.cfg.keep_refused);
                 self.state.refused.drain(..excess);
                 self.release(task_id, Release::Refused);
             }
@@ -418,7 +499,9 @@ impl Machine {
     /// The hub no longer wants this task from us. Its reports are dropped (nothing is sent
     /// for it again); it is remembered while its agent may run or its result is kept aside.
     pub(super) fn release(&mut self, task_id: &str, why: Release) {
-        let Some(task) = self.task_mut(task_id) else { return };
+        let Some(task) = self.task_mut(task_id) else {
+            return;
+        };
         task.role = Role::Released;
         task.released = Some(why);
         self.drop_reports(task_id);
@@ -459,7 +542,10 @@ impl Machine {
             self.note(
                 LogLevel::Info,
                 "task_forgotten",
-                vec![("task_id", id.clone().into()), ("reason", "keep_released reached".into())],
+                vec![
+                    ("task_id", id.clone().into()),
+                    ("reason", "keep_released reached".into()),
+                ],
             );
             self.forget(&id);
         }
@@ -477,18 +563,22 @@ impl Machine {
             .filter(|t| {
                 let unspawned = match t.agent {
                     Agent::NotWoken => true,
-                    Agent::Waking { wake_id, .. } => !self.spawned.contains(&wake_id),
+                    Agent::Waking { wake_id, .. } => self.spawn_pending(wake_id),
                     _ => false,
                 };
                 t.role == Role::Held
                     && unspawned
-                    && self.marks.get(&t.task_id).is_some_and(|m| m.stamp > durable && m.accept_sent.is_none())
+                    && self
+                        .marks
+                        .get(&t.task_id)
+                        .is_some_and(|m| m.stamp > durable && m.accept_sent.is_none())
             })
             .cloned()
             .collect();
         for task in unsaved {
             let file = self.cfg.task_file(&task.task_id);
-            self.before.retain(|op| op.written_path() != Some(file.as_path()));
+            self.before
+                .retain(|op| op.written_path() != Some(file.as_path()));
             self.state.tasks.retain(|t| t.task_id != task.task_id);
             self.marks.remove(&task.task_id);
             self.deferred.retain(|(_, d)| !matches!(d, super::machine::Deferred::Wake { task_id, .. } if *task_id == task.task_id));
@@ -500,7 +590,11 @@ impl Machine {
                 target_type: None,
                 model: None,
             };
-            self.refuse(&a, "storage_unavailable", "the queue file cannot be written");
+            self.refuse(
+                &a,
+                "storage_unavailable",
+                "the queue file cannot be written",
+            );
         }
     }
 

@@ -275,7 +275,10 @@ impl Machine {
                         vec![
                             ("task_id", a.task_id.into()),
                             ("reason", "shutting_down".into()),
-                            ("sent", "nothing: the hub takes it back when the session closes".into()),
+                            (
+                                "sent",
+                                "nothing: the hub takes it back when the session closes".into(),
+                            ),
                         ],
                     );
                 }
@@ -306,6 +309,13 @@ impl Machine {
             .retain(|op| !matches!(op, FileOp::Remove(p) if written.contains(p)));
         self.before.extend(before);
         self.after.extend(after);
+    }
+
+    /// Whether attempt `wake_id` waits for its write and has not been spawned by anyone.
+    pub(super) fn spawn_pending(&self, wake_id: u64) -> bool {
+        self.deferred
+            .iter()
+            .any(|(_, d)| matches!(d, Deferred::Wake { wake_id: w, .. } if *w == wake_id))
     }
 
     pub(super) fn defer(&mut self, work: Deferred) {
@@ -380,8 +390,7 @@ impl Machine {
     }
 
     pub(super) fn on_write_retry(&mut self, seq: u64) {
-        if matches!(&self.writing, Some((s, b, a)) if *s == seq && b.is_empty() && a.is_empty())
-        {
+        if matches!(&self.writing, Some((s, b, a)) if *s == seq && b.is_empty() && a.is_empty()) {
             self.writing = None;
         }
     }
@@ -449,8 +458,7 @@ impl Machine {
             if mark.stamp > durable || mark.sent_on == Some(session) {
                 continue;
             }
-            let Some(task) = self.state.tasks.iter().find(|t| t.task_id == entry.task_id)
-            else {
+            let Some(task) = self.state.tasks.iter().find(|t| t.task_id == entry.task_id) else {
                 continue;
             };
             mark.sent_on = Some(session);
@@ -504,7 +512,10 @@ impl Machine {
                 vec![
                     ("task_id", a.task_id.into()),
                     ("reason", "busy".into()),
-                    ("sent", "nothing: the session ended and the hub takes it back".into()),
+                    (
+                        "sent",
+                        "nothing: the session ended and the hub takes it back".into(),
+                    ),
                 ],
             );
         }
@@ -581,12 +592,7 @@ impl Machine {
         let kind = outcome.kind();
         let generation = task.generation;
         let stamp = self.change;
-        match self
-            .state
-            .outbox
-            .iter()
-            .position(|e| e.task_id == task_id)
-        {
+        match self.state.outbox.iter().position(|e| e.task_id == task_id) {
             Some(i) => {
                 self.state.outbox[i].kind = kind;
                 self.state.outbox[i].generation = generation;
@@ -642,24 +648,35 @@ impl Machine {
 }
 
 /// The report frame of a finished task, with `generation`; text cut to the hub's limits.
-pub(super) fn report_frame(task: &TaskRecord, kind: ReportKind, generation: u64) -> Option<Outgoing> {
+pub(super) fn report_frame(
+    task: &TaskRecord,
+    kind: ReportKind,
+    generation: u64,
+) -> Option<Outgoing> {
     use super::model::Outcome;
     let task_id = task.task_id.clone();
     match (&task.outcome, kind) {
-        (Some(Outcome::Complete { result }), ReportKind::Complete) => Some(Outgoing::TaskComplete {
-            task_id,
-            generation,
-            result: result.clone(),
-        }),
-        (Some(Outcome::Failed { reason, error }), ReportKind::Failed) => Some(failed_frame(
-            task_id, generation, reason, error,
-        )),
+        (Some(Outcome::Complete { result }), ReportKind::Complete) => {
+            Some(Outgoing::TaskComplete {
+                task_id,
+                generation,
+                result: result.clone(),
+            })
+        }
+        (Some(Outcome::Failed { reason, error }), ReportKind::Failed) => {
+            Some(failed_frame(task_id, generation, reason, error))
+        }
         _ => None,
     }
 }
 
 /// `task_failed` with `reason` and `error` each cut to the hub's limit.
-pub(super) fn failed_frame(task_id: String, generation: u64, reason: &str, error: &str) -> Outgoing {
+pub(super) fn failed_frame(
+    task_id: String,
+    generation: u64,
+    reason: &str,
+    error: &str,
+) -> Outgoing {
     Outgoing::TaskFailed {
         task_id,
         generation,

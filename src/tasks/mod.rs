@@ -24,6 +24,8 @@ mod props;
 #[cfg(test)]
 mod tests;
 
-pub use effects::{Answer, Assign, Effect, Event, FileOp, Note, Persist, Timer, WakeOrder, WakeOutcome};
+pub use effects::{
+    Answer, Assign, Effect, Event, FileOp, Note, Persist, Timer, WakeOrder, WakeOutcome,
+};
 pub use machine::{DiskFacts, Machine, Settings, WakeTargets};
 pub use model::{valid_task_id, QueueState, ReportKind};

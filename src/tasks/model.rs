@@ -332,8 +332,10 @@ mod v1 {
     impl State {
         pub fn upgrade(self) -> QueueState {
             let mut state = QueueState::default();
-            for (task, role) in [(self.recovering, Role::Recovering), (self.active, Role::Held)]
-            {
+            for (task, role) in [
+                (self.recovering, Role::Recovering),
+                (self.active, Role::Held),
+            ] {
                 let Some(t) = task else { continue };
                 // A woken, unconfirmed task may have an agent: wait for its confirmation.
                 let agent = match (t.woken, t.confirmed) {
@@ -441,7 +443,9 @@ mod tests {
             Outcome::Complete { .. }
         ));
         assert_eq!(
-            Outcome::from_result(obj(serde_json::json!({"status": "failed", "error": "boom"}))),
+            Outcome::from_result(obj(
+                serde_json::json!({"status": "failed", "error": "boom"})
+            )),
             Outcome::Failed {
                 reason: "boom".into(),
                 error: "boom".into()

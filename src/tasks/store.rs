@@ -24,7 +24,10 @@ pub enum Loaded {
     Missing,
     Found(QueueState),
     /// The file did not parse; it was moved to `moved_to`.
-    Corrupt { moved_to: PathBuf, error: String },
+    Corrupt {
+        moved_to: PathBuf,
+        error: String,
+    },
 }
 
 /// Serialises writes and loads across incarnations of the queue's owner.
@@ -120,7 +123,9 @@ impl ResultRead {
 pub fn read_result(path: &Path, max: u64) -> Option<ResultRead> {
     match fsx::read_untrusted(path, max) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => Some(ResultRead::Invalid(format!("result file cannot be read: {e}"))),
+        Err(e) => Some(ResultRead::Invalid(format!(
+            "result file cannot be read: {e}"
+        ))),
         Ok(Untrusted::NotRegular) => Some(ResultRead::Invalid(
             "result path is not a regular file (symlinks are refused, as are FIFOs and devices)"
                 .into(),
@@ -241,14 +246,23 @@ mod tests {
             next_wake_id: 9,
             ..Default::default()
         };
-        write_step(&fence, epoch, &path, &persist(state.clone(), vec![], vec![])).unwrap();
+        write_step(
+            &fence,
+            epoch,
+            &path,
+            &persist(state.clone(), vec![], vec![]),
+        )
+        .unwrap();
         assert!(matches!(load(&path).unwrap(), Loaded::Found(s) if s == state));
         std::fs::write(&path, "{\"tasks\": tru").unwrap();
         let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else {
             panic!()
         };
         assert!(!path.exists());
-        assert_eq!(std::fs::read_to_string(moved_to).unwrap(), "{\"tasks\": tru");
+        assert_eq!(
+            std::fs::read_to_string(moved_to).unwrap(),
+            "{\"tasks\": tru"
+        );
     }
 
     #[test]
@@ -259,7 +273,10 @@ mod tests {
         let old = fence.enter();
         let new = fence.enter();
         let stale = persist(QueueState::default(), vec![], vec![]);
-        assert!(matches!(write_step(&fence, old, &path, &stale), Err(StepError::Fenced)));
+        assert!(matches!(
+            write_step(&fence, old, &path, &stale),
+            Err(StepError::Fenced)
+        ));
         assert!(!path.exists());
         write_step(&fence, new, &path, &stale).unwrap();
         assert!(path.exists());
@@ -299,8 +316,15 @@ mod tests {
     fn result_files_parse_or_say_why_not() {
         assert!(parse_result(b"").is_none());
         assert!(parse_result(b" \n").is_none());
-        assert!(matches!(parse_result(b"{\"status\":\"success\"}"), Some(ResultRead::Object(_))));
-        assert!(matches!(parse_result(b"[1]"), Some(ResultRead::Partial(e)) if e.contains("not an object")));
-        assert!(matches!(parse_result(b"{\"a\""), Some(ResultRead::Partial(e)) if e.contains("not valid JSON")));
+        assert!(matches!(
+            parse_result(b"{\"status\":\"success\"}"),
+            Some(ResultRead::Object(_))
+        ));
+        assert!(
+            matches!(parse_result(b"[1]"), Some(ResultRead::Partial(e)) if e.contains("not an object"))
+        );
+        assert!(
+            matches!(parse_result(b"{\"a\""), Some(ResultRead::Partial(e)) if e.contains("not valid JSON"))
+        );
     }
 }

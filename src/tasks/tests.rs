@@ -49,7 +49,14 @@ impl H {
     }
 
     pub fn with(state: QueueState, disk: BTreeMap<String, DiskFacts>, process_start: bool) -> H {
-        let (m, effects) = Machine::start(settings(), state, disk, BTreeSet::new(), process_start, 1_000);
+        let (m, effects) = Machine::start(
+            settings(),
+            state,
+            disk,
+            BTreeSet::new(),
+            process_start,
+            1_000,
+        );
         let mut h = H {
             m,
             now: 1_000,
@@ -191,7 +198,9 @@ fn working() -> H {
     let mut h = H::new();
     h.up(1);
     h.assign("t", 1);
-    h.ev(Event::StartedSeen { task_id: "t".into() });
+    h.ev(Event::StartedSeen {
+        task_id: "t".into(),
+    });
     assert_eq!(h.agent("t"), Agent::Confirmed);
     h
 }
@@ -207,18 +216,33 @@ fn a_task_is_on_disk_before_it_is_accepted_and_woken() {
     let Some(Effect::Persist(p)) = e.iter().find(|e| matches!(e, Effect::Persist(_))) else {
         panic!("a write: {e:?}")
     };
-    assert!(p.before.iter().any(|op| matches!(op, FileOp::Write { path, .. } if path == &PathBuf::from("/t/t.json"))));
+    assert!(p
+        .before
+        .iter()
+        .any(|op| matches!(op, FileOp::Write { path, .. } if path == &PathBuf::from("/t/t.json"))));
     assert_eq!(p.state.task("t").unwrap().role, Role::Held);
-    assert!(matches!(p.state.task("t").unwrap().agent, Agent::Waking { attempt: 1, .. }), "the wake attempt is in the same write");
+    assert!(
+        matches!(
+            p.state.task("t").unwrap().agent,
+            Agent::Waking { attempt: 1, .. }
+        ),
+        "the wake attempt is in the same write"
+    );
     let seq = p.seq;
     h.hold_writes = false;
     let e = h.ev(Event::Persisted { seq });
     assert_eq!(kinds(&e), ["task_accepted"]);
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskAccepted { generation: 3, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskAccepted { generation: 3, .. }
+    ));
     let w = wakes(&e);
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].attempt, 1);
-    let accept_at = e.iter().position(|x| matches!(x, Effect::Send { .. })).unwrap();
+    let accept_at = e
+        .iter()
+        .position(|x| matches!(x, Effect::Send { .. }))
+        .unwrap();
     let wake_at = e.iter().position(|x| matches!(x, Effect::Wake(_))).unwrap();
     assert!(accept_at < wake_at, "the hub hears first");
 }
@@ -229,7 +253,9 @@ fn a_different_task_while_busy_is_refused_with_task_failed_and_nothing_is_kept()
     let e = h.assign("other", 5);
     let f = frames(&e);
     assert_eq!(kinds(&e), ["task_failed"]);
-    assert!(matches!(&f[0], Outgoing::TaskFailed { reason, generation: 5, .. } if reason == "busy"));
+    assert!(
+        matches!(&f[0], Outgoing::TaskFailed { reason, generation: 5, .. } if reason == "busy")
+    );
     assert!(h.state().task("other").is_none());
     assert!(!e.iter().any(|x| matches!(x, Effect::Persist(_))));
 }
@@ -240,7 +266,9 @@ fn an_unsafe_task_id_is_refused_and_nothing_runs() {
     h.up(1);
     let e = h.assign("../../etc/passwd", 2);
     assert_eq!(kinds(&e), ["task_failed"]);
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "invalid_task_id"));
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "invalid_task_id")
+    );
     assert!(wakes(&e).is_empty());
     assert!(h.state().tasks.is_empty());
 }
@@ -250,14 +278,23 @@ fn the_same_task_again_adopts_the_generation_without_a_second_agent() {
     let mut h = working();
     let e = h.assign("t", 4);
     assert_eq!(kinds(&e), ["task_accepted"]);
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskAccepted { generation: 4, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskAccepted { generation: 4, .. }
+    ));
     assert!(wakes(&e).is_empty());
     // An older generation never lowers it.
     let e = h.assign("t", 2);
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskAccepted { generation: 4, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskAccepted { generation: 4, .. }
+    ));
     assert!(notes(&e).contains(&"task_generation_stale"));
     let e = h.ev(success());
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskComplete { generation: 4, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskComplete { generation: 4, .. }
+    ));
     assert_eq!(wakes(&h.log).len(), 1);
 }
 
@@ -267,7 +304,10 @@ fn a_report_waiting_for_its_answer_goes_again_with_a_new_generation() {
     h.ev(success());
     let e = h.assign("t", 6);
     assert_eq!(kinds(&e), ["task_accepted", "task_complete"]);
-    assert!(matches!(&frames(&e)[1], Outgoing::TaskComplete { generation: 6, .. }));
+    assert!(matches!(
+        &frames(&e)[1],
+        Outgoing::TaskComplete { generation: 6, .. }
+    ));
     // The answer to the old one changes nothing; the new one's ack ends the task.
     let e = h.ev(Event::ReportAnswered {
         task_id: "t".into(),
@@ -290,11 +330,29 @@ fn a_failed_attempt_is_retried_by_its_own_timer_and_stale_outcomes_are_ignored()
     h.up(1);
     let e = h.assign("t", 1);
     let first = wakes(&e)[0].wake_id;
-    let e = h.ev(exited("t", first, 1, WakeOutcome::Failed("exit code 3".into())));
+    let e = h.ev(exited(
+        "t",
+        first,
+        1,
+        WakeOutcome::Failed("exit code 3".into()),
+    ));
     assert_eq!(kinds(&e), ["wake_result"]);
-    assert!(matches!(&frames(&e)[0], Outgoing::WakeResult { status: "failed", attempt: 1, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::WakeResult {
+            status: "failed",
+            attempt: 1,
+            ..
+        }
+    ));
     let t = timers(&e);
-    assert_eq!(t, [Timer::WakeRetry { task_id: "t".into(), wake_id: first }]);
+    assert_eq!(
+        t,
+        [Timer::WakeRetry {
+            task_id: "t".into(),
+            wake_id: first
+        }]
+    );
     let e = h.ev(Event::Timer(t[0].clone()));
     let second = wakes(&e);
     assert_eq!(second.len(), 1);
@@ -313,13 +371,20 @@ fn every_attempt_failing_fails_the_task_as_wake_failed() {
     h.up(1);
     let mut id = wakes(&h.assign("t", 1))[0].wake_id;
     for attempt in 1..=3 {
-        let e = h.ev(exited("t", id, attempt, WakeOutcome::Failed("exit code 1".into())));
+        let e = h.ev(exited(
+            "t",
+            id,
+            attempt,
+            WakeOutcome::Failed("exit code 1".into()),
+        ));
         if attempt < 3 {
             let t = timers(&e);
             id = wakes(&h.ev(Event::Timer(t[0].clone())))[0].wake_id;
         } else {
             assert_eq!(kinds(&e), ["wake_result", "task_failed"]);
-            assert!(matches!(&frames(&e)[1], Outgoing::TaskFailed { reason, .. } if reason == "wake_failed"));
+            assert!(
+                matches!(&frames(&e)[1], Outgoing::TaskFailed { reason, .. } if reason == "wake_failed")
+            );
         }
     }
     assert_eq!(wakes(&h.log).len(), 3);
@@ -333,9 +398,17 @@ fn no_confirmation_in_time_fails_the_task() {
     let e = h.ev(exited("t", id, 1, WakeOutcome::Success));
     assert_eq!(kinds(&e), ["wake_result"]);
     let t = timers(&e);
-    assert_eq!(t, [Timer::Confirmation { task_id: "t".into(), wake_id: id }]);
+    assert_eq!(
+        t,
+        [Timer::Confirmation {
+            task_id: "t".into(),
+            wake_id: id
+        }]
+    );
     let e = h.ev(Event::Timer(t[0].clone()));
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "confirmation_timeout"));
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "confirmation_timeout")
+    );
 }
 
 #[test]
@@ -343,9 +416,19 @@ fn a_confirmed_agent_is_never_failed_by_its_wake_command() {
     let mut h = H::new();
     h.up(1);
     let id = wakes(&h.assign("t", 1))[0].wake_id;
-    let e = h.ev(Event::StartedSeen { task_id: "t".into() });
-    assert!(e.contains(&Effect::WakeConfirmed { wake_id: id }), "the waker must not kill it at its timeout");
-    let e = h.ev(exited("t", id, 1, WakeOutcome::TimedOut("still running".into())));
+    let e = h.ev(Event::StartedSeen {
+        task_id: "t".into(),
+    });
+    assert!(
+        e.contains(&Effect::WakeConfirmed { wake_id: id }),
+        "the waker must not kill it at its timeout"
+    );
+    let e = h.ev(exited(
+        "t",
+        id,
+        1,
+        WakeOutcome::TimedOut("still running".into()),
+    ));
     assert_eq!(kinds(&e), ["wake_result"], "reported, and nothing else");
     assert!(timers(&e).is_empty());
     assert_eq!(h.agent("t"), Agent::Confirmed);
@@ -367,7 +450,10 @@ fn a_result_is_reported_after_it_is_durable_and_the_ack_forgets_the_task() {
         panic!()
     };
     assert!(p.state.tasks.is_empty());
-    assert!(p.after.iter().any(|op| matches!(op, FileOp::Remove(path) if path == &PathBuf::from("/t/t.json"))));
+    assert!(p
+        .after
+        .iter()
+        .any(|op| matches!(op, FileOp::Remove(path) if path == &PathBuf::from("/t/t.json"))));
 }
 
 #[test]
@@ -377,7 +463,9 @@ fn an_invalid_result_fails_the_task_and_is_renamed_aside() {
         task_id: "t".into(),
         result: Err("result file is not valid JSON".into()),
     });
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "invalid_result"));
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "invalid_result")
+    );
     let renamed = h.log.iter().any(|x| matches!(x, Effect::Persist(p) if p.after.iter().any(|op| matches!(op, FileOp::Rename { to, .. } if to == &PathBuf::from("/r/t.json.invalid")))));
     assert!(renamed);
 }
@@ -390,7 +478,8 @@ fn a_refused_report_ends_kept_for_the_operator_and_is_not_sent_again() {
         result: Ok(obj(json!({"status": "failed", "error": "x".repeat(3000)}))),
     });
     let sent = frames(&h.log);
-    let Some(Outgoing::TaskFailed { error, .. }) = sent.iter().find(|f| f.kind() == "task_failed") else {
+    let Some(Outgoing::TaskFailed { error, .. }) = sent.iter().find(|f| f.kind() == "task_failed")
+    else {
         panic!()
     };
     assert_eq!(error.chars().count(), 2000, "cut to the hub's limit");
@@ -407,10 +496,15 @@ fn a_refused_report_ends_kept_for_the_operator_and_is_not_sent_again() {
         Effect::Log(n) if n.event == "report_refused" => Some(n.clone()),
         _ => None,
     });
-    assert_eq!(note.unwrap().field("errors"), Some(&json!([{"field": "error"}])));
+    assert_eq!(
+        note.unwrap().field("errors"),
+        Some(&json!([{"field": "error"}]))
+    );
     assert!(h.state().outbox.is_empty());
     assert_eq!(h.state().refused.len(), 1);
-    let Some(super::model::Outcome::Failed { error, .. }) = &h.state().refused[0].outcome.clone().into() else {
+    let Some(super::model::Outcome::Failed { error, .. }) =
+        &h.state().refused[0].outcome.clone().into()
+    else {
         panic!()
     };
     assert_eq!(error.len(), 3000, "the whole text is kept");
@@ -419,7 +513,10 @@ fn a_refused_report_ends_kept_for_the_operator_and_is_not_sent_again() {
     // Pushed again: reported again, with the new generation.
     let e = h.assign("t", 9);
     assert_eq!(kinds(&e), ["task_accepted", "task_failed"]);
-    assert!(matches!(&frames(&e)[1], Outgoing::TaskFailed { generation: 9, .. }));
+    assert!(matches!(
+        &frames(&e)[1],
+        Outgoing::TaskFailed { generation: 9, .. }
+    ));
     assert_eq!(wakes(&h.log).len(), 1);
 }
 
@@ -429,7 +526,15 @@ fn after_a_reidentify_the_held_task_is_accepted_again_with_a_state_report() {
     h.ev(Event::SessionDown { session: 1 });
     let e = h.up(2);
     assert_eq!(kinds(&e), ["task_accepted", "state_report"]);
-    assert!(matches!(&frames(&e)[1], Outgoing::StateReport { generation: 1, status: "working", assigned_at: Some(77), .. }));
+    assert!(matches!(
+        &frames(&e)[1],
+        Outgoing::StateReport {
+            generation: 1,
+            status: "working",
+            assigned_at: Some(77),
+            ..
+        }
+    ));
     // The same session announced again changes nothing.
     assert!(kinds(&h.up(2)).is_empty());
 }
@@ -488,11 +593,13 @@ fn a_cancelled_task_is_never_reported_and_its_wake_command_is_stopped() {
     let mut h = H::new();
     h.up(1);
     let id = wakes(&h.assign("t", 1))[0].wake_id;
-    let e = h.ev(Event::Cancelled { task_id: "t".into() });
+    let e = h.ev(Event::Cancelled {
+        task_id: "t".into(),
+    });
     assert!(e.contains(&Effect::KillWake { wake_id: id }));
     let e = h.ev(success());
     assert!(kinds(&e).is_empty());
-    assert!(!kinds(&h.log).iter().any(|k| *k == "task_complete"));
+    assert!(!kinds(&h.log).contains(&"task_complete"));
 }
 
 #[test]
@@ -500,9 +607,16 @@ fn a_task_cancelled_and_assigned_again_while_a_retry_waits_gets_one_new_attempt(
     let mut h = H::new();
     h.up(1);
     let first = wakes(&h.assign("t", 1))[0].wake_id;
-    let e = h.ev(exited("t", first, 1, WakeOutcome::Failed("exit code 1".into())));
+    let e = h.ev(exited(
+        "t",
+        first,
+        1,
+        WakeOutcome::Failed("exit code 1".into()),
+    ));
     let retry = timers(&e)[0].clone();
-    h.ev(Event::Cancelled { task_id: "t".into() });
+    h.ev(Event::Cancelled {
+        task_id: "t".into(),
+    });
     let e = h.assign("t", 3);
     let new = wakes(&e);
     assert_eq!(new.len(), 1, "one new agent");
@@ -530,23 +644,47 @@ fn a_restart_recovers_the_task_and_continue_never_wakes_an_agent_whose_files_are
             result: Some(Ok(obj(json!({"status": "success"})))),
         },
     )]);
-    let mut h = H::with(on_disk(Agent::Woken { wake_id: 1, attempt: 1 }), disk, true);
+    let mut h = H::with(
+        on_disk(Agent::Woken {
+            wake_id: 1,
+            attempt: 1,
+        }),
+        disk,
+        true,
+    );
     assert_eq!(h.state().task("t").unwrap().role, Role::Recovering);
     let e = h.up(5);
     assert_eq!(kinds(&e), ["task_recovering"]);
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskRecovering { generation: 2, last_status: "finished", .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskRecovering {
+            generation: 2,
+            last_status: "finished",
+            ..
+        }
+    ));
     let e = h.ev(Event::Continue {
         task_id: "t".into(),
         generation: 4,
     });
     assert_eq!(kinds(&e), ["task_accepted", "task_complete"]);
-    assert!(matches!(&frames(&e)[1], Outgoing::TaskComplete { generation: 4, .. }));
+    assert!(matches!(
+        &frames(&e)[1],
+        Outgoing::TaskComplete { generation: 4, .. }
+    ));
     assert!(wakes(&h.log).is_empty());
 }
 
 #[test]
 fn an_attempt_interrupted_by_a_restart_gets_its_confirmation_window_before_another() {
-    let mut h = H::with(on_disk(Agent::Waking { wake_id: 7, attempt: 1 }), BTreeMap::new(), true);
+    let mut h = H::with(
+        on_disk(Agent::Waking {
+            wake_id: 7,
+            attempt: 1,
+        }),
+        BTreeMap::new(),
+        true,
+    );
     let window = Timer::Confirmation {
         task_id: "t".into(),
         wake_id: 7,
@@ -557,7 +695,10 @@ fn an_attempt_interrupted_by_a_restart_gets_its_confirmation_window_before_anoth
         task_id: "t".into(),
         generation: 2,
     });
-    assert!(wakes(&e).is_empty(), "no new attempt while the old one may run");
+    assert!(
+        wakes(&e).is_empty(),
+        "no new attempt while the old one may run"
+    );
     // The window passes without `.started`: now a retry may come.
     let e = h.ev(Event::Timer(window));
     assert!(notes(&e).contains(&"wake_error"));
@@ -566,9 +707,18 @@ fn an_attempt_interrupted_by_a_restart_gets_its_confirmation_window_before_anoth
     assert_eq!(wakes(&e)[0].attempt, 2);
 
     // With `.started` seen in the window instead: never another attempt.
-    let mut h = H::with(on_disk(Agent::Waking { wake_id: 7, attempt: 1 }), BTreeMap::new(), true);
+    let mut h = H::with(
+        on_disk(Agent::Waking {
+            wake_id: 7,
+            attempt: 1,
+        }),
+        BTreeMap::new(),
+        true,
+    );
     h.up(1);
-    h.ev(Event::StartedSeen { task_id: "t".into() });
+    h.ev(Event::StartedSeen {
+        task_id: "t".into(),
+    });
     h.ev(Event::Continue {
         task_id: "t".into(),
         generation: 2,
@@ -577,7 +727,9 @@ fn an_attempt_interrupted_by_a_restart_gets_its_confirmation_window_before_anoth
         task_id: "t".into(),
         wake_id: 7,
     }));
-    assert!(e.iter().all(|x| !matches!(x, Effect::Wake(_) | Effect::Arm { .. })));
+    assert!(e
+        .iter()
+        .all(|x| !matches!(x, Effect::Wake(_) | Effect::Arm { .. })));
 }
 
 #[test]
@@ -586,11 +738,16 @@ fn a_re_push_before_the_recovery_answer_adopts_and_the_late_reassign_changes_not
     h.up(1);
     let e = h.assign("t", 4);
     assert_eq!(kinds(&e), ["task_accepted"]);
-    let e = h.ev(Event::Reassign { task_id: "t".into() });
+    let e = h.ev(Event::Reassign {
+        task_id: "t".into(),
+    });
     assert!(notes(&e).contains(&"task_reassign_ignored"));
     assert_eq!(h.state().task("t").unwrap().role, Role::Held);
     let e = h.ev(success());
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskComplete { generation: 4, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskComplete { generation: 4, .. }
+    ));
     assert!(wakes(&h.log).is_empty());
 }
 
@@ -598,7 +755,9 @@ fn a_re_push_before_the_recovery_answer_adopts_and_the_late_reassign_changes_not
 fn reassign_then_re_push_still_starts_no_second_agent() {
     let mut h = H::with(on_disk(Agent::Confirmed), BTreeMap::new(), true);
     h.up(1);
-    h.ev(Event::Reassign { task_id: "t".into() });
+    h.ev(Event::Reassign {
+        task_id: "t".into(),
+    });
     assert_eq!(h.state().task("t").unwrap().role, Role::Released);
     let e = h.assign("t", 4);
     assert_eq!(kinds(&e), ["task_accepted"]);
@@ -615,7 +774,14 @@ fn held_tasks_are_said_alive_at_the_progress_interval_and_the_agents_progress_is
         progress: Some(40),
         event: obj(json!({"step": "tests"})),
     });
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskProgress { progress: Some(40), execution_event: Some(_), .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskProgress {
+            progress: Some(40),
+            execution_event: Some(_),
+            ..
+        }
+    ));
     // A second one within the gap waits, the latest wins.
     let e = h.ev(Event::AgentProgress {
         task_id: "t".into(),
@@ -623,10 +789,25 @@ fn held_tasks_are_said_alive_at_the_progress_interval_and_the_agents_progress_is
         event: obj(json!({"step": "lint"})),
     });
     assert!(kinds(&e).is_empty());
-    let e = h.ev(Event::Timer(Timer::AgentProgress { task_id: "t".into() }));
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskProgress { progress: Some(50), .. }));
+    let e = h.ev(Event::Timer(Timer::AgentProgress {
+        task_id: "t".into(),
+    }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskProgress {
+            progress: Some(50),
+            ..
+        }
+    ));
     let e = h.ev(Event::Timer(tick.clone()));
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskProgress { progress: Some(50), execution_event: None, .. }));
+    assert!(matches!(
+        &frames(&e)[0],
+        Outgoing::TaskProgress {
+            progress: Some(50),
+            execution_event: None,
+            ..
+        }
+    ));
     assert!(timers(&e).contains(&tick), "and again");
 }
 
@@ -638,7 +819,9 @@ fn a_task_without_a_result_in_task_timeout_fails() {
         .find(|t| matches!(t, Timer::TaskTimeout { .. }))
         .unwrap();
     let e = h.ev(Event::Timer(t));
-    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout"));
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
+    );
 }
 
 #[test]
@@ -660,7 +843,9 @@ fn an_acceptance_that_cannot_be_saved_is_given_back() {
             seq = h.held.pop().unwrap();
         } else {
             assert_eq!(kinds(&e), ["task_failed"]);
-            assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "storage_unavailable"));
+            assert!(
+                matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "storage_unavailable")
+            );
         }
     }
     assert!(h.state().tasks.is_empty());
@@ -680,7 +865,9 @@ fn no_new_task_is_taken_after_shutdown_began() {
 #[test]
 fn a_restart_the_hub_asks_for_waits_for_the_report_to_be_answered() {
     let mut h = working();
-    let e = h.ev(Event::RestartRequested { reason: "upgrade".into() });
+    let e = h.ev(Event::RestartRequested {
+        reason: "upgrade".into(),
+    });
     assert!(!e.iter().any(|x| matches!(x, Effect::Restart { .. })));
     assert!(kinds(&h.assign("u", 1)).is_empty(), "no new task meanwhile");
     h.ev(success());
@@ -688,6 +875,11 @@ fn a_restart_the_hub_asks_for_waits_for_the_report_to_be_answered() {
     assert!(e.iter().any(|x| matches!(x, Effect::Restart { .. })));
 
     let mut h = H::new();
-    let e = h.ev(Event::RestartRequested { reason: "now".into() });
-    assert!(e.iter().any(|x| matches!(x, Effect::Restart { .. })), "idle: at once");
+    let e = h.ev(Event::RestartRequested {
+        reason: "now".into(),
+    });
+    assert!(
+        e.iter().any(|x| matches!(x, Effect::Restart { .. })),
+        "idle: at once"
+    );
 }
