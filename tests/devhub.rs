@@ -624,3 +624,60 @@ fn wss_with_a_self_signed_certificate() {
         assert_eq!(health["agents_connected"], 1);
     });
 }
+
+/// POST /api/onboard/register (no auth); status and JSON body.
+async fn register(hub: &DevHub, body: &str) -> (u16, Value) {
+    let client = awc::Client::new();
+    let mut response = client
+        .post(format!("{}/api/onboard/register", hub.http_url()))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .expect("HTTP answer");
+    let json = response.json::<Value>().await.unwrap_or(Value::Null);
+    (response.status().as_u16(), json)
+}
+
+#[test]
+fn register_gives_a_new_agent_a_working_token_once() {
+    let hub = hub_with_tokens();
+    run(async {
+        let (status, body) = register(&hub, r#"{"agent_id": "a3"}"#).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["agent_id"], "a3");
+        let port = hub.addr().port();
+        assert_eq!(body["hub_ws_url"], format!("ws://127.0.0.1:{port}/ws"));
+        assert_eq!(body["hub_api_url"], format!("http://127.0.0.1:{port}"));
+        assert_eq!(body["default_repo"], Value::Null);
+        let token = body["token"].as_str().expect("token").to_string();
+        assert_eq!(token.len(), 64);
+
+        let (status, body) = register(&hub, r#"{"agent_id": "a3"}"#).await;
+        assert_eq!(
+            (status, body),
+            (409, json!({"error": "agent_id already registered"}))
+        );
+        let (status, _) = register(&hub, r#"{"agent_id": "a1"}"#).await;
+        assert_eq!(status, 409, "an id from the tokens file exists too");
+
+        let (status, body) = register(&hub, r#"{"agent_id": ""}"#).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["errors"][0]["detail"], "agent_id must not be empty");
+        let (status, body) = register(&hub, r#"{"agent_id": 7}"#).await;
+        assert_eq!((status, &body["error"]), (422, &json!("validation_failed")));
+        assert_eq!(body["errors"][0]["detail"], "expected string, got integer");
+        assert_eq!(register(&hub, "{nope").await.0, 400);
+
+        let client = awc::Client::new();
+        identified(&client, &hub, "a3", &token).await;
+        let mut ws = connect(&client, &hub.ws_url()).await;
+        assert_eq!(
+            identify(&mut ws, "a1", &token).await,
+            error("token_agent_mismatch")
+        );
+        let (status, _) = push_task(&hub, Some(&token), json!({"agent_id": "a3"})).await;
+        assert_ne!(status, 401, "the new token works for the HTTP API");
+    });
+    let registered = |e: &HubEvent| matches!(&e.kind, HubEventKind::AgentRegistered { agent_id } if agent_id == "a3");
+    assert!(hub.wait_for(WAIT, registered).is_some());
+}

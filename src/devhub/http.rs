@@ -11,6 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::state::{now_ms, Hub};
+use super::tokens::RegisterError;
+use super::validation::{self, HttpBody};
 use super::{HubEvent, HubEventKind};
 
 /// Events per `/api/events` answer when the request does not say.
@@ -58,6 +60,63 @@ pub(crate) async fn push_task(
         return error(StatusCode::NOT_FOUND, "agent_not_connected");
     }
     HttpResponse::Ok().json(json!({ "status": "queued", "task_id": task_id }))
+}
+
+/// `POST /api/onboard/register` (no auth): `{"agent_id":…}` → 201 with a new token and the
+/// hub's URLs (from the request's `Host`, as the hub builds them), 409 if the id already has a
+/// token, 422 if the body fails the hub's schema or the id is empty.
+pub(crate) async fn register(
+    req: HttpRequest,
+    body: web::Bytes,
+    hub: web::Data<Hub>,
+) -> HttpResponse {
+    let Some(fields) = json_body(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json");
+    };
+    if let Err(errors) = validation::validate_http(&fields, HttpBody::Register) {
+        return validation_failed(errors);
+    }
+    let agent_id = fields.get("agent_id").and_then(Value::as_str).unwrap_or("");
+    if agent_id.is_empty() {
+        return validation_failed(vec![json!({"field": "agent_id", "error": "required",
+            "detail": "agent_id must not be empty"})]);
+    }
+    let token = match hub.register_agent(agent_id) {
+        Ok(token) => token,
+        Err(RegisterError::AlreadyRegistered) => {
+            return error(StatusCode::CONFLICT, "agent_id already registered")
+        }
+    };
+    let info = req.connection_info();
+    let (ws, http) = if info.scheme() == "https" {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let host = info.host();
+    HttpResponse::Created().json(json!({
+        "agent_id": agent_id,
+        "token": token,
+        "hub_ws_url": format!("{ws}://{host}/ws"),
+        "hub_api_url": format!("{http}://{host}"),
+        "default_repo": hub.default_repo(),
+    }))
+}
+
+/// A request body's fields; `None` if it is not JSON (a 400).
+fn json_body(body: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Some(fields),
+        // The hub's JSON parser puts any other JSON value under "_json": no field is there.
+        Ok(_) => Some(Map::new()),
+        Err(_) => None,
+    }
+}
+
+/// 422 `{"error":"validation_failed","errors":[…]}`.
+fn validation_failed(errors: Vec<Value>) -> HttpResponse {
+    HttpResponse::build(StatusCode::UNPROCESSABLE_ENTITY)
+        .json(json!({"error": "validation_failed", "errors": errors}))
 }
 
 /// The query of `GET /api/events`.
@@ -147,6 +206,9 @@ fn event_json(seq: usize, event: &HubEvent) -> Value {
         HubEventKind::Disconnected => json!({"kind": "disconnected"}),
         HubEventKind::TaskPushed { agent_id, task_id } => {
             json!({"kind": "task_pushed", "agent_id": agent_id, "task_id": task_id})
+        }
+        HubEventKind::AgentRegistered { agent_id } => {
+            json!({"kind": "agent_registered", "agent_id": agent_id})
         }
     };
     if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {

@@ -11,6 +11,10 @@
 mod http;
 mod state;
 mod tls;
+mod tokens;
+// The frame schemas are used by the WebSocket side next.
+#[allow(dead_code)]
+mod validation;
 mod ws;
 
 use std::collections::HashMap;
@@ -37,6 +41,9 @@ pub struct DevHubOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Print one human line per presence event (connected, identified, left, task pushed).
     pub print_presence: bool,
+    /// The `default_repo` that `POST /api/onboard/register` hands out (the hub's config
+    /// value; `null` when unset).
+    pub default_repo: Option<String>,
 }
 
 impl Default for DevHubOptions {
@@ -46,6 +53,7 @@ impl Default for DevHubOptions {
             tokens: None,
             tls: None,
             print_presence: false,
+            default_repo: None,
         }
     }
 }
@@ -131,6 +139,10 @@ pub enum HubEventKind {
         agent_id: String,
         task_id: String,
     },
+    /// `POST /api/onboard/register` made a token for a new agent (connection 0: the hub).
+    AgentRegistered {
+        agent_id: String,
+    },
 }
 
 impl HubEvent {
@@ -160,7 +172,11 @@ impl DevHub {
             None => None,
         };
         let secure = tls.is_some();
-        let hub = Arc::new(Hub::new(opts.tokens, opts.print_presence));
+        let hub = Arc::new(Hub::new(
+            opts.tokens,
+            opts.print_presence,
+            opts.default_repo,
+        ));
         let (bound_tx, bound) = mpsc::channel();
         let shared = Arc::clone(&hub);
         let listen = opts.listen;
@@ -298,6 +314,7 @@ fn serve(
                 .route("/health", web::get().to(http::health))
                 .route("/api/agents", web::get().to(http::agents))
                 .route("/api/admin/push-task", web::post().to(http::push_task))
+                .route("/api/onboard/register", web::post().to(http::register))
                 .route("/api/events", web::get().to(http::events))
         })
         .workers(1)

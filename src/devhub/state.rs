@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
+use super::tokens::{RegisterError, Tokens};
 use super::{Behaviour, HubEvent, HubEventKind, RawFrame};
 
 /// What a connection's task is asked to do from outside.
@@ -97,8 +98,9 @@ pub(crate) struct Hub {
     conns: Mutex<HashMap<u64, Conn>>,
     next_conn: AtomicU64,
     behaviour: Mutex<Behaviour>,
-    tokens: Option<HashMap<String, String>>,
+    tokens: Mutex<Tokens>,
     print_presence: bool,
+    default_repo: Option<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,7 +142,11 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Hub {
-    pub fn new(tokens: Option<HashMap<String, String>>, print_presence: bool) -> Hub {
+    pub fn new(
+        tokens: Option<HashMap<String, String>>,
+        print_presence: bool,
+        default_repo: Option<String>,
+    ) -> Hub {
         Hub {
             events: EventLog {
                 list: Mutex::new(Vec::new()),
@@ -150,8 +156,9 @@ impl Hub {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             behaviour: Mutex::new(Behaviour::default()),
-            tokens,
+            tokens: Mutex::new(Tokens::new(tokens)),
             print_presence,
+            default_repo,
         }
     }
 
@@ -242,27 +249,31 @@ impl Hub {
 
     /// `Ok` if `token` lets `agent_id` in, else the hub's error code.
     pub fn check_token(&self, agent_id: &str, token: &str) -> Result<(), &'static str> {
-        if agent_id.is_empty() || token.is_empty() {
-            return Err("invalid_token");
-        }
-        let Some(tokens) = &self.tokens else {
-            return Ok(());
-        };
-        if tokens.get(agent_id).is_some_and(|known| known == token) {
-            Ok(())
-        } else if tokens.values().any(|known| known == token) {
-            Err("token_agent_mismatch")
-        } else {
-            Err("invalid_token")
-        }
+        lock(&self.tokens)
+            .check(agent_id, token)
+            .map_err(|e| e.code())
     }
 
     /// Whether `token` is good enough for the admin API: any agent's token.
     pub fn admin_token_ok(&self, token: &str) -> bool {
-        match &self.tokens {
-            None => !token.is_empty(),
-            Some(tokens) => !token.is_empty() && tokens.values().any(|known| known == token),
-        }
+        lock(&self.tokens).bearer_agent(token).is_some()
+    }
+
+    pub fn default_repo(&self) -> Option<&str> {
+        self.default_repo.as_deref()
+    }
+
+    /// `POST /api/onboard/register`: a new token for a new agent id.
+    pub fn register_agent(&self, agent_id: &str) -> Result<String, RegisterError> {
+        let token = lock(&self.tokens).register(agent_id)?;
+        self.record(
+            0,
+            HubEventKind::AgentRegistered {
+                agent_id: agent_id.to_string(),
+            },
+        );
+        self.presence(format_args!("agent {agent_id} registered"));
+        Ok(token)
     }
 
     /// Marks connection `id` as `agent`. An older connection of the same agent is detached
