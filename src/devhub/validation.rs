@@ -114,11 +114,6 @@ pub(crate) fn known_types() -> Vec<&'static str> {
     WS_SCHEMAS.iter().map(|(name, _)| *name).collect()
 }
 
-/// Whether frames of this `type` have a schema.
-pub(crate) fn has_schema(frame_type: &str) -> bool {
-    ws_schema(frame_type).is_some()
-}
-
 fn ws_schema(frame_type: &str) -> Option<&'static Schema> {
     WS_SCHEMAS
         .binary_search_by(|(name, _)| name.cmp(&frame_type))
