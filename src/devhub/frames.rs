@@ -98,12 +98,15 @@ impl Core {
             }
             Err(Invalid::Errors(errors)) => return self.violation(id, &frame, errors, now),
         }
-        let mut reply = self.rate_gate(id, &kind, &frame, behaviour, now);
+        // The scheduling an earlier identify left for after this frame (not this one's own).
         let pending = self
             .sessions
-            .get_mut(&id)
-            .and_then(|s| s.join_schedule.take());
-        if pending.is_some() && reply.close.is_none() {
+            .get(&id)
+            .is_some_and(|s| s.join_schedule.is_some());
+        let mut reply = self.rate_gate(id, &kind, &frame, behaviour, now);
+        let session = self.sessions.get_mut(&id);
+        let pending = pending && session.and_then(|s| s.join_schedule.take()).is_some();
+        if pending && reply.close.is_none() {
             if reply.reassign {
                 self.capture = Some((id, Vec::new()));
             }

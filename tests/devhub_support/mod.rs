@@ -41,9 +41,9 @@ pub fn quiet_timings() -> HubTimings {
     }
 }
 
-/// A hub knowing a1/t1, a2/t2, a3/t3.
+/// A hub knowing a1/t1 … a4/t4.
 pub fn hub_with(timings: HubTimings, limits: HubLimits) -> DevHub {
-    let tokens = (1..=3)
+    let tokens = (1..=4)
         .map(|n| (format!("a{n}"), format!("t{n}")))
         .collect();
     DevHub::start(DevHubOptions {
@@ -59,7 +59,7 @@ pub fn hub() -> DevHub {
     hub_with(quiet_timings(), HubLimits::default())
 }
 
-/// The token of a1, a2, a3.
+/// The token of a1 … a4.
 pub fn token(agent: &str) -> String {
     agent.replace('a', "t")
 }
