@@ -579,10 +579,14 @@ fn a_second_session_leaves_the_first_registered_and_kill_drops_without_close() {
         assert!(matches!(next_frame(&mut new).await, Some(Frame::Text(t)) if &t[..] == b"hi"));
 
         assert_eq!(hub.kill_connections("a1"), 2);
-        assert!(
-            next_frame(&mut new).await.is_none(),
-            "no close frame before the end"
-        );
+        // (The first one's clean-up may broadcast `agent_left` to the second before it ends.)
+        loop {
+            match next_frame(&mut new).await {
+                None => break,
+                Some(Frame::Text(_)) => {}
+                Some(other) => panic!("no close frame before the end: {other:?}"),
+            }
+        }
     });
     let identified_conns: Vec<u64> = hub
         .events()
