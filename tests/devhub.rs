@@ -752,3 +752,73 @@ fn register_gives_a_new_agent_a_working_token_once() {
     let registered = |e: &HubEvent| matches!(&e.kind, HubEventKind::AgentRegistered { agent_id } if agent_id == "a3");
     assert!(hub.wait_for(WAIT, registered).is_some());
 }
+
+/// The `dev-hub` subcommand with a timing flag: an unanswered assignment comes back after
+/// `--acceptance-timeout-ms`, at the next generation.
+#[cfg(unix)]
+#[test]
+fn dev_hub_subcommand_flags_apply() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let bin = env!("CARGO_BIN_EXE_agentcom-sidecar");
+    let refused = Command::new(bin)
+        .args([
+            "dev-hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--cooldowns-ms",
+            "1,2",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("three values"));
+
+    let mut child = Command::new(bin)
+        .args([
+            "dev-hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--acceptance-timeout-ms",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dev hub starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let ws_url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("the ws URL")
+        .to_string();
+    let http_url = ws_url.replace("ws://", "http://").replace("/ws", "");
+    std::thread::spawn(move || lines.for_each(drop));
+    run(async {
+        let client = awc::Client::new();
+        let mut ws = connect(&client, &ws_url).await;
+        identify(&mut ws, "a1", "any").await;
+        let mut response = client
+            .post(format!("{http_url}/api/tasks"))
+            .insert_header(("Authorization", "Bearer any"))
+            .send_json(&json!({"description": "d"}))
+            .await
+            .expect("HTTP answer");
+        assert_eq!(response.status().as_u16(), 201);
+        let task_id = response.json::<Value>().await.expect("JSON")["task_id"].clone();
+        let first = recv_json(&mut ws).await;
+        assert_eq!(
+            (&first["task_id"], &first["generation"]),
+            (&task_id, &json!(1))
+        );
+        let again = recv_json(&mut ws).await;
+        assert_eq!(
+            (&again["task_id"], &again["generation"]),
+            (&task_id, &json!(3))
+        );
+    });
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("exits").success());
+}

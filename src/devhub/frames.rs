@@ -352,6 +352,7 @@ impl Core {
                         generation,
                     },
                 );
+                self.say(format_args!("task {task_id} completed by {agent}"));
                 self.schedule(now);
                 self.finished(agent, now);
                 task_ack(task_id, "complete")
@@ -395,6 +396,7 @@ impl Core {
                         outcome: status.to_string(),
                     },
                 );
+                self.say(format_args!("task {task_id} failed on {agent}: {status}"));
                 if outcome == Failed::Retried {
                     self.schedule(now);
                 }
