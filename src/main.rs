@@ -138,7 +138,7 @@ enum Command {
     /// Run the sidecar (the default)
     Run,
     /// Run a development hub that models the AgentCom hub deployed today
-    DevHub(DevHubArgs),
+    DevHub(Box<DevHubArgs>),
     /// Start the dev hub and a sidecar against it, and show what happens
     Demo,
     /// Check the config and what it points to; print the effective config (token redacted)
@@ -240,7 +240,7 @@ fn status(config: Option<PathBuf>, json: bool) -> i32 {
     }
 }
 
-fn dev_hub(args: DevHubArgs) -> i32 {
+fn dev_hub(args: Box<DevHubArgs>) -> i32 {
     let options = match args.options() {
         Ok(options) => options,
         Err(e) => {
