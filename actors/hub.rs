@@ -54,6 +54,18 @@ pub struct DropSession {
     pub reason: &'static str,
 }
 
+/// Identify again on this session (same connection), at most once in
+/// [`REIDENTIFY_MIN_GAP`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reidentify {
+    pub session: u64,
+    pub reason: &'static str,
+}
+
+/// Identifies again no more often than this (the hub allows 10 identifies a minute).
+pub const REIDENTIFY_MIN_GAP: Duration = Duration::from_secs(10);
+
 /// Publish [`SessionIdentified`] again if a session is identified now (for an actor that
 /// started after the identify).
 #[derive(Debug, Clone, Copy, Message)]
@@ -149,6 +161,8 @@ pub struct HubActor {
     not_before: Option<Instant>,
     /// When the last session that ended without a close was last heard from.
     stale_since: Option<Instant>,
+    /// When the last re-identify was sent.
+    reidentified_at: Option<Instant>,
     stopping: bool,
 }
 
@@ -196,6 +210,7 @@ impl HubActor {
             state: State::Waiting,
             not_before: None,
             stale_since: None,
+            reidentified_at: None,
             stopping: false,
         }
     }
@@ -268,6 +283,7 @@ impl Child for HubActor {
         bus.register(addr.clone().recipient::<SendFrame>());
         bus.register(addr.clone().recipient::<DropSession>());
         bus.register(addr.clone().recipient::<AnnounceSession>());
+        bus.register(addr.clone().recipient::<Reidentify>());
     }
 }
 
@@ -316,6 +332,19 @@ impl Handler<AnnounceSession> for HubActor {
     fn handle(&mut self, _: AnnounceSession, _: &mut Context<Self>) {
         if let Some(session) = self.identified_id() {
             let _ = self.env.bus.send(SessionIdentified { session });
+        }
+    }
+}
+
+impl Handler<Reidentify> for HubActor {
+    type Result = ();
+    fn handle(&mut self, msg: Reidentify, ctx: &mut Context<Self>) {
+        let recent = self
+            .reidentified_at
+            .is_some_and(|t| t.elapsed() < REIDENTIFY_MIN_GAP);
+        let Some(conn) = self.conn_id() else { return };
+        if self.identified_id() == Some(msg.session) && !recent {
+            self.reidentify(conn, msg.session, msg.reason, ctx);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use super::hub::{
-    AnnounceSession, HubRestartRequested, SendFrame, SessionIdentified, SessionLost,
+    AnnounceSession, HubRestartRequested, Reidentify, SendFrame, SessionIdentified, SessionLost,
     TaskEventFromHub,
 };
 use super::results::{AgentProgressSeen, RescanResults, ResultFileRead, StartedFileSeen};
@@ -235,6 +235,9 @@ impl QueueActor {
                 }
                 Effect::Restart { reason } => {
                     let _ = self.env.bus.send(RestartRequested { reason });
+                }
+                Effect::Reidentify { session, reason } => {
+                    let _ = self.env.bus.send(Reidentify { session, reason });
                 }
             }
         }

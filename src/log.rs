@@ -323,8 +323,13 @@ impl FileSink {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
         match options.open(&self.path) {
-            Ok(f) => {
+            Ok(mut f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                // A process killed in the middle of a line left it unfinished: the next line
+                // starts on a line of its own.
+                if self.size > 0 && !ends_with_newline(&self.path) && f.write_all(b"\n").is_ok() {
+                    self.size += 1;
+                }
                 self.file = Some(f);
                 if self.failing {
                     self.failing = false;
@@ -450,6 +455,18 @@ impl Write for FileSink {
         }
         Ok(())
     }
+}
+
+/// Whether the file's last byte is a newline.
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::End(-1))?;
+            f.read_exact(&mut last)
+        })
+        .map_or(true, |()| last[0] == b'\n')
 }
 
 /// One readable line per event on stdout, for journald and pm2:

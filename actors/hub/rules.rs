@@ -265,12 +265,20 @@ impl HubActor {
             in_ms = due.duration_since(now).as_millis() as u64,
             reason = "the previous session ended without a close: the hub may keep it until its idle timeout, and meanwhile not push to this one"
         );
-        ctx.run_later(due - now, move |act, ctx| act.reidentify(conn, id, ctx));
+        ctx.run_later(due - now, move |act, ctx| {
+            act.reidentify(conn, id, "the stale session must be gone at the hub by now: identifying again so this one is registered for pushes", ctx)
+        });
     }
 
     /// Identifies again on the same connection: the hub registers this session for pushes
     /// (and presence) again once the stale one is gone.
-    fn reidentify(&mut self, conn: u64, id: u64, ctx: &mut Context<Self>) {
+    pub(super) fn reidentify(
+        &mut self,
+        conn: u64,
+        id: u64,
+        reason: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
         if !matches!(&self.state, State::Open(s) if s.conn == conn && s.id == id && s.identified && !s.closing)
         {
             return;
@@ -280,8 +288,9 @@ impl HubActor {
             Warn,
             "reidentify",
             session = id,
-            reason = "the stale session must be gone at the hub by now: identifying again so this one is registered"
+            reason = reason
         );
+        self.reidentified_at = Some(Instant::now());
         self.announce_lost();
         if let Some(s) = self.session() {
             s.identified = false;

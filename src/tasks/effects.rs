@@ -251,4 +251,10 @@ pub enum Effect {
     Restart {
         reason: String,
     },
+    /// Identify again on the session: the hub's idea of this agent is stale (it keeps an
+    /// agent whose report it refused marked working, and schedules nothing to it).
+    Reidentify {
+        session: u64,
+        reason: &'static str,
+    },
 }

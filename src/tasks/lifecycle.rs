@@ -492,6 +492,12 @@ impl Machine {
                     .saturating_sub(self.cfg.keep_refused);
                 self.state.refused.drain(..excess);
                 self.release(task_id, Release::Refused);
+                if let (None, Some(session)) = (self.state.busy_with(), self.session) {
+                    self.out.push(Effect::Reidentify {
+                        session,
+                        reason: "the hub refused a report: it keeps this agent marked working until it identifies again",
+                    });
+                }
             }
         }
     }

@@ -168,14 +168,16 @@ impl Sidecar {
         self.child.id() as i32
     }
 
-    /// Every parsed line of the JSON log so far. A line that does not parse fails the test.
+    /// Every parsed line of the JSON log so far. A line that does not parse fails the test,
+    /// except a line cut short by a SIGKILL in the middle of writing it (it ends early).
     pub fn lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         text.lines()
             .filter(|l| !l.is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+            .filter_map(|l| match serde_json::from_str(l) {
+                Ok(v) => Some(v),
+                Err(e) if e.is_eof() && l.starts_with("{\"ts\":") => None,
+                Err(e) => panic!("log line is not JSON ({e}): {l}"),
             })
             .collect()
     }
@@ -406,4 +408,129 @@ pub fn wait_identified(hub: &DevHub, n: usize) -> HubEvent {
         identified(hub).len() >= n
     });
     identified(hub).swap_remove(n - 1)
+}
+
+pub use agentcom_sidecar::devhub::{HubLimits, HubTimings, RateTier};
+
+/// A dev hub knowing [`AGENT`] (and `agent-0`, a second agent) with these timings and limits.
+pub fn hub_with(timings: HubTimings, limits: HubLimits) -> DevHub {
+    DevHub::start(DevHubOptions {
+        tokens: Some(
+            [
+                (AGENT.to_string(), TOKEN.to_string()),
+                (OTHER.to_string(), OTHER_TOKEN.to_string()),
+            ]
+            .into(),
+        ),
+        timings,
+        limits,
+        ..DevHubOptions::default()
+    })
+    .expect("dev hub starts")
+}
+
+/// A second agent, for tests where the hub gives a task to someone else.
+pub const OTHER: &str = "agent-0";
+pub const OTHER_TOKEN: &str = "tok-0123456789ab";
+
+/// An agent for fault tests: it records every start (`starts` beside the results dir:
+/// task id, attempt, target type, model), confirms at once, and writes its result by rename
+/// when the test says so ([`release`]), giving up after 30 s.
+pub const RECORDING_AGENT: &str = r#"
+dir=$(dirname "$RESULTS_DIR")
+printf '%s %s %s %s\n' "$TASK_ID" "${WAKE_ATTEMPT:-}" "${TASK_TARGET_TYPE:--}" "${TASK_MODEL:--}" >> "$dir/starts"
+(
+  touch "$RESULTS_DIR/$TASK_ID.started"
+  n=0
+  while [ ! -e "$dir/go-$TASK_ID" ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done
+  [ -e "$dir/go-$TASK_ID" ] || exit 0
+  cp "$dir/go-$TASK_ID" "$RESULTS_DIR/.$TASK_ID.tmp"
+  mv "$RESULTS_DIR/.$TASK_ID.tmp" "$RESULTS_DIR/$TASK_ID.json"
+) >/dev/null 2>&1 </dev/null &
+"#;
+
+/// Every start the recording agent wrote: (task id, attempt, target type, model).
+pub fn starts(sidecar: &Sidecar) -> Vec<Vec<String>> {
+    std::fs::read_to_string(sidecar.dir.path().join("starts"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect()
+}
+
+/// How many times the agent was started for `task_id`.
+pub fn starts_of(sidecar: &Sidecar, task_id: &str) -> usize {
+    starts(sidecar).iter().filter(|s| s[0] == task_id).count()
+}
+
+/// Lets the recording agent of `task_id` write `result` as its result.
+pub fn release(sidecar: &Sidecar, task_id: &str, result: &Value) {
+    let dir = sidecar.dir.path();
+    let tmp = dir.join(format!(".go-{task_id}"));
+    std::fs::write(&tmp, result.to_string()).unwrap();
+    std::fs::rename(tmp, dir.join(format!("go-{task_id}"))).unwrap();
+}
+
+/// Submits a task to the hub's queue (as `POST /api/tasks`); its id.
+pub fn submit(hub: &DevHub, body: Value) -> String {
+    hub.submit_task(body).expect("the hub takes the task")
+}
+
+/// The hub's view of a task, field `key`.
+pub fn task_field(hub: &DevHub, task_id: &str, key: &str) -> Value {
+    hub.task(task_id)
+        .map(|t| t[key].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the hub has the task in `status`.
+pub fn wait_status(hub: &DevHub, task_id: &str, status: &str) {
+    eventually(&format!("task {task_id} {status} at the hub"), || {
+        task_field(hub, task_id, "status") == status
+    });
+}
+
+/// A sidecar for [`AGENT`] in a fresh directory, with the recording agent as its wake
+/// command and test timings; waits until the hub has it identified.
+pub fn recording_sidecar(hub: &DevHub, extra: Value) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, RECORDING_AGENT).unwrap();
+    let config = with(
+        with(
+            fast_config(&hub.ws_url()),
+            json!({
+                "wake_command": format!("sh {}", script.display()),
+                "wake_retry_delays_ms": [100, 100],
+                "wake_timeout_ms": 10000,
+                "confirmation_timeout_ms": 5000,
+                "progress_interval_ms": 500,
+                "agent_progress_min_ms": 100,
+            }),
+        ),
+        extra,
+    );
+    let path = dir.path().join("config.json");
+    write_config(&path, &config);
+    let before = identified(hub).len();
+    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
+    wait_identified(hub, before + 1);
+    sidecar
+}
+
+/// Frames of one type the agent sent, parsed (only [`AGENT`]'s connections).
+pub fn agent_frames(hub: &DevHub, frame_type: &str, task_id: &str) -> Vec<Value> {
+    let conns: std::collections::HashSet<u64> = identified(hub).iter().map(|e| e.conn).collect();
+    hub.events()
+        .into_iter()
+        .filter(|e| conns.contains(&e.conn))
+        .filter_map(|e| match e.kind {
+            HubEventKind::Frame { json, .. }
+                if json["type"] == frame_type && json["task_id"] == task_id =>
+            {
+                Some(json)
+            }
+            _ => None,
+        })
+        .collect()
 }
