@@ -224,14 +224,18 @@ impl Outbound {
             let tier = Tier::of(w.frame.kind());
             let expect = Expect::of(&w.frame);
             let t = tier.index();
+            // A heartbeat goes when it is due (its own interval paces it): holding it back
+            // would only make the session look dead.
+            let heartbeat = matches!(w.frame, Outgoing::Ping);
             let blocked = held[t]
-                || self.paused[t].is_some_and(|p| p > now)
+                || (!heartbeat && self.paused[t].is_some_and(|p| p > now))
                 || w.not_before.is_some_and(|nb| nb > now)
                 || !self.isolated(tier, expect);
             // A silent frame takes a light token too, for the ping that settles it.
             let fence_ok =
                 expect != Expect::Nothing || self.buckets[Tier::Light.index()].available(now, 1.0);
-            if blocked || !fence_ok || !self.buckets[t].available(now, 1.0) {
+            let paced = heartbeat || self.buckets[t].available(now, 1.0);
+            if blocked || !fence_ok || !paced {
                 held[t] = true;
                 i += 1;
                 continue;
@@ -239,7 +243,9 @@ impl Outbound {
             let Some(w) = self.waiting.remove(i) else {
                 break;
             };
-            self.buckets[t].take(1.0);
+            if self.buckets[t].available(now, 1.0) {
+                self.buckets[t].take(1.0);
+            }
             self.paused[t] = None;
             out.push(w.frame.clone());
             self.inflight.push_back(Sent {
@@ -327,7 +333,8 @@ impl Outbound {
                     Duration::from_millis(retry_after_ms.unwrap_or(1000).min(3_600_000));
                 let until = now + retry_after;
                 self.paused[sent.tier.index()] = Some(until);
-                if !sent.fence {
+                // A ping is not sent again: the next heartbeat is one.
+                if !matches!(sent.frame, Outgoing::Ping) {
                     self.waiting.push_front(Waiting {
                         frame: sent.frame.clone(),
                         not_before: Some(until),

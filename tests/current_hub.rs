@@ -65,11 +65,16 @@ fn sigkill_mid_task_and_a_restart_while_the_hub_pushes_the_task_again_before_ans
     let accepted = eventually_frame(&hub, "task_accepted", &task_id, |f| {
         f["generation"].as_u64() > Some(1)
     });
+    // However the hub answers task_recovering (reassign; or continue, had it assigned the
+    // task again first), the answer no longer applies to the adopted task.
     sidecar
         .wait_for(WAIT, |l| {
-            l["event"] == "task_reassign_ignored" || l["event"] == "recovery_continued"
+            matches!(
+                l["event"].as_str(),
+                Some("task_reassign_ignored" | "task_continue_ignored" | "recovery_continued")
+            )
         })
-        .expect("the recovery answer handled");
+        .unwrap_or_else(|| panic!("the recovery answer handled\n{}", sidecar.dump()));
     release(&sidecar, &task_id, &success());
     done_once(&hub, &sidecar, &task_id);
     let complete = agent_frames(&hub, "task_complete", &task_id);
@@ -210,7 +215,7 @@ fn a_failure_reason_of_3000_characters_ends_the_task_without_a_violation() {
 fn other_agent(hub: &DevHub) -> Sidecar {
     let config = with(
         fast_config(&hub.ws_url()),
-        json!({"agent_id": OTHER, "token": OTHER_TOKEN}),
+        json!({"agent_id": OTHER, "token": OTHER_TOKEN, "progress_interval_ms": 100}),
     );
     let sidecar = Sidecar::start(config);
     eventually("the other agent identified", || {
@@ -397,4 +402,49 @@ fn the_hub_hears_wake_results_and_the_agents_own_progress() {
     eventually_frame(&hub, "task_progress", &task_id, |f| f["progress"] == 60);
     release(&sidecar, &task_id, &success());
     done_once(&hub, &sidecar, &task_id);
+}
+
+#[test]
+fn a_task_pushed_while_busy_is_refused_without_a_violation_and_the_hub_requeues_it() {
+    let hub = hub_with(timings(), HubLimits::default());
+    let sidecar = recording_sidecar(&hub, json!({}));
+    // The hub's socket process is slow to handle pushes: the scheduler gives the agent a
+    // second task before its FSM has heard of the first.
+    hub.hold_deliveries(AGENT, true);
+    let first = submit(&hub, json!({"description": "first"}));
+    let second = submit(&hub, json!({"description": "second"}));
+    eventually("both tasks assigned to the agent", || {
+        [&first, &second]
+            .iter()
+            .all(|t| task_field(&hub, t, "assigned_to") == AGENT)
+    });
+    hub.hold_deliveries(AGENT, false);
+    let refusal = eventually_frame(&hub, "task_failed", &second, |_| true);
+    assert_eq!(refusal["reason"], "busy");
+    sidecar
+        .wait_for(WAIT, |l| {
+            l["event"] == "task_rejected" && l["task_id"] == second.as_str()
+        })
+        .expect("the refusal is logged");
+    // Back in the hub's queue (a retry), not a violation.
+    eventually("the second task requeued", || {
+        task_field(&hub, &second, "retry_count") == 1
+    });
+    assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
+    eventually("the first task's start", || {
+        starts_of(&sidecar, &first) == 1
+    });
+    assert_eq!(
+        starts_of(&sidecar, &second),
+        0,
+        "no agent for the refused task"
+    );
+    release(&sidecar, &first, &success());
+    done_once(&hub, &sidecar, &first);
+    // Idle again: the hub gives the second task back, and it runs once.
+    eventually("the second task's start", || {
+        starts_of(&sidecar, &second) == 1
+    });
+    release(&sidecar, &second, &success());
+    done_once(&hub, &sidecar, &second);
 }

@@ -127,21 +127,23 @@ impl HubActor {
                         note = "the hub refused a frame of ours as invalid (this counts as a violation at the hub)"
                     );
                 }
-                if let Attribution::Answer(sent) = answer {
-                    if let Some(event) = report_event(sent, &incoming) {
-                        self.task_event(session, event);
-                    } else if error != "validation_failed" {
-                        log_event!(
+                match answer {
+                    Attribution::Answer(sent) => match report_event(sent, &incoming) {
+                        Some(event) => self.task_event(session, event),
+                        None if error == "validation_failed" => {}
+                        None if matches!(sent.frame, Outgoing::Identify { .. }) => {
+                            self.on_hub_error(error.clone(), ctx)
+                        }
+                        None => log_event!(
                             self.env.log,
                             Warn,
                             "hub_error",
                             error = error,
                             frame = sent.frame.kind(),
                             task_id = frame_task_id(&sent.frame)
-                        );
-                    }
-                } else {
-                    self.on_hub_error(error.clone(), ctx);
+                        ),
+                    },
+                    _ => self.on_hub_error(error.clone(), ctx),
                 }
             }
             (Incoming::TaskAck { task_id, status }, answer) => match answer {

@@ -59,6 +59,9 @@ pub(crate) enum Command {
     Cut,
     /// The hub shuts down: Close 1000, clean-up, end.
     Shutdown,
+    /// Hold (`true`) or release the messages from inside the hub: a socket process busy
+    /// elsewhere handles them later, in order (its FSM hears of a push only then).
+    Hold(bool),
 }
 
 /// A message to a socket process, as the hub sends them (`send(pid, …)` and PubSub).

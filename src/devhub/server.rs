@@ -158,6 +158,17 @@ impl DevHub {
         self.hub.command_agent(agent_id, || Command::Cut).len()
     }
 
+    /// Holds (`true`) or releases the hub's messages to the agent's sessions: pushes,
+    /// cancels and broadcasts wait, in order, as for a socket process busy with something
+    /// else, and the agent's FSM hears of a pushed task only when it is handled — so the
+    /// scheduler can give the agent a second task before its FSM knows of the first, as the
+    /// hub's scheduler can. How many sessions there were.
+    pub fn hold_deliveries(&self, agent_id: &str, hold: bool) -> usize {
+        self.hub
+            .command_agent(agent_id, || Command::Hold(hold))
+            .len()
+    }
+
     /// Restarts the hub as an orderly restart of the real one: every session is closed
     /// (1000) and cleaned up, so the tasks its agents held are taken back (next generation);
     /// the server stops and starts again on the same address. The task queue and the tokens

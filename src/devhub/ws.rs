@@ -49,6 +49,7 @@ pub(crate) async fn upgrade(
         reg: Registration { hub, id },
         session,
         cut: false,
+        held: None,
         idle,
     };
     actix_web::rt::spawn(serve(conn, stream, commands));
@@ -81,6 +82,8 @@ struct Connection {
     reg: Registration,
     session: Session,
     cut: bool,
+    /// Messages from inside the hub held back by a test (see `DevHub::hold_deliveries`).
+    held: Option<std::collections::VecDeque<Delivery>>,
     idle: Duration,
 }
 
@@ -228,7 +231,26 @@ impl Connection {
         match command {
             Some(Command::Send(_)) if self.cut => Flow::Continue,
             Some(Command::Send(frame)) => self.write(frame).await,
-            Some(Command::Deliver(delivery)) => self.deliver(delivery).await,
+            Some(Command::Deliver(delivery)) => match &mut self.held {
+                Some(held) => {
+                    held.push_back(delivery);
+                    Flow::Continue
+                }
+                None => self.deliver(delivery).await,
+            },
+            Some(Command::Hold(true)) => {
+                self.held.get_or_insert_with(Default::default);
+                Flow::Continue
+            }
+            Some(Command::Hold(false)) => {
+                let held = self.held.take().unwrap_or_default();
+                for delivery in held {
+                    if matches!(self.deliver(delivery).await, Flow::End) {
+                        return Flow::End;
+                    }
+                }
+                Flow::Continue
+            }
             Some(Command::Cut) => {
                 self.cut = true;
                 let id = self.reg.id;

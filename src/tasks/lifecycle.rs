@@ -626,8 +626,9 @@ impl Machine {
         if !recovering.is_empty() && process_start {
             self.changed();
         }
+        // Asked about at once (not after the write: a crash before it only asks again), so
+        // the hub's answer comes as early as it can.
         for (id, status, generation) in recovering {
-            self.announce(&id);
             self.note(
                 LogLevel::Info,
                 "recovery_found",
