@@ -4,6 +4,7 @@
 //!
 //! - [`config`] — the config file: located, read, validated into typed values.
 //! - [`token_file`] — where a `token_file` is and what it must hold (systemd credentials included).
+//! - [`register`] — `register`: a new agent from the hub, and a complete config written for it.
 //! - [`check`] — `check-config`: what a valid config cannot promise (writable paths, the wake program).
 //! - [`runtime`] — builds the actor system from a config and runs it to its exit code.
 //! - [`actors`] — the actors (one file each, in `actors/`) and the Supervisor's child list.
@@ -31,6 +32,7 @@ pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
+pub mod register;
 pub mod resources;
 pub mod runtime;
 pub mod status;
