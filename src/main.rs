@@ -219,6 +219,7 @@ fn dev_hub(listen: SocketAddr, tokens: Option<PathBuf>, tls: Option<(PathBuf, Pa
         tokens,
         tls,
         print_presence: true,
+        ..devhub::DevHubOptions::default()
     };
     match devhub::run_until_signal(options) {
         Ok(()) => 0,

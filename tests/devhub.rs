@@ -119,8 +119,13 @@ fn session_protocol_before_and_after_identify() {
             ask(&mut ws, json!({"type": "ping"})).await,
             error("not_identified")
         );
-        send(&mut ws, json!("not an object")).await;
-        assert_eq!(recv_json(&mut ws).await, error("not_identified"));
+        // Validated before anything else, identified or not: a violation.
+        let reply = ask(&mut ws, json!({"type": "what"})).await;
+        assert_eq!(
+            (&reply["error"], &reply["message_type"]),
+            (&json!("validation_failed"), &json!("what"))
+        );
+        assert_eq!(reply["errors"][0]["error"], "unknown_message_type");
         ws.send(Message::Text("{oops".into())).await.expect("sent");
         assert_eq!(recv_json(&mut ws).await, error("invalid_json"));
 
@@ -132,7 +137,7 @@ fn session_protocol_before_and_after_identify() {
             .as_u64()
             .is_some_and(|ms| ms > 1_600_000_000_000));
         let reply = ask(&mut ws, json!({"type": "what"})).await;
-        assert_eq!(reply, error("unknown_message_type"));
+        assert_eq!(reply["error"], "validation_failed");
 
         send(
             &mut ws,
@@ -144,8 +149,12 @@ fn session_protocol_before_and_after_identify() {
             ack,
             json!({"type": "task_ack", "task_id": "t", "status": "accepted"})
         );
-        let ack = ask(&mut ws, json!({"type": "task_failed", "task_id": "t"})).await;
-        assert_eq!(ack["status"], "failed");
+        let refused = ask(
+            &mut ws,
+            json!({"type": "task_failed", "task_id": "t", "generation": 1}),
+        )
+        .await;
+        assert_eq!(refused, error("task_fail_failed: not_found"));
 
         ws.send(Message::Ping("hb".into())).await.expect("sent");
         assert!(matches!(next_frame(&mut ws).await, Some(Frame::Pong(p)) if &p[..] == b"hb"));
@@ -153,6 +162,26 @@ fn session_protocol_before_and_after_identify() {
     let progress = hub.wait_for(WAIT, |e| e.frame_type() == Some("task_progress"));
     assert!(progress.is_some());
     assert!(hub.wait_for(WAIT, is_identified("anyone")).is_some());
+    assert_eq!(hub.violations("anyone"), 1, "the one after identify");
+    assert_eq!(hub.validation_failures().len(), 2);
+}
+
+/// A JSON value that is not an object crashes the hub's socket process: 1011.
+#[test]
+fn a_frame_that_is_not_an_object_ends_the_session() {
+    let hub = DevHub::start(DevHubOptions::default()).expect("hub starts");
+    run(async {
+        let client = awc::Client::new();
+        let mut ws = identified(&client, &hub, "a1", "t").await;
+        send(&mut ws, json!("not an object")).await;
+        let Some(Frame::Close(Some(reason))) = next_frame(&mut ws).await else {
+            panic!("expected a close frame");
+        };
+        assert_eq!(u16::from(reason.code), 1011);
+    });
+    let gone = |e: &HubEvent| matches!(&e.kind, HubEventKind::PresenceRemoved { agent_id } if agent_id == "a1");
+    assert!(hub.wait_for(WAIT, gone).is_some());
+    assert!(hub.agents().is_empty());
 }
 
 #[test]
@@ -208,8 +237,13 @@ fn behaviour_switches_silence_the_hub() {
         );
         identify(&mut ws, "a1", "t").await;
         send(&mut ws, json!({"type": "ping"})).await;
-        let ack = ask(&mut ws, json!({"type": "task_complete", "task_id": "x"})).await;
-        assert_eq!(ack["status"], "complete", "the ping got no pong");
+        let complete = json!({"type": "task_complete", "task_id": "x", "generation": 1});
+        let refused = ask(&mut ws, complete).await;
+        assert_eq!(
+            refused,
+            error("task_complete_failed: not_found"),
+            "the ping got no pong"
+        );
 
         hub.set_behaviour(Behaviour {
             echo_close: false,
@@ -236,30 +270,50 @@ fn push_task_reaches_the_agent_over_http() {
 
         assert_eq!(push_task(&hub, None, task.clone()).await.0, 401);
         let (status, body) = push_task(&hub, Some("bogus"), task.clone()).await;
-        assert_eq!((status, body), (401, json!({"error": "unauthorized"})));
+        assert_eq!((status, &body["error"]), (401, &json!("unauthorized")));
         let elsewhere = json!({"agent_id": "a2", "description": "x"});
         let (status, body) = push_task(&hub, Some("t2"), elsewhere).await;
         assert_eq!(
             (status, body),
-            (404, json!({"error": "agent_not_connected"}))
+            (
+                404,
+                json!({"error": "agent_not_connected", "agent_id": "a2"})
+            )
         );
-        assert_eq!(push_task(&hub, Some("t2"), json!([1])).await.0, 400);
+        let (status, body) = push_task(&hub, Some("t2"), json!([1])).await;
+        assert_eq!((status, &body["error"]), (422, &json!("validation_failed")));
 
         let (status, body) = push_task(&hub, Some("t2"), task).await;
-        assert_eq!((status, &body["status"]), (200, &json!("queued")));
+        assert_eq!((status, &body["status"]), (200, &json!("pushed")));
+        assert_eq!(body["agent_id"], "a1");
         let task_id = body["task_id"].as_str().expect("task id").to_string();
         let hex = task_id.strip_prefix("task-").expect("task- prefix");
         assert!(hex.len() == 16 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
 
+        // The hub's push: its own fields only, generation 0, the rest at its defaults.
         let assign = recv_json(&mut ws).await;
         assert_eq!(assign["type"], "task_assign");
         assert_eq!(assign["task_id"], task_id.as_str());
         assert_eq!(assign["description"], "do it");
         assert_eq!(assign["metadata"], json!({"k": 1}));
-        assert_eq!(assign["repo"], "r");
-        assert_eq!(assign["generation"], 1);
+        assert_eq!(assign["repo"], Value::Null);
+        assert_eq!(assign["generation"], 0);
+        assert_eq!(assign["file_hints"], json!([]));
+        assert_eq!(assign["skip_verification"], false);
         assert!(assign["assigned_at"].as_u64().is_some());
         assert!(assign.get("agent_id").is_none());
+        assert_eq!(
+            hub.fsm_state("a1").as_deref(),
+            Some("assigned"),
+            "its FSM heard of it"
+        );
+
+        // The queue never had it.
+        let complete = json!({"type": "task_complete", "task_id": task_id, "generation": 0});
+        assert_eq!(
+            ask(&mut ws, complete).await,
+            error("task_complete_failed: not_found")
+        );
     });
     let pushed = |e: &HubEvent| matches!(&e.kind, HubEventKind::TaskPushed { agent_id, .. } if agent_id == "a1");
     assert!(hub.wait_for(WAIT, pushed).is_some());
@@ -293,7 +347,8 @@ fn events_are_served_over_http_with_monotonic_times() {
         #[cfg(unix)]
         let before = monotonic_ns();
         let mut ws = identified(&client, &hub, "a1", "t1").await;
-        let (status, body) = push_task(&hub, Some("t1"), json!({"agent_id": "a1"})).await;
+        let push = json!({"agent_id": "a1", "description": "d"});
+        let (status, body) = push_task(&hub, Some("t1"), push).await;
         assert_eq!(status, 200);
         let task_id = body["task_id"].as_str().expect("task id").to_string();
         assert_eq!(recv_json(&mut ws).await["type"], "task_assign");
@@ -491,29 +546,39 @@ fn close_handshakes_in_both_directions() {
             .await
             .expect("close sent");
         let Some(Frame::Close(Some(echo))) = next_frame(&mut ws).await else {
-            panic!("expected the close echo");
+            panic!("expected the close answer");
         };
-        assert_eq!(echo.code, CloseCode::Away);
+        assert_eq!(echo.code, CloseCode::Normal, "the hub answers 1000");
     });
     let closed = |e: &HubEvent| matches!(&e.kind, HubEventKind::CloseReceived { code: Some(1001), reason } if reason == "bye");
     assert!(hub.wait_for(WAIT, closed).is_some());
 }
 
+/// As on the hub, a second session of an agent does not replace the first: both stay open,
+/// and the first keeps the push registration.
 #[test]
-fn newer_connection_wins_and_kill_drops_without_close() {
+fn a_second_session_leaves_the_first_registered_and_kill_drops_without_close() {
     let hub = DevHub::start(DevHubOptions::default()).expect("hub starts");
     run(async {
         let client = awc::Client::new();
         let mut old = identified(&client, &hub, "a1", "t").await;
+        let first = hub.registered_conn("a1").expect("registered");
         let mut new = identified(&client, &hub, "a1", "t").await;
-        assert!(matches!(
-            next_frame(&mut old).await,
-            Some(Frame::Close(Some(_)))
-        ));
-        assert_eq!(hub.send("a1", RawFrame::Text("hi".into())), 1);
+        assert_eq!(
+            hub.registered_conn("a1"),
+            Some(first),
+            "the first one keeps it"
+        );
+        assert!(hub.restart_agent("a1", "test"));
+        let restart = recv_json(&mut old).await;
+        assert_eq!(
+            restart,
+            json!({"type": "restart_sidecar", "reason": "test"})
+        );
+        assert_eq!(hub.send("a1", RawFrame::Text("hi".into())), 2);
         assert!(matches!(next_frame(&mut new).await, Some(Frame::Text(t)) if &t[..] == b"hi"));
 
-        assert_eq!(hub.kill_connections("a1"), 1);
+        assert_eq!(hub.kill_connections("a1"), 2);
         assert!(
             next_frame(&mut new).await.is_none(),
             "no close frame before the end"
@@ -526,6 +591,8 @@ fn newer_connection_wins_and_kill_drops_without_close() {
         .map(|e| e.conn)
         .collect();
     assert_eq!(identified_conns.len(), 2);
+    let refused = |e: &HubEvent| matches!(&e.kind, HubEventKind::RegistrationRefused { held_by, .. } if *held_by == identified_conns[0]);
+    assert!(hub.wait_for(WAIT, refused).is_some());
     for conn in identified_conns {
         let gone = |e: &HubEvent| e.conn == conn && matches!(e.kind, HubEventKind::Disconnected);
         assert!(hub.wait_for(WAIT, gone).is_some(), "conn {conn} ended");
@@ -623,4 +690,61 @@ fn wss_with_a_self_signed_certificate() {
         let health = get_json(&client, format!("{}/health", hub.http_url())).await;
         assert_eq!(health["agents_connected"], 1);
     });
+}
+
+/// POST /api/onboard/register (no auth); status and JSON body.
+async fn register(hub: &DevHub, body: &str) -> (u16, Value) {
+    let client = awc::Client::new();
+    let mut response = client
+        .post(format!("{}/api/onboard/register", hub.http_url()))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .expect("HTTP answer");
+    let json = response.json::<Value>().await.unwrap_or(Value::Null);
+    (response.status().as_u16(), json)
+}
+
+#[test]
+fn register_gives_a_new_agent_a_working_token_once() {
+    let hub = hub_with_tokens();
+    run(async {
+        let (status, body) = register(&hub, r#"{"agent_id": "a3"}"#).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["agent_id"], "a3");
+        let port = hub.addr().port();
+        assert_eq!(body["hub_ws_url"], format!("ws://127.0.0.1:{port}/ws"));
+        assert_eq!(body["hub_api_url"], format!("http://127.0.0.1:{port}"));
+        assert_eq!(body["default_repo"], Value::Null);
+        let token = body["token"].as_str().expect("token").to_string();
+        assert_eq!(token.len(), 64);
+
+        let (status, body) = register(&hub, r#"{"agent_id": "a3"}"#).await;
+        assert_eq!(
+            (status, body),
+            (409, json!({"error": "agent_id already registered"}))
+        );
+        let (status, _) = register(&hub, r#"{"agent_id": "a1"}"#).await;
+        assert_eq!(status, 409, "an id from the tokens file exists too");
+
+        let (status, body) = register(&hub, r#"{"agent_id": ""}"#).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["errors"][0]["detail"], "agent_id must not be empty");
+        let (status, body) = register(&hub, r#"{"agent_id": 7}"#).await;
+        assert_eq!((status, &body["error"]), (422, &json!("validation_failed")));
+        assert_eq!(body["errors"][0]["detail"], "expected string, got integer");
+        assert_eq!(register(&hub, "{nope").await.0, 400);
+
+        let client = awc::Client::new();
+        identified(&client, &hub, "a3", &token).await;
+        let mut ws = connect(&client, &hub.ws_url()).await;
+        assert_eq!(
+            identify(&mut ws, "a1", &token).await,
+            error("token_agent_mismatch")
+        );
+        let (status, _) = push_task(&hub, Some(&token), json!({"agent_id": "a3"})).await;
+        assert_ne!(status, 401, "the new token works for the HTTP API");
+    });
+    let registered = |e: &HubEvent| matches!(&e.kind, HubEventKind::AgentRegistered { agent_id } if agent_id == "a3");
+    assert!(hub.wait_for(WAIT, registered).is_some());
 }

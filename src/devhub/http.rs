@@ -1,6 +1,8 @@
-//! The hub's HTTP side: `/health`, `/api/agents` and the admin route that pushes a task to a
-//! connected agent, as the real hub has them; and, for the dev hub only, `/api/events`, the
-//! recorded events for clients in other processes (the benchmark).
+//! The hub's HTTP side, as its `Endpoint` serves it: `/health`, `/api/agents`, the task API
+//! (`POST /api/tasks`, `GET /api/tasks[/:id]`, `POST /api/tasks/:id/cancel`), the admin
+//! routes (push-task, restart an agent) and `POST /api/onboard/register`; and, for the dev hub
+//! only, `/api/events`, the recorded events for clients in other processes (the benchmark).
+//! Authenticated routes take `Authorization: Bearer <token>` with any agent's token.
 
 use std::time::Duration;
 
@@ -10,8 +12,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::state::{now_ms, Hub};
-use super::{HubEvent, HubEventKind};
+use super::core::Now;
+use super::events::event_json;
+use super::state::Hub;
+use super::tokens::RegisterError;
+use super::validation::{self, HttpBody};
 
 /// Events per `/api/events` answer when the request does not say.
 const EVENTS_PAGE: usize = 1000;
@@ -20,44 +25,198 @@ const EVENTS_PAGE_MAX: usize = 10_000;
 /// Longest `wait_ms` of `/api/events`.
 const EVENTS_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// Every route, on `app`.
+pub(crate) fn routes(app: &mut web::ServiceConfig) {
+    app.route("/health", web::get().to(health))
+        .route("/api/agents", web::get().to(agents))
+        .route("/api/tasks", web::post().to(submit))
+        .route("/api/tasks", web::get().to(list_tasks))
+        .route("/api/tasks/{task_id}", web::get().to(get_task))
+        .route("/api/tasks/{task_id}/cancel", web::post().to(cancel))
+        .route("/api/admin/push-task", web::post().to(push_task))
+        .route(
+            "/api/admin/agents/{agent_id}/restart",
+            web::post().to(restart_agent),
+        )
+        .route("/api/onboard/register", web::post().to(register))
+        .route("/api/events", web::get().to(events))
+        .default_service(web::to(|| async {
+            reply(404, json!({"error": "not_found"}))
+        }));
+}
+
 /// `GET /health`.
-pub(crate) async fn health(hub: web::Data<Hub>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "service": "agent_com",
-        "agents_connected": hub.agents().len(),
-    }))
+async fn health(hub: web::Data<Hub>) -> HttpResponse {
+    let connected = hub.with_core(|core| core.presence.len());
+    reply(
+        200,
+        json!({"status": "ok", "service": "agent_com", "agents_connected": connected}),
+    )
 }
 
-/// `GET /api/agents`.
-pub(crate) async fn agents(hub: web::Data<Hub>) -> HttpResponse {
-    let agents: Vec<Value> = hub.agents().iter().map(|a| a.to_json()).collect();
-    HttpResponse::Ok().json(json!({ "agents": agents }))
+/// `GET /api/agents` (no auth, as on the hub): presence, with each agent's FSM state.
+async fn agents(hub: web::Data<Hub>) -> HttpResponse {
+    let agents = hub.with_core(|core| core.agents_json());
+    reply(200, json!({ "agents": agents }))
 }
 
-/// `POST /api/admin/push-task`: `{"agent_id":…, "description":…, "metadata":…, …}` becomes a
-/// `task_assign` frame on that agent's connection.
-pub(crate) async fn push_task(
+/// `POST /api/tasks`.
+async fn submit(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>) -> HttpResponse {
+    let Some(agent) = authenticated(&req, &hub) else {
+        return unauthorized();
+    };
+    let Some(fields) = json_body(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json");
+    };
+    let (status, body) = hub.with_core(|core| core.submit(&fields, &agent, Now::get()));
+    reply(status, body)
+}
+
+/// The query of `GET /api/tasks`.
+#[derive(Debug, Deserialize)]
+struct TasksQuery {
+    status: Option<String>,
+    assigned_to: Option<String>,
+}
+
+/// `GET /api/tasks?status=…&assigned_to=…` (dead letters not included, as on the hub).
+async fn list_tasks(
     req: HttpRequest,
+    query: web::Query<TasksQuery>,
+    hub: web::Data<Hub>,
+) -> HttpResponse {
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
+    }
+    let tasks: Vec<Value> = hub.with_core(|core| {
+        let mut tasks: Vec<_> = core
+            .queue
+            .all()
+            .filter(|t| t.status != super::queue::Status::DeadLetter)
+            .filter(|t| query.status.as_deref().is_none_or(|s| s == t.status.name()))
+            .filter(|t| query.assigned_to.is_none() || t.assigned_to == query.assigned_to)
+            .collect();
+        tasks.sort_by_key(|t| (t.priority, t.created_at, t.seq));
+        tasks.into_iter().map(|t| t.to_json()).collect()
+    });
+    reply(200, json!({"count": tasks.len(), "tasks": tasks}))
+}
+
+/// `GET /api/tasks/:id`.
+async fn get_task(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> HttpResponse {
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
+    }
+    let task_id = path.into_inner();
+    match hub.with_core(|core| core.queue.get(&task_id).map(|t| t.to_json())) {
+        Some(task) => reply(200, task),
+        None => reply(404, json!({"error": "task_not_found", "task_id": task_id})),
+    }
+}
+
+/// `POST /api/tasks/:id/cancel`.
+async fn cancel(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> HttpResponse {
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
+    }
+    let task_id = path.into_inner();
+    match hub.with_core(|core| core.cancel(&task_id, Now::get())) {
+        Some(answer) => reply(200, answer),
+        None => reply(404, json!({"error": "task_not_found", "task_id": task_id})),
+    }
+}
+
+/// `POST /api/admin/push-task`: `{"agent_id","description","metadata"}` becomes a
+/// `task_assign` (generation 0) on the agent's registered session; the queue never knows it.
+async fn push_task(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>) -> HttpResponse {
+    let Some(agent) = authenticated(&req, &hub) else {
+        return unauthorized();
+    };
+    let Some(fields) = json_body(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json");
+    };
+    let (status, body) = hub.with_core(|core| core.push_task(&fields, &agent, Now::get()));
+    reply(status, body)
+}
+
+/// `POST /api/admin/agents/:id/restart` with an optional `{"reason"}`: `restart_sidecar`.
+async fn restart_agent(
+    req: HttpRequest,
+    path: web::Path<String>,
     body: web::Bytes,
     hub: web::Data<Hub>,
 ) -> HttpResponse {
-    if !hub.admin_token_ok(bearer(&req).unwrap_or("")) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
     }
-    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_body");
-    };
-    let agent_id = match fields.remove("agent_id") {
-        Some(Value::String(id)) if !id.is_empty() => id,
-        _ => return error(StatusCode::BAD_REQUEST, "missing_agent_id"),
-    };
-    let task_id = format!("task-{:016x}", fastrand::u64(..));
-    let frame = task_assign(&task_id, fields).to_string();
-    if !hub.push_task(&agent_id, &task_id, frame) {
-        return error(StatusCode::NOT_FOUND, "agent_not_connected");
+    let agent_id = path.into_inner();
+    let fields = json_body(&body).unwrap_or_default();
+    let reason = fields
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("admin_commanded");
+    if hub.with_core(|core| core.restart_agent(&agent_id, reason)) {
+        reply(
+            200,
+            json!({"status": "restart_commanded", "agent_id": agent_id, "reason": reason}),
+        )
+    } else {
+        reply(
+            404,
+            json!({"error": "agent_not_connected", "agent_id": agent_id}),
+        )
     }
-    HttpResponse::Ok().json(json!({ "status": "queued", "task_id": task_id }))
+}
+
+/// `POST /api/onboard/register` (no auth): `{"agent_id":…}` → 201 with a new token and the
+/// hub's URLs (from the request's `Host`, as the hub builds them), 409 if the id already has a
+/// token, 422 if the body fails the hub's schema or the id is empty.
+async fn register(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>) -> HttpResponse {
+    let Some(fields) = json_body(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json");
+    };
+    if let Err(errors) = validation::validate_http(&fields, HttpBody::Register) {
+        return reply(422, json!({"error": "validation_failed", "errors": errors}));
+    }
+    let agent_id = fields.get("agent_id").and_then(Value::as_str).unwrap_or("");
+    if agent_id.is_empty() {
+        let errors = json!([{"field": "agent_id", "error": "required", "detail": "agent_id must not be empty"}]);
+        return reply(422, json!({"error": "validation_failed", "errors": errors}));
+    }
+    let registered = hub.with_core(|core| {
+        let token = core.tokens.register(agent_id)?;
+        core.record(
+            0,
+            super::HubEventKind::AgentRegistered {
+                agent_id: agent_id.to_string(),
+            },
+        );
+        core.say(format_args!("agent {agent_id} registered"));
+        Ok((token, core.default_repo().map(str::to_string)))
+    });
+    let (token, default_repo) = match registered {
+        Ok(answer) => answer,
+        Err(RegisterError::AlreadyRegistered) => {
+            return error(StatusCode::CONFLICT, "agent_id already registered")
+        }
+    };
+    let info = req.connection_info();
+    let (ws, http) = if info.scheme() == "https" {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let host = info.host();
+    reply(
+        201,
+        json!({
+            "agent_id": agent_id,
+            "token": token,
+            "hub_ws_url": format!("{ws}://{host}/ws"),
+            "hub_api_url": format!("{http}://{host}"),
+            "default_repo": default_repo,
+        }),
+    )
 }
 
 /// The query of `GET /api/events`.
@@ -74,7 +233,8 @@ pub(crate) struct EventsQuery {
 }
 
 /// `GET /api/events?since=N&limit=L&wait_ms=W`: the events the hub recorded (connections,
-/// frames received, identifies, tasks pushed), from `seq` N on, oldest first:
+/// frames received, identifies, tasks assigned and pushed, take-backs, violations, …), from
+/// `seq` N on, oldest first:
 ///
 /// ```json
 /// {"events": [{"seq": 7, "conn": 2, "mono_ns": 81234567890123, "kind": "frame",
@@ -83,35 +243,38 @@ pub(crate) struct EventsQuery {
 /// ```
 ///
 /// `mono_ns` is the moment of the event on the machine's monotonic clock (see
-/// [`HubEvent::mono_ns`]); `clock` says which clock that is. Frames are described by their
-/// `type`, `task_id` and size only: their text, identify tokens included, is never served.
-/// With `wait_ms`, an answer that would be empty waits for the next event instead (a long
-/// poll), so a client learns of an event at once without polling in a loop.
+/// [`HubEvent::mono_ns`](super::HubEvent::mono_ns)); `clock` says which clock that is. Frames
+/// are described by their `type`, `task_id` and size only: their text, identify tokens
+/// included, is never served. With `wait_ms`, an answer that would be empty waits for the next
+/// event instead (a long poll), so a client learns of an event at once without polling.
 ///
 /// There is no authentication: this is a development hub, listening on loopback unless told
 /// otherwise, and the real hub has no such route. Anyone who can reach the port can read
 /// which agents connect and which tasks they get.
-pub(crate) async fn events(query: web::Query<EventsQuery>, hub: web::Data<Hub>) -> HttpResponse {
+async fn events(query: web::Query<EventsQuery>, hub: web::Data<Hub>) -> HttpResponse {
     let since = query.since;
     let limit = query.limit.unwrap_or(EVENTS_PAGE).clamp(1, EVENTS_PAGE_MAX);
     let wait = Duration::from_millis(query.wait_ms).min(EVENTS_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look: an event recorded in between still wakes the wait.
-    let mut added = hub.watch_events();
+    let mut added = hub.events.watch();
     let mut closed = false;
     loop {
-        let (events, total) = hub.read_events(since, |events, total| {
+        let (events, total) = hub.events.read(since, |events, total| {
             let page = events.iter().take(limit).enumerate();
             let page = page.map(|(i, event)| event_json(since + i, event));
             (page.collect::<Vec<Value>>(), total)
         });
         if !events.is_empty() || closed || tokio::time::Instant::now() >= deadline {
-            return HttpResponse::Ok().json(json!({
-                "next": since + events.len(),
-                "total": total,
-                "clock": CLOCK,
-                "events": events,
-            }));
+            return reply(
+                200,
+                json!({
+                    "next": since + events.len(),
+                    "total": total,
+                    "clock": CLOCK,
+                    "events": events,
+                }),
+            );
         }
         let changed = tokio::time::timeout_at(deadline, added.changed()).await;
         closed = matches!(changed, Ok(Err(_)));
@@ -123,57 +286,34 @@ const CLOCK: &str = "CLOCK_MONOTONIC";
 #[cfg(not(unix))]
 const CLOCK: &str = "hub_start";
 
-/// One event as `/api/events` serves it.
-fn event_json(seq: usize, event: &HubEvent) -> Value {
-    let mut out = json!({"seq": seq, "conn": event.conn, "mono_ns": event.mono_ns});
-    let fields = match &event.kind {
-        HubEventKind::Connected => json!({"kind": "connected"}),
-        HubEventKind::Frame { text, json } => {
-            let text_field = |key: &str| json.get(key).and_then(Value::as_str);
-            json!({"kind": "frame", "type": text_field("type"), "task_id": text_field("task_id"),
-                "bytes": text.len()})
-        }
-        HubEventKind::BinaryFrame(bytes) => json!({"kind": "binary_frame", "bytes": bytes}),
-        HubEventKind::WsPong(payload) => json!({"kind": "ws_pong", "bytes": payload.len()}),
-        HubEventKind::CloseReceived { code, reason } => {
-            json!({"kind": "close_received", "code": code, "reason": reason})
-        }
-        HubEventKind::Identified { agent_id } => {
-            json!({"kind": "identified", "agent_id": agent_id})
-        }
-        HubEventKind::IdentifyRefused { agent_id, error } => {
-            json!({"kind": "identify_refused", "agent_id": agent_id, "error": error})
-        }
-        HubEventKind::Disconnected => json!({"kind": "disconnected"}),
-        HubEventKind::TaskPushed { agent_id, task_id } => {
-            json!({"kind": "task_pushed", "agent_id": agent_id, "task_id": task_id})
-        }
-    };
-    if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
-        out.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
-    }
-    out
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(req: &HttpRequest) -> Option<&str> {
+/// The agent a request's `Authorization: Bearer <token>` authenticates (the hub matches the
+/// header's `Bearer ` prefix exactly).
+fn authenticated(req: &HttpRequest, hub: &Hub) -> Option<String> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let token = value.strip_prefix("Bearer ")?.trim();
+    hub.with_core(|core| core.tokens.bearer_agent(token).map(str::to_string))
 }
 
-/// The frame for a new task: the request's own fields (but `type` and `task_id`), over the
-/// hub's defaults.
-fn task_assign(task_id: &str, fields: Map<String, Value>) -> Value {
-    let mut frame = Map::new();
-    frame.insert("description".into(), json!(""));
-    frame.insert("metadata".into(), json!({}));
-    frame.insert("assigned_at".into(), json!(now_ms()));
-    frame.insert("generation".into(), json!(1));
-    frame.extend(fields);
-    frame.insert("type".into(), json!("task_assign"));
-    frame.insert("task_id".into(), json!(task_id));
-    Value::Object(frame)
+fn unauthorized() -> HttpResponse {
+    reply(
+        401,
+        json!({"error": "unauthorized", "hint": "provide Authorization: Bearer <token>"}),
+    )
+}
+
+/// A request body's fields; `None` if it is not JSON (a 400).
+fn json_body(body: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Some(fields),
+        // The hub's JSON parser puts any other JSON value under "_json": no field is there.
+        Ok(_) => Some(Map::new()),
+        Err(_) => None,
+    }
+}
+
+fn reply(status: u16, body: Value) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(body)
 }
 
 fn error(status: StatusCode, error: &str) -> HttpResponse {

@@ -1,6 +1,11 @@
-//! One WebSocket connection of the dev hub: the `/ws` upgrade, then a task that answers the
-//! client's frames the way the hub does (identify first, then pings and task reports) and
-//! writes the frames queued for it by [`DevHub::send`](super::DevHub::send), in order.
+//! One WebSocket connection of the dev hub: the `/ws` upgrade, then a task that plays the
+//! hub's socket process. It handles, strictly one at a time and in order, the client's frames
+//! (answered by the model, [`Core::on_text`](super::core::Core)) and the messages the hub
+//! sends it (pushes, broadcasts, test commands), and ends as the hub's does: on the client's
+//! Close or disconnect, on a close the model decides (violations, cooldown, a crash), on the
+//! idle timeout (nothing received for `idle_timeout`), or on the hub's shutdown. A *cut*
+//! connection neither reads nor writes any more but lingers, handling messages into the void,
+//! until its idle timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +13,14 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Item, Session};
 use bytes::Bytes;
-use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::{sleep_until, Instant};
 
-use super::state::{now_ms, AgentInfo, Command, Hub};
-use super::{Behaviour, HubEventKind, RawFrame};
+use super::core::{Command, Delivery, Now};
+use super::events::HubEventKind;
+use super::frames::{Out, Reply};
+use super::state::Hub;
+use super::RawFrame;
 
 /// Largest frame, and largest reassembled fragmented message, the hub accepts.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -36,13 +43,19 @@ pub(crate) async fn upgrade(
         .peer_addr()
         .map_or_else(|| "?".to_string(), |addr| addr.to_string());
     let hub = hub.into_inner();
-    let id = hub.register(commands_tx, &peer);
-    let registration = Registration { hub, id };
-    actix_web::rt::spawn(serve(registration, session, stream, commands));
+    let id = hub.open(commands_tx, &peer);
+    let idle = hub.with_core(|core| core.timings.idle_timeout);
+    let conn = Connection {
+        reg: Registration { hub, id },
+        session,
+        cut: false,
+        idle,
+    };
+    actix_web::rt::spawn(serve(conn, stream, commands));
     Ok(response)
 }
 
-/// Unregisters the connection when its task ends, however it ends.
+/// Runs the session's clean-up when its task ends, however it ends (also by a panic).
 struct Registration {
     hub: Arc<Hub>,
     id: u64,
@@ -50,7 +63,9 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.unregister(self.id);
+        let id = self.id;
+        self.hub
+            .with_core(|core| core.session_ended(id, true, Now::get()));
     }
 }
 
@@ -65,25 +80,23 @@ enum Flow {
 struct Connection {
     reg: Registration,
     session: Session,
-    identified: bool,
+    cut: bool,
+    idle: Duration,
 }
 
 async fn serve(
-    reg: Registration,
-    session: Session,
+    mut conn: Connection,
     mut stream: AggregatedMessageStream,
     mut commands: UnboundedReceiver<Command>,
 ) {
-    let mut conn = Connection {
-        reg,
-        session,
-        identified: false,
-    };
+    let mut idle_deadline = Instant::now() + conn.idle;
     loop {
         let flow = tokio::select! {
-            message = stream.recv() => conn.on_message(message).await,
+            message = stream.recv(), if !conn.cut => conn.on_message(message).await,
             command = commands.recv() => conn.on_command(command).await,
+            () = sleep_until(idle_deadline) => conn.on_idle_timeout().await,
         };
+        idle_deadline = Instant::now() + conn.idle;
         match flow {
             Flow::Continue => {}
             Flow::Closing => {
@@ -102,6 +115,14 @@ impl Connection {
         self.reg.hub.record(self.reg.id, kind);
     }
 
+    /// The model's clean-up, now (the close that follows is only the wire's).
+    fn terminate(&self, clean_up: bool) {
+        let id = self.reg.id;
+        self.reg
+            .hub
+            .with_core(|core| core.session_ended(id, clean_up, Now::get()));
+    }
+
     async fn on_message(&mut self, message: Incoming) -> Flow {
         let message = match message {
             Some(Ok(message)) => message,
@@ -111,8 +132,11 @@ impl Connection {
         match message {
             AggregatedMessage::Text(text) => self.on_text(&text).await,
             AggregatedMessage::Binary(data) => {
+                // The hub's socket has no clause for binary frames: its process crashes.
                 self.record(HubEventKind::BinaryFrame(data.len()));
-                Flow::Continue
+                self.terminate(true);
+                self.close(1011, "").await;
+                Flow::End
             }
             AggregatedMessage::Ping(payload) => after_send(self.session.pong(&payload).await),
             AggregatedMessage::Pong(payload) => {
@@ -137,87 +161,118 @@ impl Connection {
         Flow::End
     }
 
+    /// The hub answers a Close with 1000 (1002 for a code it does not accept) and ends.
     async fn on_close(&mut self, reason: Option<CloseReason>) -> Flow {
         self.record(close_event(reason.as_ref()));
         if !self.reg.hub.behaviour().echo_close {
             return Flow::Continue;
         }
-        let _ = self.session.clone().close(reason).await;
+        let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
+        let answer = match code {
+            1000..=1003 | 1007..=1011 | 3000.. => 1000,
+            _ => 1002,
+        };
+        self.close(answer, "").await;
         Flow::End
     }
 
-    /// Answers with the behaviour as it was when the frame was recorded.
     async fn on_text(&mut self, text: &str) -> Flow {
         let behaviour = self.reg.hub.behaviour();
-        let parsed = serde_json::from_str::<Value>(text);
+        let parsed = serde_json::from_str::<serde_json::Value>(text);
         self.record(frame_event(text, &parsed));
-        let answer = match parsed {
-            Ok(frame) => self.answer(&frame, &behaviour),
-            Err(_) => Some(error_frame("invalid_json")),
-        };
-        match answer {
-            Some(answer) => after_send(self.session.text(answer.to_string()).await),
+        let id = self.reg.id;
+        let reply: Reply = self
+            .reg
+            .hub
+            .with_core(|core| core.on_text(id, text, &behaviour, Now::get()));
+        for out in reply.out {
+            let flow = match out {
+                Out::Text(frame) => after_send(self.session.text(frame).await),
+                Out::Deliver(delivery) => self.deliver(delivery).await,
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        match reply.close {
             None => Flow::Continue,
+            Some(close) => {
+                let sent = self.close(close.code, &close.reason).await;
+                if close.wait_echo && sent {
+                    Flow::Closing
+                } else {
+                    Flow::End
+                }
+            }
         }
     }
 
-    /// The hub's reply to one parsed frame, if it sends one.
-    fn answer(&mut self, frame: &Value, behaviour: &Behaviour) -> Option<Value> {
-        let kind = frame.get("type").and_then(Value::as_str);
-        if kind == Some("identify") {
-            return behaviour.answer_identify.then(|| self.identify(frame));
+    /// Handles a message from inside the hub; writes its frame unless cut.
+    async fn deliver(&mut self, delivery: Delivery) -> Flow {
+        let id = self.reg.id;
+        let delivered = self
+            .reg
+            .hub
+            .with_core(|core| core.deliver(id, delivery, Now::get()));
+        let flow = match delivered.frame {
+            Some(frame) if !self.cut => after_send(self.session.text(frame).await),
+            _ => Flow::Continue,
+        };
+        if let (Some(event), false) = (delivered.event, matches!(flow, Flow::End)) {
+            self.record(event);
         }
-        if !self.identified {
-            return Some(error_frame("not_identified"));
-        }
-        match kind {
-            Some("ping") => behaviour
-                .answer_pings
-                .then(|| json!({"type": "pong", "timestamp": now_ms()})),
-            Some("task_accepted") => behaviour.auto_ack.then(|| task_ack(frame, "accepted")),
-            Some("task_complete") => behaviour.auto_ack.then(|| task_ack(frame, "complete")),
-            Some("task_failed") => behaviour.auto_ack.then(|| task_ack(frame, "failed")),
-            Some("task_rejected" | "task_progress" | "task_recovering") => None,
-            _ => Some(error_frame("unknown_message_type")),
-        }
-    }
-
-    fn identify(&mut self, frame: &Value) -> Value {
-        let field = |key| frame.get(key).and_then(Value::as_str).unwrap_or("");
-        let agent_id = field("agent_id");
-        let hub = &self.reg.hub;
-        match hub.check_token(agent_id, field("token")) {
-            Ok(()) => {
-                hub.identify(self.reg.id, AgentInfo::from_identify(agent_id, frame));
-                self.identified = true;
-                json!({"type": "identified", "agent_id": agent_id})
-            }
-            Err(error) => {
-                self.record(HubEventKind::IdentifyRefused {
-                    agent_id: agent_id.to_string(),
-                    error: error.to_string(),
-                });
-                let id = self.reg.id;
-                hub.presence(format_args!(
-                    "conn {id} refused as agent {agent_id:?}: {error}"
-                ));
-                error_frame(error)
-            }
-        }
+        flow
     }
 
     async fn on_command(&mut self, command: Option<Command>) -> Flow {
         match command {
+            Some(Command::Send(_)) if self.cut => Flow::Continue,
             Some(Command::Send(frame)) => self.write(frame).await,
-            Some(Command::SendAndRecord(frame, event)) => {
-                let flow = self.write(frame).await;
-                if !matches!(flow, Flow::End) {
-                    self.record(event);
+            Some(Command::Deliver(delivery)) => self.deliver(delivery).await,
+            Some(Command::Cut) => {
+                self.cut = true;
+                let id = self.reg.id;
+                self.reg.hub.with_core(|core| core.cut(id));
+                Flow::Continue
+            }
+            Some(Command::Die) => {
+                self.terminate(false);
+                Flow::End
+            }
+            Some(Command::Shutdown) => {
+                self.terminate(true);
+                if !self.cut {
+                    self.close(1000, "").await;
                 }
-                flow
+                Flow::End
             }
             Some(Command::Kill) | None => Flow::End,
         }
+    }
+
+    /// Nothing received for the idle timeout: the hub closes (1002) after its clean-up.
+    async fn on_idle_timeout(&mut self) -> Flow {
+        let id = self.reg.id;
+        let agent_id = self
+            .reg
+            .hub
+            .with_core(|core| core.sessions.get(&id).and_then(|s| s.agent_id.clone()));
+        self.record(HubEventKind::SessionTimedOut { agent_id });
+        self.terminate(true);
+        if !self.cut {
+            self.close(1002, "").await;
+        }
+        Flow::End
+    }
+
+    /// Sends a Close frame; whether it went out.
+    async fn close(&mut self, code: u16, reason: &str) -> bool {
+        let reason = CloseReason {
+            code: CloseCode::from(code),
+            description: (!reason.is_empty()).then(|| reason.to_string()),
+        };
+        // A clone of the session keeps the connection open until the echo.
+        self.session.clone().close(Some(reason)).await.is_ok()
     }
 
     async fn write(&mut self, frame: RawFrame) -> Flow {
@@ -228,14 +283,9 @@ impl Connection {
             RawFrame::Ping(payload) => session.ping(&payload).await,
             RawFrame::FragmentedText(text, chunk) => write_fragmented(session, &text, chunk).await,
             RawFrame::Close(code, reason) => {
-                let reason = CloseReason {
-                    code: CloseCode::from(code),
-                    description: (!reason.is_empty()).then_some(reason),
-                };
-                // A clone of the session keeps the connection open until the echo.
-                return match session.clone().close(Some(reason)).await {
-                    Ok(()) => Flow::Closing,
-                    Err(_) => Flow::End,
+                return match self.close(code, &reason).await {
+                    true => Flow::Closing,
+                    false => Flow::End,
                 };
             }
         };
@@ -261,7 +311,7 @@ impl Connection {
                     Some(Err(_)) | None => return,
                 },
                 command = commands.recv() => {
-                    if matches!(command, Some(Command::Kill) | None) {
+                    if matches!(command, Some(Command::Kill | Command::Die | Command::Shutdown) | None) {
                         return;
                     }
                 }
@@ -282,10 +332,10 @@ impl Connection {
     }
 }
 
-fn frame_event(text: &str, parsed: &serde_json::Result<Value>) -> HubEventKind {
+fn frame_event(text: &str, parsed: &serde_json::Result<serde_json::Value>) -> HubEventKind {
     HubEventKind::Frame {
         text: text.to_string(),
-        json: parsed.as_ref().cloned().unwrap_or(Value::Null),
+        json: parsed.as_ref().cloned().unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -304,15 +354,6 @@ fn after_send(sent: Result<(), actix_ws::Closed>) -> Flow {
         Ok(()) => Flow::Continue,
         Err(_) => Flow::End,
     }
-}
-
-fn error_frame(error: &str) -> Value {
-    json!({"type": "error", "error": error})
-}
-
-fn task_ack(frame: &Value, status: &str) -> Value {
-    let task_id = frame.get("task_id").cloned().unwrap_or(Value::Null);
-    json!({"type": "task_ack", "task_id": task_id, "status": status})
 }
 
 /// `text` as a fragmented message: a first frame, continuations, and a last frame, each of at
