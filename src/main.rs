@@ -72,8 +72,8 @@ enum Command {
         force: bool,
         /// Put the token in a file of its own, mode 600 (without PATH: beside the config,
         /// named after it, e.g. my-agent.json -> my-agent.token)
-        #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
-        token_file: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", num_args = 0..=1)]
+        token_file: Option<Option<PathBuf>>,
         /// Absolute paths under DIR for the log, queue, results and status files
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
@@ -110,10 +110,8 @@ fn main() {
         } => {
             let config = config::locate(cli.config.as_deref());
             // `--token-file` without a path: beside the config, named after it.
-            let token_file = token_file.map(|p| match p.as_os_str().is_empty() {
-                true => config.with_extension("token"),
-                false => p,
-            });
+            let token_file =
+                token_file.map(|p| p.unwrap_or_else(|| config.with_extension("token")));
             register::run(register::Options {
                 hub,
                 agent_id,

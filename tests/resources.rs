@@ -105,7 +105,17 @@ fn reports_come_at_the_interval_with_sane_numbers_and_the_hub_accepts_them() {
         "hub errors: {errors:?}\n{}",
         sidecar.dump()
     );
+    assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
     assert_eq!(identified(&hub).len(), 1);
+    // The hub kept the numbers for its routing.
+    let kept = hub
+        .resource_report(AGENT)
+        .expect("the hub keeps the last report");
+    assert!(
+        kept["ram_total_bytes"].as_f64().is_some_and(|t| t > 0.0),
+        "{kept}"
+    );
+    assert!(kept["cpu_percent"].is_number(), "{kept}");
 
     sidecar.signal(SIGTERM);
     assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
