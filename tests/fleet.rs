@@ -274,3 +274,45 @@ fn has_interpreter(elf: &[u8]) -> bool {
     let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
     (0..phnum).any(|i| u32_at(phoff + i * phentsize) == 3)
 }
+
+#[test]
+fn the_kubernetes_example_config_is_valid_and_serves_the_probes() {
+    let yaml = std::fs::read_to_string(repo().join("deploy/kubernetes.yaml")).unwrap();
+    // The ConfigMap's config.json: the block indented under `config.json: |`.
+    let json: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "config.json: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "t0k\n").unwrap();
+    let json = json.replace(
+        "/etc/agentcom-sidecar/secret/token",
+        token.path().to_str().unwrap(),
+    );
+    let config = agentcom_sidecar::config::Config::from_json(
+        &json,
+        Path::new("/etc/agentcom-sidecar/config.json"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert!(config.wake_command.is_none(), "the image has no shell");
+    assert_eq!(config.token.expose(), "t0k");
+    let port = config
+        .metrics_listen
+        .expect("probes need the endpoint")
+        .port();
+    for probe in [
+        "path: /healthz, port: health",
+        "path: /readyz, port: health",
+    ] {
+        assert!(yaml.contains(probe), "{probe}");
+    }
+    assert!(yaml.contains(&format!("containerPort: {port}")));
+    assert!(yaml.contains("restartPolicy: Always"));
+    // The Dockerfile copies the binary the static build test builds (in release).
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("COPY target/{MUSL}/release/agentcom-sidecar ")));
+    assert!(dockerfile.contains("FROM scratch"));
+}
