@@ -35,6 +35,7 @@ fn stops_in_good_order(signal: i32, name: &str) {
     assert_eq!(
         stopped,
         [
+            "resources",
             "queue",
             "waker",
             "results",
