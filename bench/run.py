@@ -1174,7 +1174,7 @@ def render(rows: list) -> str:
 
 def table(r: dict) -> str:
     if "startup" not in r:
-        return render(task_rows(r) + fleet_rows(r))
+        return render((task_rows(r) if "tasks" in r else []) + fleet_rows(r))
     st, idle, hb, rc, sd = r["startup"], r["idle"], r["heartbeat"], r["reconnect"], r["shutdown"]
     fast, dflt = idle["fast"], idle["default"]
     n = st["identify_sent_logts"]["n"]

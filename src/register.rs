@@ -109,6 +109,8 @@ pub enum Failure {
     BadHub { given: String, why: String },
     #[error("--agent-id must be 1 to 128 characters without control characters")]
     BadAgentId,
+    #[error("{option}: {why}")]
+    BadOption { option: &'static str, why: String },
     #[error("{path} already exists; nothing was registered. Pass --force to overwrite it, or choose another path")]
     Exists { path: String },
     #[error("cannot write {path}: {reason}; nothing was registered")]
@@ -263,8 +265,23 @@ pub fn register(options: &Options) -> Result<String, Failure> {
     if id.trim().is_empty() || id.chars().count() > 128 || id.chars().any(char::is_control) {
         return Err(Failure::BadAgentId);
     }
+    if options
+        .metrics_listen
+        .is_some_and(|a| !a.ip().is_loopback())
+    {
+        return Err(Failure::BadOption {
+            option: "--metrics-listen",
+            why: "must be a loopback address such as 127.0.0.1:9465 (to serve on other interfaces, set metrics_listen and metrics_public in the config by hand)".into(),
+        });
+    }
     let config_path = absolute(&options.config);
     let token_path = options.token_file.as_deref().map(absolute);
+    if token_path.as_ref() == Some(&config_path) {
+        return Err(Failure::BadOption {
+            option: "--token-file",
+            why: "must not be the config file itself".into(),
+        });
+    }
     for path in std::iter::once(&config_path).chain(token_path.as_ref()) {
         prepare(path, options.force)?;
     }
@@ -626,6 +643,20 @@ mod tests {
         assert_eq!(v["queue_file"], "/var/lib/agentcom-sidecar/a1/queue.json");
         assert_eq!(v["log_file"], "/var/lib/agentcom-sidecar/a1/sidecar.log");
         assert_eq!(v["metrics_listen"], "127.0.0.1:9465");
+    }
+
+    #[test]
+    fn options_that_would_make_a_broken_config_are_refused_before_the_hub_is_asked() {
+        // The hub address is unreachable on purpose: these fail before any request.
+        let mut o = options(None);
+        o.hub = "http://127.0.0.1:9".into();
+        o.metrics_listen = Some("0.0.0.0:9464".parse().unwrap());
+        let e = register(&o).unwrap_err().to_string();
+        assert!(e.starts_with("--metrics-listen: must be a loopback"), "{e}");
+        let mut o = options(None);
+        o.token_file = Some(o.config.clone());
+        let e = register(&o).unwrap_err().to_string();
+        assert!(e.starts_with("--token-file"), "{e}");
     }
 
     #[test]
