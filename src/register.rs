@@ -498,6 +498,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Writes a file only its owner can read, atomically (temporary file, fsync, rename).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut options = atomic_write_file::OpenOptions::new();
     #[cfg(unix)]
     {
