@@ -3,6 +3,8 @@
 //! returns as soon as what it waits for is there.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
