@@ -343,3 +343,21 @@ fn dev_hub_subcommand_flags_apply() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("exits").success());
 }
+
+/// A task body larger than actix's default payload limit (256 kB) is taken, as the hub's
+/// parser takes up to 8 MB.
+#[test]
+fn a_large_task_body_is_accepted() {
+    let hub = hub_with_tokens();
+    run(async {
+        let client = awc::Client::new();
+        let body = json!({"description": "d", "metadata": {"blob": "x".repeat(1 << 20)}});
+        let response = client
+            .post(format!("{}/api/tasks", hub.http_url()))
+            .insert_header(("Authorization", "Bearer t1"))
+            .send_json(&body)
+            .await
+            .expect("HTTP answer");
+        assert_eq!(response.status().as_u16(), 201);
+    });
+}
