@@ -3,10 +3,11 @@
 //! Starts the dev hub on a free loopback port, writes a config for one agent into a fresh
 //! temporary directory (with `config/sample-agent.sh` as the wake command), and runs the
 //! sidecar against it in this process. Once the agent is identified, a sample task is
-//! pushed through the hub's HTTP API, as an operator would with curl, so a task's whole
-//! life — received, accepted, woken, confirmed, completed, acknowledged — scrolls by on
-//! stdout next to the hub's presence lines and the heartbeats, until Ctrl-C stops both in
-//! good order.
+//! submitted to the hub's queue through its HTTP API (`POST /api/tasks`), as an operator would
+//! with curl; the hub's scheduler assigns it to the idle agent, so a task's whole life —
+//! submitted, assigned, received, accepted, woken, confirmed, completed, acknowledged —
+//! scrolls by on stdout next to the hub's presence lines and the heartbeats, until Ctrl-C
+//! stops both in good order.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -78,7 +79,7 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
     Ok((hub, config, dir))
 }
 
-/// Waits for the agent to be identified, then pushes one task through the hub's HTTP API.
+/// Waits for the agent to be identified, then submits one task through the hub's HTTP API.
 fn push_sample_task(hub: &DevHub, token: &str) {
     let identified = hub.wait_for(
         Duration::from_secs(60),
@@ -89,7 +90,6 @@ fn push_sample_task(hub: &DevHub, token: &str) {
     }
     std::thread::sleep(Duration::from_secs(1));
     let body = serde_json::json!({
-        "agent_id": AGENT,
         "description": "Say hello to the new operator",
         "metadata": {"source": "demo"},
     })
@@ -97,19 +97,20 @@ fn push_sample_task(hub: &DevHub, token: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "demo: pushing a task: curl -X POST {}/api/admin/push-task -H 'Authorization: Bearer <token>' -d '{body}'",
+        "demo: submitting a task: curl -X POST {}/api/tasks -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' -d '{body}'",
         hub.http_url()
     );
     drop(out);
-    if let Err(e) = http_post(hub.addr(), "/api/admin/push-task", token, &body) {
+    if let Err(e) = http_post(hub.addr(), "/api/tasks", token, &body) {
         eprintln!(
-            "{}: demo could not push its task: {e}",
+            "{}: demo could not submit its task: {e}",
             env!("CARGO_PKG_NAME")
         );
     }
 }
 
-/// A minimal HTTP/1.1 POST to the dev hub on loopback; returns the response text.
+/// A minimal HTTP/1.1 POST to the dev hub on loopback; returns the response text of a 2xx
+/// answer.
 fn http_post(
     addr: std::net::SocketAddr,
     path: &str,
@@ -125,7 +126,7 @@ fn http_post(
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") {
+    if !response.starts_with("HTTP/1.1 2") {
         return Err(std::io::Error::other(
             response.lines().next().unwrap_or("no response").to_string(),
         ));

@@ -30,25 +30,115 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The `dev-hub` subcommand's flags. Timings default to the real hub's.
+#[derive(clap::Args)]
+struct DevHubArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+    /// JSON file {"agent_id": "token", …}; without it any token is accepted
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// PEM certificate chain: serve wss:// (needs --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// `default_repo` handed out by POST /api/onboard/register
+    #[arg(long, value_name = "URL")]
+    default_repo: Option<String>,
+    /// An assignment without task_accepted within this is taken back [default: 60000]
+    #[arg(long, value_name = "MS")]
+    acceptance_timeout_ms: Option<u64>,
+    /// An assigned task silent for this long is taken back (twice that while working)
+    /// [default: 600000]
+    #[arg(long, value_name = "MS")]
+    stuck_threshold_ms: Option<u64>,
+    /// How often stuck and overdue tasks are looked for [default: 30000]
+    #[arg(long, value_name = "MS")]
+    sweep_interval_ms: Option<u64>,
+    /// A session that receives nothing for this long is closed [default: 60000]
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// An agent without a ping for this long is stale for the reaper [default: 60000]
+    #[arg(long, value_name = "MS")]
+    presence_ttl_ms: Option<u64>,
+    /// A task queued this long (unless trivial) is dead-lettered [default: 600000]
+    #[arg(long, value_name = "MS")]
+    task_ttl_ms: Option<u64>,
+    /// Validation failures on one connection within a minute that close it [default: 10]
+    #[arg(long, value_name = "N")]
+    violation_threshold: Option<u32>,
+    /// Identify cooldowns after the 1st, 2nd and later lockouts [default: 30000,60000,300000]
+    #[arg(long, value_name = "MS,MS,MS", value_delimiter = ',')]
+    cooldowns_ms: Option<Vec<u64>>,
+    /// Frames per minute and agent: ping and listings [default: 120]
+    #[arg(long, value_name = "N")]
+    rate_light: Option<u32>,
+    /// Frames per minute and agent: task frames and the rest [default: 60]
+    #[arg(long, value_name = "N")]
+    rate_normal: Option<u32>,
+    /// Frames per minute and agent: identify on an identified session [default: 10]
+    #[arg(long, value_name = "N")]
+    rate_heavy: Option<u32>,
+}
+
+impl DevHubArgs {
+    /// The options these flags ask for, or the error message.
+    fn options(self) -> Result<devhub::DevHubOptions, String> {
+        let tokens = self.tokens.map(|p| devhub::load_tokens(&p)).transpose()?;
+        let ms = std::time::Duration::from_millis;
+        let mut timings = devhub::HubTimings::default();
+        let mut limits = devhub::HubLimits::default();
+        let set = |slot: &mut std::time::Duration, value: Option<u64>| {
+            if let Some(value) = value {
+                *slot = ms(value);
+            }
+        };
+        set(&mut timings.acceptance_timeout, self.acceptance_timeout_ms);
+        set(&mut timings.stuck_threshold, self.stuck_threshold_ms);
+        set(&mut timings.stuck_sweep_interval, self.sweep_interval_ms);
+        set(&mut timings.overdue_sweep_interval, self.sweep_interval_ms);
+        set(&mut timings.idle_timeout, self.idle_timeout_ms);
+        set(&mut timings.presence_ttl, self.presence_ttl_ms);
+        set(&mut timings.task_ttl, self.task_ttl_ms);
+        if let Some(n) = self.violation_threshold {
+            limits.violation_threshold = n.max(1);
+        }
+        match self.cooldowns_ms.as_deref() {
+            None => {}
+            Some([a, b, c]) => limits.cooldowns = [ms(*a), ms(*b), ms(*c)],
+            Some(_) => return Err("--cooldowns-ms takes three values: 1st,2nd,3rd".into()),
+        }
+        let per_minute = devhub::RateTier::per_minute;
+        if let Some(n) = self.rate_light {
+            limits.light = per_minute(n);
+        }
+        if let Some(n) = self.rate_normal {
+            limits.normal = per_minute(n);
+        }
+        if let Some(n) = self.rate_heavy {
+            limits.heavy = per_minute(n);
+        }
+        Ok(devhub::DevHubOptions {
+            listen: self.listen,
+            tokens,
+            tls: self.tls_cert.zip(self.tls_key),
+            print_presence: true,
+            default_repo: self.default_repo,
+            timings,
+            limits,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the sidecar (the default)
     Run,
-    /// Run a development hub that speaks the AgentCom protocol
-    DevHub {
-        /// Address to listen on
-        #[arg(long, default_value = "127.0.0.1:4000")]
-        listen: SocketAddr,
-        /// JSON file {"agent_id": "token", …}; without it any token is accepted
-        #[arg(long, value_name = "FILE")]
-        tokens: Option<PathBuf>,
-        /// PEM certificate chain: serve wss:// (needs --tls-key)
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key for --tls-cert
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
+    /// Run a development hub that models the AgentCom hub deployed today
+    DevHub(Box<DevHubArgs>),
     /// Start the dev hub and a sidecar against it, and show what happens
     Demo,
     /// Check the config and what it points to; print the effective config (token redacted)
@@ -90,12 +180,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
-        Command::DevHub {
-            listen,
-            tokens,
-            tls_cert,
-            tls_key,
-        } => dev_hub(listen, tokens, tls_cert.zip(tls_key)),
+        Command::DevHub(args) => dev_hub(args),
         Command::Demo => demo::run(),
         Command::CheckConfig => check_config(cli.config),
         Command::Status { json } => status(cli.config, json),
@@ -204,20 +289,13 @@ fn status(config: Option<PathBuf>, json: bool) -> i32 {
     }
 }
 
-fn dev_hub(listen: SocketAddr, tokens: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> i32 {
-    let tokens = match tokens.map(|p| devhub::load_tokens(&p)).transpose() {
-        Ok(t) => t,
+fn dev_hub(args: Box<DevHubArgs>) -> i32 {
+    let options = match args.options() {
+        Ok(options) => options,
         Err(e) => {
             eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
             return 1;
         }
-    };
-    let options = devhub::DevHubOptions {
-        listen,
-        tokens,
-        tls,
-        print_presence: true,
-        ..devhub::DevHubOptions::default()
     };
     match devhub::run_until_signal(options) {
         Ok(()) => 0,

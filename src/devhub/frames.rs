@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::core::{Core, Delivery, Now, PresenceEntry};
+use super::core::{later, Core, Delivery, Now, PresenceEntry};
 use super::events::HubEventKind;
 use super::fsm::{Fsm, FsmOutcome, FsmState};
 use super::queue::{Failed, Recovery};
@@ -42,7 +42,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn json(frame: Value) -> Reply {
+    pub(crate) fn json(frame: Value) -> Reply {
         Reply {
             out: vec![Out::Text(frame.to_string())],
             ..Reply::default()
@@ -62,14 +62,7 @@ impl Reply {
     }
 }
 
-/// What handling a delivery gives the session: a frame to write (none when the session is
-/// cut or the message is not for it) and an event to record once it is written.
-pub(crate) struct Delivered {
-    pub frame: Option<String>,
-    pub event: Option<HubEventKind>,
-}
-
-fn error(code: &str) -> Reply {
+pub(crate) fn error(code: &str) -> Reply {
     Reply::json(json!({"type": "error", "error": code}))
 }
 
@@ -98,12 +91,15 @@ impl Core {
             }
             Err(Invalid::Errors(errors)) => return self.violation(id, &frame, errors, now),
         }
-        let mut reply = self.rate_gate(id, &kind, &frame, behaviour, now);
+        // The scheduling an earlier identify left for after this frame (not this one's own).
         let pending = self
             .sessions
-            .get_mut(&id)
-            .and_then(|s| s.join_schedule.take());
-        if pending.is_some() && reply.close.is_none() {
+            .get(&id)
+            .is_some_and(|s| s.join_schedule.is_some());
+        let mut reply = self.rate_gate(id, &kind, &frame, behaviour, now);
+        let session = self.sessions.get_mut(&id);
+        let pending = pending && session.and_then(|s| s.join_schedule.take()).is_some();
+        if pending && reply.close.is_none() {
             if reply.reassign {
                 self.capture = Some((id, Vec::new()));
             }
@@ -356,6 +352,7 @@ impl Core {
                         generation,
                     },
                 );
+                self.say(format_args!("task {task_id} completed by {agent}"));
                 self.schedule(now);
                 self.finished(agent, now);
                 task_ack(task_id, "complete")
@@ -399,6 +396,7 @@ impl Core {
                         outcome: status.to_string(),
                     },
                 );
+                self.say(format_args!("task {task_id} failed on {agent}: {status}"));
                 if outcome == Failed::Retried {
                     self.schedule(now);
                 }
@@ -433,53 +431,6 @@ impl Core {
             },
         );
         error(&error_text)
-    }
-
-    /// The chat frames a sidecar does not send; answered as the hub does, for a hub without
-    /// channels.
-    fn handle_chat(&mut self, agent: &str, kind: &str, frame: &Value, now: Now) -> Reply {
-        match kind {
-            "status" => {
-                let status = frame.get("status").cloned().unwrap_or_default();
-                if let Some(entry) = self.presence.get_mut(agent) {
-                    entry.status = status;
-                    let shown = entry.to_json(agent);
-                    self.broadcast(|| Delivery::StatusChanged {
-                        agent: shown.clone(),
-                    });
-                }
-                Reply::json(json!({"type": "status_updated"}))
-            }
-            "list_agents" => {
-                let agents: Vec<Value> = self.presence.iter().map(|(a, e)| e.to_json(a)).collect();
-                Reply::json(json!({"type": "agents", "agents": agents}))
-            }
-            "message" => {
-                let id = format!("{:016x}", fastrand::u64(..));
-                let to = frame.get("to").and_then(Value::as_str);
-                let message = json!({"type": "message", "id": id, "from": agent,
-                    "message_type": frame.get("message_type").and_then(Value::as_str).unwrap_or("chat"),
-                    "payload": frame.get("payload").cloned().unwrap_or_else(|| json!({})),
-                    "reply_to": frame.get("reply_to").cloned().unwrap_or(Value::Null),
-                    "timestamp": now.ms});
-                match to {
-                    Some(to) if to != "broadcast" => {
-                        self.push(to, Delivery::Message { frame: message });
-                    }
-                    _ => self.broadcast(|| Delivery::Message {
-                        frame: message.clone(),
-                    }),
-                }
-                Reply::json(json!({"type": "message_sent", "id": id}))
-            }
-            "channel_history" => Reply::json(json!({"type": "channel_history",
-                "channel": frame.get("channel"), "messages": []})),
-            "list_channels" => Reply::json(json!({"type": "channels", "channels": []})),
-            "channel_subscribe" | "channel_unsubscribe" | "channel_publish" => {
-                error("channel_not_found")
-            }
-            _ => error("unknown_message_type"),
-        }
     }
 
     fn identify(&mut self, id: u64, frame: &Value, behaviour: &Behaviour, now: Now) -> Reply {
@@ -527,7 +478,7 @@ impl Core {
             })
             .unwrap_or_default();
         let assigned = self.queue.assigned_to(&agent);
-        let deadline = now.at + self.timings.acceptance_timeout;
+        let deadline = later(now.at, self.timings.acceptance_timeout);
         self.fsms.insert(
             agent.clone(),
             Fsm::start(id, capabilities, assigned, deadline),
@@ -582,7 +533,7 @@ impl Core {
         );
         self.say(format_args!("agent {agent} identified (conn {id})"));
         if behaviour.repush_before_reassign {
-            let deadline = now.at + self.timings.join_schedule_delay;
+            let deadline = later(now.at, self.timings.join_schedule_delay);
             if let Some(session) = self.sessions.get_mut(&id) {
                 session.join_schedule = Some(deadline);
             }
@@ -591,125 +542,8 @@ impl Core {
         }
         Reply::json(json!({"type": "identified", "agent_id": agent}))
     }
-
-    /// The socket process handles a message from inside the hub.
-    pub fn deliver(&mut self, id: u64, delivery: Delivery, now: Now) -> Delivered {
-        let Some(session) = self.sessions.get(&id) else {
-            return Delivered {
-                frame: None,
-                event: None,
-            };
-        };
-        let agent = session.agent_id.clone().unwrap_or_default();
-        let cut = session.cut;
-        let (frame, event) = match delivery {
-            Delivery::TaskAssign {
-                task_id,
-                generation,
-                fields,
-            } => {
-                self.fsm_assigned(&agent, &task_id, now);
-                let event = HubEventKind::AssignmentPushed {
-                    task_id: task_id.clone(),
-                    agent_id: agent,
-                    generation,
-                    delivered: !cut,
-                };
-                (Some(assign_frame(&task_id, &fields, now.ms)), Some(event))
-            }
-            Delivery::AdminPush { task_id, fields } => {
-                self.fsm_assigned(&agent, &task_id, now);
-                let frame = assign_frame(&task_id, &fields, now.ms);
-                (
-                    Some(frame),
-                    Some(HubEventKind::TaskPushed {
-                        agent_id: agent,
-                        task_id,
-                    }),
-                )
-            }
-            Delivery::TaskCancelled { task_id } => (
-                Some(json!({"type": "task_cancelled", "task_id": task_id, "timestamp": now.ms})),
-                None,
-            ),
-            Delivery::RestartSidecar { reason } => {
-                let frame = json!({"type": "restart_sidecar", "reason": reason});
-                (
-                    Some(frame),
-                    Some(HubEventKind::RestartCommanded {
-                        agent_id: agent,
-                        reason,
-                    }),
-                )
-            }
-            Delivery::AgentJoined {
-                agent_id,
-                agent: info,
-            } => {
-                let own = session.agent_id.as_deref() == Some(agent_id.as_str());
-                (
-                    (!own).then(|| json!({"type": "agent_joined", "agent": info})),
-                    None,
-                )
-            }
-            Delivery::AgentLeft { agent_id } => (
-                Some(json!({"type": "agent_left", "agent_id": agent_id})),
-                None,
-            ),
-            Delivery::StatusChanged { agent } => (
-                Some(json!({"type": "status_changed", "agent": agent})),
-                None,
-            ),
-            Delivery::Message { frame } => (Some(frame), None),
-            Delivery::Exit => (None, None),
-        };
-        let frame = frame.filter(|_| !cut).map(|f| f.to_string());
-        Delivered { frame, event }
-    }
-
-    /// The hub's socket tells the agent's FSM about a pushed task.
-    fn fsm_assigned(&mut self, agent: &str, task_id: &str, now: Now) {
-        let deadline = now.at + self.timings.acceptance_timeout;
-        let moved = self
-            .fsms
-            .get_mut(agent)
-            .map(|f| f.task_assigned(task_id, deadline));
-        if moved == Some(FsmOutcome::Moved(FsmState::Assigned)) {
-            self.show_fsm_state(agent, "assigned");
-        }
-    }
 }
 
 fn task_ack(task_id: &str, status: &str) -> Reply {
     Reply::json(json!({"type": "task_ack", "task_id": task_id, "status": status}))
-}
-
-/// The `task_assign` frame as the hub's socket builds it from the task it is handed, with
-/// its defaults for what is missing (`null` and `false` count as missing).
-pub(crate) fn assign_frame(task_id: &str, fields: &Map<String, Value>, now_ms: u64) -> Value {
-    let get = |key: &str, default: Value| {
-        fields
-            .get(key)
-            .filter(|v| !v.is_null() && **v != Value::Bool(false))
-            .cloned()
-            .unwrap_or(default)
-    };
-    json!({
-        "type": "task_assign",
-        "task_id": task_id,
-        "description": get("description", json!("")),
-        "metadata": get("metadata", json!({})),
-        "generation": get("generation", json!(0)),
-        "assigned_at": now_ms,
-        "repo": get("repo", Value::Null),
-        "branch": get("branch", Value::Null),
-        "file_hints": get("file_hints", json!([])),
-        "success_criteria": get("success_criteria", json!([])),
-        "verification_steps": get("verification_steps", json!([])),
-        "complexity": get("complexity", Value::Null),
-        "routing_decision": get("routing_decision", Value::Null),
-        "skip_verification": get("skip_verification", json!(false)),
-        "verification_timeout_ms": get("verification_timeout_ms", Value::Null),
-        "max_verification_retries": get("max_verification_retries", json!(0)),
-    })
 }

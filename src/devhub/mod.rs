@@ -14,19 +14,22 @@
 //!   `GET /api/events`.
 //! - `server` — [`DevHub`]: start, stop, restart, test controls; `inspect` — the test
 //!   accessors (tasks, violations, take-backs, assignments, …).
-//! - `state` — the shared [`Hub`](state::Hub): the model behind a lock, the events, the timers.
+//! - `state` — the shared `Hub`: the model behind a lock, the events, the timers.
 //! - `core` — the model: sessions, push registry, presence, FSMs, queue, tokens, limits;
-//!   `frames` — answers to frames and deliveries to sessions; `scheduler` — assignments,
-//!   take-backs and every timer.
+//!   `frames` — answers to frames (`chat` for the frames a sidecar does not send);
+//!   `deliver` — what a session does with the hub's messages (pushes, broadcasts);
+//!   `scheduler` — assignments, take-backs and every timer.
 //! - Pure rules, unit-tested: `validation` (schemas), `ratelimit` (token buckets),
-//!   `violations` (windows and cooldowns), `queue` (tasks and generations), `fsm` (an agent's
+//!   `violations` (windows and cooldowns), `queue` and `task` (tasks and generations), `fsm` (an agent's
 //!   work state), `routing` (complexity and routing decision), `tokens`.
 //! - Plumbing: `ws` (one connection's task), `http` (routes), `tls`.
 //!
 //! Other processes read the events over HTTP with `GET /api/events` (no auth: a dev hub, on
 //! loopback by default), each stamped with the machine's monotonic clock.
 
+mod chat;
 mod core;
+mod deliver;
 pub mod events;
 mod frames;
 mod fsm;
@@ -39,6 +42,7 @@ mod routing;
 mod scheduler;
 mod server;
 mod state;
+mod task;
 mod tls;
 mod tokens;
 mod validation;
