@@ -4,7 +4,7 @@
 //! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
 //! during shutdown. `status` exits 0 while the sidecar runs and 3 when it does not (as
 //! `systemctl status` does). `register` exits 0 once the agent is registered and its config
-//! written, 1 on any failure (nothing written then).
+//! written, 1 on any failure (no file written then).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
