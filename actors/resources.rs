@@ -89,7 +89,7 @@ impl Handler<SessionIdentified> for ResourceActor {
         self.stop_reporting(ctx);
         self.session = Some(msg.session);
         self.sample(ctx);
-        self.ticker = Some(ctx.run_interval(interval, |act, ctx| act.sample(ctx)));
+        self.schedule(ctx, interval);
     }
 }
 
@@ -109,6 +109,15 @@ impl ResourceActor {
         }
         self.session = None;
         self.previous = None;
+    }
+
+    /// The next reading, one interval from now. Not `run_interval`: after a stalled event
+    /// loop that would fire the missed ticks in a burst, several reports in a row.
+    fn schedule(&mut self, ctx: &mut Context<Self>, interval: std::time::Duration) {
+        self.ticker = Some(ctx.run_later(interval, move |act, ctx| {
+            act.sample(ctx);
+            act.schedule(ctx, interval);
+        }));
     }
 
     /// Takes a reading on the blocking pool; [`Self::sampled`] sends the report.
