@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod logger;
 pub mod queue;
+pub mod resources;
 pub mod results;
 pub mod shutdown;
 pub mod status;
@@ -36,6 +37,7 @@ pub fn children() -> Vec<ChildSpec> {
         ChildSpec::new("results", results::ResultsActor::new),
         ChildSpec::new("waker", waker::WakerActor::new),
         ChildSpec::new("queue", queue::QueueActor::new),
+        ChildSpec::new("resources", resources::ResourceActor::new),
     ]
 }
 

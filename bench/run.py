@@ -229,6 +229,23 @@ def proc_status(pid: int) -> dict:
     return out
 
 
+def smaps_rollup(pid: int) -> dict:
+    """Pss and private memory (KiB) of /proc/PID/smaps_rollup: what one more process really
+    costs, since the binary's pages are shared by every sidecar on the machine."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Shared_Clean"):
+                    out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    if "Private_Clean" in out and "Private_Dirty" in out:
+        out["Private"] = out["Private_Clean"] + out["Private_Dirty"]
+    return out
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of the whole process (threads included), in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
@@ -756,6 +773,69 @@ def measure_idle(sidecars: dict[str, Sidecar], settle_s: float, window_s: float)
     return out
 
 
+def measure_fleet(bench: Bench, count: int, settle_s: float, window_s: float) -> dict:
+    """Many agents on one machine: `count` sidecars with the default config (30 s
+    heartbeat, 30 s resource reports, info log) launched at once against the one hub, as a
+    service manager starts them at boot. Per sidecar: launch -> identified (log ts), then
+    after `settle_s` its VmRSS, Pss and private memory, then its CPU over `window_s` (all
+    sidecars over the same window). Each is stopped with SIGTERM at the end."""
+    print(f"fleet: {count} sidecars at once, {settle_s:g} s settle, {window_s:g} s CPU window ...",
+          flush=True)
+    fleet = {f"bench-fleet-{i}": bench.start_sidecar(f"bench-fleet-{i}") for i in range(count)}
+    identified = []
+    for sc in fleet.values():
+        sc.proc.wait_line(is_event("identified"), timeout=EVENT_TIMEOUT * 3)
+        identified.append(ms(sc.log_event_ns("identified") - sc.proc.launch_wall_ns))
+    idle = measure_idle(fleet, settle_s, window_s)
+    memory = {label: smaps_rollup(sc.proc.pid) for label, sc in fleet.items()}
+    exits, codes = [], []
+    for sc in fleet.values():
+        elapsed, code = sc.proc.signal_and_wait(signal.SIGTERM)
+        exits.append(elapsed)
+        codes.append(code)
+    pick = lambda key: [d[key] for d in idle.values() if d.get(key) is not None]  # noqa: E731
+    mem = lambda key: [m[key] for m in memory.values() if key in m]  # noqa: E731
+    return {
+        "count": count,
+        "launch_to_identified_ms": summary(identified),
+        "vmrss_kib": summary(pick("VmRSS"), 0),
+        "pss_kib": summary(mem("Pss"), 0),
+        "private_kib": summary(mem("Private"), 0),
+        "threads": summary(pick("Threads"), 0),
+        "cpu_percent_schedstat": summary(pick("cpu_percent_schedstat"), 5),
+        "cpu_ms_schedstat": summary(pick("cpu_ms_schedstat"), 3),
+        "cpu_ticks": summary(pick("cpu_ticks"), 0),
+        "wakeups_per_s": summary(pick("wakeups_per_s"), 2),
+        "window_s": window_s,
+        "after_idle_s": settle_s,
+        "sigterm_exit_ms": summary(exits),
+        "sigterm_exit_codes": codes,
+    }
+
+
+def fleet_rows(r: dict) -> list:
+    f = r.get("fleet")
+    if not f:
+        return []
+    n = f["count"]
+    return [
+        ("Fleet: %d sidecars launched at once, default config (median / max)" % n, None, None, None),
+        ("launch -> identified      (log ts, 1 ms)", med_max(f["launch_to_identified_ms"], "ms"), "", ""),
+        ("VmRSS per sidecar", med_max(f["vmrss_kib"], "KiB", 0), "< 6 MiB",
+         verdict(f["vmrss_kib"]["max"], TARGETS["idle_rss_kib"])),
+        ("Pss per sidecar (shared pages split)", med_max(f["pss_kib"], "KiB", 0), "", ""),
+        ("private memory per sidecar", med_max(f["private_kib"], "KiB", 0), "", ""),
+        ("CPU per sidecar, schedstat (%gs)" % f["window_s"],
+         med_max(f["cpu_percent_schedstat"], "%", 4), "< 0.05 %",
+         verdict(f["cpu_percent_schedstat"]["max"], TARGETS["idle_cpu_percent"])
+         if f["cpu_percent_schedstat"].get("n") else ""),
+        ("threads per sidecar", med_max(f["threads"], "", 0), "", ""),
+        ("SIGTERM -> reaped", med_max(f["sigterm_exit_ms"], "ms")
+         + f" (exit {sorted(set(f['sigterm_exit_codes']))})", "",
+         verdict(0, 1, f["sigterm_exit_codes"])),
+    ]
+
+
 def measure_heartbeat(sc: Sidecar, want: int = 10) -> dict:
     """Median / p99 of rtt_us of the `heartbeat` debug lines (ping sent -> pong handled, as
     the sidecar measures it), waiting for at least `want` of them."""
@@ -1094,7 +1174,7 @@ def render(rows: list) -> str:
 
 def table(r: dict) -> str:
     if "startup" not in r:
-        return render(task_rows(r))
+        return render((task_rows(r) if "tasks" in r else []) + fleet_rows(r))
     st, idle, hb, rc, sd = r["startup"], r["idle"], r["heartbeat"], r["reconnect"], r["shutdown"]
     fast, dflt = idle["fast"], idle["default"]
     n = st["identify_sent_logts"]["n"]
@@ -1159,6 +1239,7 @@ def table(r: dict) -> str:
          "< 50 ms",
          verdict(sd["no_session_ms"]["max"], TARGETS["sigterm_exit_ms"], sd["no_session_exit_codes"])),
         *task_rows(r),
+        *fleet_rows(r),
         ("Binary", None, None, None),
         ("size of " + r["binary"]["path"],
          f"{r['binary']['bytes']} B ({r['binary']['bytes'] / 1024 / 1024:.2f} MiB)", "", ""),
@@ -1188,6 +1269,8 @@ def measure_all(bench: Bench, binary: Path, args, results: dict) -> None:
     results["shutdown"] = measure_shutdown(bench, fast, args.shutdown_runs)
     # On the (last restarted) hub, with every other sidecar stopped.
     results["tasks"] = measure_tasks(bench, "bench-tasks", args.tasks, args.tasks_seconds)
+    if args.fleet > 0:
+        results["fleet"] = measure_fleet(bench, args.fleet, args.settle_seconds, args.idle_seconds)
     results["binary"] = measure_binary(binary)
 
 
@@ -1205,6 +1288,10 @@ def main() -> int:
                     help="time budget of the task part; fewer tasks if it runs out (60)")
     ap.add_argument("--only-tasks", action="store_true",
                     help="measure the task latencies only (no start-up, idle, reconnect, ...)")
+    ap.add_argument("--fleet", type=int, default=10,
+                    help="sidecars launched at once for the per-agent cost (10; 0: skip)")
+    ap.add_argument("--only-fleet", action="store_true",
+                    help="measure the per-agent cost of a fleet only")
     ap.add_argument("--json", type=Path, default=None,
                     help="where to write the figures (bench/last-run.json; with --only-tasks, "
                          "nowhere unless given)")
@@ -1222,7 +1309,8 @@ def main() -> int:
 
     binary = build_release()
     agents = ([f"bench-start-{i}" for i in range(args.runs)] + ["bench-idle", "bench-default"]
-              + [f"bench-nohub-{i}" for i in range(args.shutdown_runs)] + ["bench-tasks"])
+              + [f"bench-nohub-{i}" for i in range(args.shutdown_runs)] + ["bench-tasks"]
+              + [f"bench-fleet-{i}" for i in range(args.fleet)])
     bench = Bench(binary, agents, args.keep_tmp)
     results = {"environment": environment(), "targets": TARGETS, "node_sidecar": NODE}
     try:
@@ -1230,6 +1318,9 @@ def main() -> int:
         print(f"dev hub on {bench.hub_url}; temp dir {bench.tmp}", flush=True)
         if args.only_tasks:
             results["tasks"] = measure_tasks(bench, "bench-tasks", args.tasks, args.tasks_seconds)
+        elif args.only_fleet:
+            results["fleet"] = measure_fleet(bench, max(args.fleet, 1), args.settle_seconds,
+                                             args.idle_seconds)
         else:
             measure_all(bench, binary, args, results)
     except BenchError as e:
@@ -1243,7 +1334,7 @@ def main() -> int:
         if args.keep_tmp:
             print(f"temp dir kept: {bench.tmp}")
 
-    out = args.json or (None if args.only_tasks else DEFAULT_JSON)
+    out = args.json or (None if args.only_tasks or args.only_fleet else DEFAULT_JSON)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

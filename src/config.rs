@@ -145,6 +145,9 @@ pub struct Config {
     pub path: PathBuf,
     pub agent_id: String,
     pub token: Secret,
+    /// Where the token was read from, when the config names a `token_file` instead of a
+    /// `token` (see [`crate::token_file`]).
+    pub token_file: Option<PathBuf>,
     pub hub_url: HubUrl,
     pub name: String,
     pub capabilities: Vec<String>,
@@ -202,6 +205,8 @@ pub struct Config {
     pub restart_delay: Duration,
     /// Whole orderly shutdown, hub close handshake included.
     pub shutdown_timeout: Duration,
+    /// How often to send a `resource_report` while identified; `None`: never.
+    pub resource_report_interval: Option<Duration>,
     /// Warnings found while loading (unknown keys, permissions); logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -241,6 +246,7 @@ pub enum ConfigError {
 pub const KNOWN_KEYS: &[&str] = &[
     "agent_id",
     "token",
+    "token_file",
     "hub_url",
     "name",
     "capabilities",
@@ -277,6 +283,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "restart_window_ms",
     "restart_delay_ms",
     "shutdown_timeout_ms",
+    "resource_report_interval_ms",
 ];
 
 /// Which file to read: `--config` wins over [`CONFIG_ENV`], which wins over `./config.json`.
@@ -361,6 +368,7 @@ impl Config {
         serde_json::json!({
             "agent_id": self.agent_id,
             "token": self.token.to_string(),
+            "token_file": self.token_file,
             "hub_url": self.hub_url.as_str(),
             "name": self.name,
             "capabilities": self.capabilities,
@@ -397,6 +405,7 @@ impl Config {
             "status_file": self.status_file,
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "metrics_public": self.metrics_public,
+            "resource_report_interval_ms": ms(self.resource_report_interval.unwrap_or_default()),
         })
     }
 }
@@ -413,15 +422,21 @@ impl Raw<'_> {
         let mut warnings = self.unknown_keys();
         let agent_id = self.required_str("agent_id", "the agent's id as registered on the hub")?;
         self.max_chars("agent_id", &agent_id, AGENT_ID_MAX)?;
-        let token = self.required_str("token", "the agent's hub token")?;
-        if token.chars().count() > TOKEN_MAX {
+        let (token, token_file) = self.token(&mut warnings)?;
+        if token.expose().chars().count() > TOKEN_MAX {
+            let key = if token_file.is_some() {
+                "token_file"
+            } else {
+                "token"
+            };
             return Err(self.invalid(
-                "token",
-                &format!("at most {TOKEN_MAX} characters (the hub refuses a longer one)"),
-                &format!("{} characters", token.chars().count()),
+                key,
+                &format!(
+                    "a token of at most {TOKEN_MAX} characters (the hub refuses a longer one)"
+                ),
+                &format!("{} characters", token.expose().chars().count()),
             ));
         }
-        let token = Secret::new(token);
         let url = self.required_str(
             "hub_url",
             "the hub's WebSocket URL, e.g. ws://hub-host:4000/ws",
@@ -504,6 +519,7 @@ impl Raw<'_> {
             path: path.to_path_buf(),
             agent_id,
             token,
+            token_file,
             hub_url,
             name,
             capabilities,
@@ -540,6 +556,8 @@ impl Raw<'_> {
             restart_window: self.ms("restart_window_ms", 30_000, 1)?,
             restart_delay: self.ms("restart_delay_ms", 100, 0)?,
             shutdown_timeout: self.ms("shutdown_timeout_ms", 5_000, 10)?,
+            resource_report_interval: Some(self.ms("resource_report_interval_ms", 30_000, 0)?)
+                .filter(|d| !d.is_zero()),
             warnings,
         })
     }
@@ -629,6 +647,36 @@ impl Raw<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The token: from `token`, or from the file `token_file` names (exactly one of them).
+    fn token(&self, warnings: &mut Vec<String>) -> Result<(Secret, Option<PathBuf>), ConfigError> {
+        let Some(name) = self.opt_str("token_file")? else {
+            let hint = "the agent's hub token (or \"token_file\": a file holding only the token)";
+            return Ok((Secret::new(self.required_str("token", hint)?), None));
+        };
+        if self.get("token").is_some() {
+            return Err(self.invalid(
+                "token_file",
+                "absent when \"token\" is set (use one of token and token_file)",
+                "both token and token_file",
+            ));
+        }
+        if name.trim().is_empty() {
+            return Err(self.invalid("token_file", "a non-empty path", "an empty string"));
+        }
+        let credentials = std::env::var_os(crate::token_file::CREDENTIALS_ENV).map(PathBuf::from);
+        let path =
+            crate::token_file::locate(&name, self.base, credentials.as_deref(), Path::exists);
+        let token = crate::token_file::read(&path).map_err(|why| {
+            self.invalid(
+                "token_file",
+                "a readable file holding only the token",
+                &format!("{} ({why})", path.display()),
+            )
+        })?;
+        warnings.extend(crate::token_file::permission_warning(&path));
+        Ok((token, Some(path)))
     }
 
     fn unknown_keys(&self) -> Vec<String> {

@@ -3,6 +3,8 @@
 //! The binary (`src/main.rs`) parses the command line and calls into this library:
 //!
 //! - [`config`] — the config file: located, read, validated into typed values.
+//! - [`token_file`] — where a `token_file` is and what it must hold (systemd credentials included).
+//! - [`register`] — `register`: a new agent from the hub, and a complete config written for it.
 //! - [`check`] — `check-config`: what a valid config cannot promise (writable paths, the wake program).
 //! - [`runtime`] — builds the actor system from a config and runs it to its exit code.
 //! - [`actors`] — the actors (one file each, in `actors/`) and the Supervisor's child list.
@@ -10,6 +12,7 @@
 //! - [`log`] — log events, the JSON-lines writer and the human stdout lines.
 //! - [`protocol`] — the hub's frames as typed values.
 //! - [`queue`] — the task queue's data and its file (active, recovering, outbox).
+//! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
 //! - [`backoff`] — reconnect delays with equal jitter.
 //! - [`tls`] — rustls client configuration for `wss://`.
 //! - [`status`] — the running sidecar's report: state file, systemd status, Prometheus text.
@@ -31,7 +34,10 @@ pub mod log;
 pub mod metrics;
 pub mod outbound;
 pub mod protocol;
+pub mod register;
+pub mod resources;
 pub mod runtime;
 pub mod status;
 pub mod tasks;
 pub mod tls;
+pub mod token_file;

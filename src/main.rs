@@ -3,7 +3,8 @@
 //! Exit codes: 0 clean shutdown; 1 configuration or start-up error; 70 the Supervisor gave up
 //! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
 //! during shutdown. `status` exits 0 while the sidecar runs and 3 when it does not (as
-//! `systemctl status` does).
+//! `systemctl status` does). `register` exits 0 once the agent is registered and its config
+//! written, 1 on any failure (no file written then).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::io::Write;
 
 use agentcom_sidecar::config::{self, Config};
 use agentcom_sidecar::status::Liveness;
-use agentcom_sidecar::{check, demo, devhub};
+use agentcom_sidecar::{check, demo, devhub, register};
 
 #[derive(Parser)]
 #[command(
@@ -149,6 +150,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Register a new agent with the hub and write its config (--config, default ./config.json)
+    Register {
+        /// The hub's HTTP address, e.g. http://hub-host:4000 (or its ws:// URL)
+        #[arg(long, value_name = "URL")]
+        hub: String,
+        /// The new agent's id
+        #[arg(long, value_name = "ID")]
+        agent_id: String,
+        /// Overwrite an existing config and token file
+        #[arg(long)]
+        force: bool,
+        /// Put the token in a file of its own, mode 600 (without PATH: beside the config,
+        /// named after it, e.g. my-agent.json -> my-agent.token)
+        #[arg(long, value_name = "PATH", num_args = 0..=1)]
+        token_file: Option<Option<PathBuf>>,
+        /// Absolute paths under DIR for the log, queue, results and status files
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// PEM file of extra CA certificates for an https:// hub (also written as ca_file)
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Serve /healthz, /readyz and /metrics on this loopback address
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+    },
 }
 
 fn main() {
@@ -159,6 +185,30 @@ fn main() {
         Command::Demo => demo::run(),
         Command::CheckConfig => check_config(cli.config),
         Command::Status { json } => status(cli.config, json),
+        Command::Register {
+            hub,
+            agent_id,
+            force,
+            token_file,
+            state_dir,
+            ca_file,
+            metrics_listen,
+        } => {
+            let config = config::locate(cli.config.as_deref());
+            // `--token-file` without a path: beside the config, named after it.
+            let token_file =
+                token_file.map(|p| p.unwrap_or_else(|| config.with_extension("token")));
+            register::run(register::Options {
+                hub,
+                agent_id,
+                config,
+                force,
+                token_file,
+                state_dir: state_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
+                ca_file: ca_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
+                metrics_listen,
+            })
+        }
     };
     std::process::exit(code);
 }

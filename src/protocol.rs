@@ -82,6 +82,22 @@ pub enum Outgoing {
         #[serde(skip_serializing_if = "Option::is_none")]
         assigned_at: Option<u64>,
     },
+    /// The machine's load, for the hub's routing. Every number is optional: what the
+    /// platform does not report is left out, never sent as `null` or 0.
+    ResourceReport {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu_percent: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ram_used_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ram_total_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vram_used_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vram_total_bytes: Option<u64>,
+        /// Milliseconds since the Unix epoch.
+        timestamp: u64,
+    },
 }
 
 /// The longest `error`/`reason` text the current hub accepts, in characters.
@@ -121,6 +137,7 @@ impl Outgoing {
             Outgoing::TaskRecovering { .. } => "task_recovering",
             Outgoing::WakeResult { .. } => "wake_result",
             Outgoing::StateReport { .. } => "state_report",
+            Outgoing::ResourceReport { .. } => "resource_report",
         }
     }
 

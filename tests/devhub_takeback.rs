@@ -118,7 +118,7 @@ fn silence_past_the_stuck_threshold_loses_a_task_unless_reported() {
     );
     run(async {
         let mut agents = Vec::new();
-        for id in ["a1", "a2", "a3", "a4"] {
+        for id in ["a1", "a2", "a3", "a4", "a5"] {
             agents.push(Agent::connect(&hub, id).await);
         }
         let mut tasks = Vec::new();
@@ -128,14 +128,16 @@ fn silence_past_the_stuck_threshold_loses_a_task_unless_reported() {
                 .unwrap();
             let assign = agent.recv().await;
             assert_eq!(assign["task_id"], task_id.as_str());
-            if i != 2 {
+            // Only a1 accepts (and works): the others' threshold is not doubled.
+            if i == 0 {
                 let accepted =
                     json!({"type": "task_accepted", "task_id": task_id, "generation": 1});
                 assert_eq!(agent.ask(accepted).await["status"], "accepted");
             }
             tasks.push(task_id);
         }
-        // a1 works silently; a2 reports progress, a4 state reports; a3 never accepted.
+        // a1 works silently; a3 is silent; a2 reports progress, a4 state reports, a5 wake
+        // results.
         let silent_working = tasks[0].clone();
         loop {
             if hub
@@ -149,6 +151,9 @@ fn silence_past_the_stuck_threshold_loses_a_task_unless_reported() {
                 .await;
             let report = json!({"type": "state_report", "task_id": tasks[3], "status": "working", "generation": 1});
             assert_eq!(agents[3].ask(report).await["action"], "continue");
+            agents[4]
+                .send(json!({"type": "wake_result", "task_id": tasks[4], "status": "success", "attempt": 1}))
+                .await;
             actix_rt::time::sleep(50 * MS).await;
         }
     });

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,6 +31,13 @@ use super::RawFrame;
 pub(crate) struct Now {
     pub at: Instant,
     pub ms: u64,
+}
+
+/// `at` plus `wait`; a wait too long for the clock is a year (timings come from flags).
+pub(crate) fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(at)
 }
 
 impl Now {
@@ -168,10 +175,10 @@ pub(crate) struct Timers {
 impl Timers {
     pub fn start(timings: &HubTimings, now: Instant) -> Timers {
         Timers {
-            stuck: now + timings.stuck_sweep_interval,
-            overdue: now + timings.overdue_sweep_interval,
-            ttl: now + timings.ttl_sweep_interval,
-            reaper: now + timings.reaper_interval,
+            stuck: later(now, timings.stuck_sweep_interval),
+            overdue: later(now, timings.overdue_sweep_interval),
+            ttl: later(now, timings.ttl_sweep_interval),
+            reaper: later(now, timings.reaper_interval),
             fallbacks: HashMap::new(),
         }
     }

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::core::{Core, Delivery, Now};
+use super::core::{later, Core, Delivery, Now};
 use super::events::HubEventKind;
 use super::fsm::{FsmOutcome, FsmState};
 
@@ -95,7 +95,7 @@ impl Core {
 
     /// The hub's socket tells the agent's FSM about a pushed task.
     fn fsm_assigned(&mut self, agent: &str, task_id: &str, now: Now) {
-        let deadline = now.at + self.timings.acceptance_timeout;
+        let deadline = later(now.at, self.timings.acceptance_timeout);
         let moved = self
             .fsms
             .get_mut(agent)

@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::core::{Core, Delivery, Now, PresenceEntry};
+use super::core::{later, Core, Delivery, Now, PresenceEntry};
 use super::events::HubEventKind;
 use super::fsm::{Fsm, FsmOutcome, FsmState};
 use super::queue::{Failed, Recovery};
@@ -478,7 +478,7 @@ impl Core {
             })
             .unwrap_or_default();
         let assigned = self.queue.assigned_to(&agent);
-        let deadline = now.at + self.timings.acceptance_timeout;
+        let deadline = later(now.at, self.timings.acceptance_timeout);
         self.fsms.insert(
             agent.clone(),
             Fsm::start(id, capabilities, assigned, deadline),
@@ -533,7 +533,7 @@ impl Core {
         );
         self.say(format_args!("agent {agent} identified (conn {id})"));
         if behaviour.repush_before_reassign {
-            let deadline = now.at + self.timings.join_schedule_delay;
+            let deadline = later(now.at, self.timings.join_schedule_delay);
             if let Some(session) = self.sessions.get_mut(&id) {
                 session.join_schedule = Some(deadline);
             }

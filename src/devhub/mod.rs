@@ -14,7 +14,7 @@
 //!   `GET /api/events`.
 //! - `server` — [`DevHub`]: start, stop, restart, test controls; `inspect` — the test
 //!   accessors (tasks, violations, take-backs, assignments, …).
-//! - `state` — the shared [`Hub`](state::Hub): the model behind a lock, the events, the timers.
+//! - `state` — the shared `Hub`: the model behind a lock, the events, the timers.
 //! - `core` — the model: sessions, push registry, presence, FSMs, queue, tokens, limits;
 //!   `frames` — answers to frames (`chat` for the frames a sidecar does not send);
 //!   `deliver` — what a session does with the hub's messages (pushes, broadcasts);

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::core::{Command, Core, Delivery, Now};
+use super::core::{later, Command, Core, Delivery, Now};
 use super::events::{HubEventKind, TakeBackReason};
 use super::fsm::FsmState;
 use super::queue::Status;
@@ -62,7 +62,7 @@ impl Core {
                 _ => idle.iter().position(|(_, caps)| fits(caps)),
             };
             if decision.is_fallback() {
-                let retry = now.at + self.timings.fallback_wait;
+                let retry = later(now.at, self.timings.fallback_wait);
                 self.timers
                     .fallbacks
                     .entry(task_id.clone())
@@ -234,20 +234,25 @@ impl Core {
         }
         if self.timers.stuck <= now.at {
             self.stuck_sweep(now);
-            self.timers.stuck = now.at + self.timings.stuck_sweep_interval;
+            self.timers.stuck = self.next_sweep(now, self.timings.stuck_sweep_interval);
         }
         if self.timers.overdue <= now.at {
             self.overdue_sweep(now);
-            self.timers.overdue = now.at + self.timings.overdue_sweep_interval;
+            self.timers.overdue = self.next_sweep(now, self.timings.overdue_sweep_interval);
         }
         if self.timers.ttl <= now.at {
             self.ttl_sweep(now);
-            self.timers.ttl = now.at + self.timings.ttl_sweep_interval;
+            self.timers.ttl = self.next_sweep(now, self.timings.ttl_sweep_interval);
         }
         if self.timers.reaper <= now.at {
             self.reap(now, behaviour.evict_kills);
-            self.timers.reaper = now.at + self.timings.reaper_interval;
+            self.timers.reaper = self.next_sweep(now, self.timings.reaper_interval);
         }
+    }
+
+    /// When a sweep runs next: at least a millisecond later (a zero interval must not spin).
+    fn next_sweep(&self, now: Now, interval: std::time::Duration) -> Instant {
+        later(now.at, interval.max(std::time::Duration::from_millis(1)))
     }
 
     /// Assigned tasks without a sign of life for the stuck threshold (twice that while the
@@ -265,7 +270,7 @@ impl Core {
                     .fsms
                     .get(agent)
                     .is_some_and(|f| f.state == FsmState::Working);
-                silent > threshold && (!working || silent > threshold * 2)
+                silent > threshold && (!working || silent > threshold.saturating_mul(2))
             })
             .map(|task| task.id.clone())
             .collect();

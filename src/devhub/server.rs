@@ -224,6 +224,8 @@ fn serve(
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // Request bodies up to Plug.Parsers' default, 8 000 000 bytes.
+                .app_data(web::PayloadConfig::new(8_000_000))
                 .route("/ws", web::get().to(ws::upgrade))
                 .configure(http::routes)
         })

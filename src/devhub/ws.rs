@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::{sleep_until, Instant};
 
-use super::core::{Command, Delivery, Now};
+use super::core::{later, Command, Delivery, Now};
 use super::events::HubEventKind;
 use super::frames::{Out, Reply};
 use super::state::Hub;
@@ -92,14 +92,15 @@ async fn serve(
     mut stream: AggregatedMessageStream,
     mut commands: UnboundedReceiver<Command>,
 ) {
-    let mut idle_deadline = Instant::now() + conn.idle;
+    let idle_after = |idle| Instant::from_std(later(std::time::Instant::now(), idle));
+    let mut idle_deadline = idle_after(conn.idle);
     loop {
         let flow = tokio::select! {
             message = stream.recv(), if !conn.cut => conn.on_message(message).await,
             command = commands.recv() => conn.on_command(command).await,
             () = sleep_until(idle_deadline) => conn.on_idle_timeout().await,
         };
-        idle_deadline = Instant::now() + conn.idle;
+        idle_deadline = idle_after(conn.idle);
         match flow {
             Flow::Continue => {}
             Flow::Closing => {

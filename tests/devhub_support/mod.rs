@@ -3,6 +3,8 @@
 //! returns as soon as what it waits for is there.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -41,9 +43,9 @@ pub fn quiet_timings() -> HubTimings {
     }
 }
 
-/// A hub knowing a1/t1 … a4/t4.
+/// A hub knowing a1/t1 … a5/t5.
 pub fn hub_with(timings: HubTimings, limits: HubLimits) -> DevHub {
-    let tokens = (1..=4)
+    let tokens = (1..=5)
         .map(|n| (format!("a{n}"), format!("t{n}")))
         .collect();
     DevHub::start(DevHubOptions {
@@ -59,7 +61,7 @@ pub fn hub() -> DevHub {
     hub_with(quiet_timings(), HubLimits::default())
 }
 
-/// The token of a1 … a4.
+/// The token of a1 … a5.
 pub fn token(agent: &str) -> String {
     agent.replace('a', "t")
 }

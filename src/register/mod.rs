@@ -1,0 +1,285 @@
+//! `agentcom-sidecar register`: onboarding an agent in one command.
+//!
+//! It asks the hub for a new agent (`POST /api/onboard/register`, no authentication), and
+//! writes a complete config for it (every key, at its default unless an option set it; mode
+//! 600), with the token inline or, when asked, in a `token_file` of its own (mode 600). Then
+//! it prints the next steps. It refuses to overwrite an existing config or token file
+//! without `--force`, and checks that it can write both *before* it asks the hub: a hub
+//! registration cannot be undone from here, and the token it answers with is shown to
+//! nobody, so it must not be lost to a full disk or a wrong path. Every failure (id taken,
+//! hub unreachable, TLS, an answer it cannot use) is one message on stderr and exit code 1.
+//!
+//! This module owns the command's run ([`run`]: check, ask, write, tell) and its errors
+//! ([`Failure`]); [`hub`] owns the conversation with the hub (its address, the request, what
+//! an answer means), [`config_file`] the config it writes. It does not validate that config:
+//! [`crate::config`] does, and a unit test proves the two agree.
+
+pub mod config_file;
+pub mod hub;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use config_file::{config_text, token_file_value, TokenPlace};
+pub use hub::{HubAddress, REQUEST_TIMEOUT};
+
+/// What `register` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The hub's address as given (`http(s)://host:port`, or its `ws(s)://…/ws` URL).
+    pub hub: String,
+    pub agent_id: String,
+    /// The config file to write.
+    pub config: PathBuf,
+    /// Overwrite an existing config (and token file).
+    pub force: bool,
+    /// Put the token in this file instead of the config.
+    pub token_file: Option<PathBuf>,
+    /// Absolute state paths (log, queue, results, status) under this directory instead of
+    /// paths relative to the config.
+    pub state_dir: Option<PathBuf>,
+    /// Extra CA certificates for an `https://` hub; also written as `ca_file`.
+    pub ca_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Why `register` did not finish. Each message says what to do; none shows the token.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("--hub {given}: {why}")]
+    BadHub { given: String, why: String },
+    #[error("--agent-id must be 1 to 128 characters without control characters")]
+    BadAgentId,
+    #[error("{option}: {why}")]
+    BadOption { option: &'static str, why: String },
+    #[error("{path} already exists; nothing was registered. Pass --force to overwrite it, or choose another path")]
+    Exists { path: String },
+    #[error("cannot write {path}: {reason}; nothing was registered")]
+    NotWritable { path: String, reason: String },
+    #[error("--ca-file {path}: {reason}")]
+    BadCaFile { path: String, reason: String },
+    #[error("agent id \"{agent_id}\" is already registered on the hub at {hub} (409). Choose another --agent-id, or have the hub's administrator reset the existing agent's token")]
+    Taken { agent_id: String, hub: String },
+    #[error("the hub at {hub} refused the agent id \"{agent_id}\" ({status}): {detail}")]
+    Refused {
+        agent_id: String,
+        hub: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("the hub at {hub} is rate limiting registrations (429); try again in a minute")]
+    RateLimited { hub: String },
+    #[error("{url} was not found (404): is {hub} the hub's HTTP address (http://host:port, as for its /api)?")]
+    NoEndpoint { url: String, hub: String },
+    #[error("the hub at {hub} answered {status}: {detail}")]
+    Unexpected {
+        hub: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("cannot reach the hub at {hub}: {reason}")]
+    Unreachable { hub: String, reason: String },
+    #[error("TLS with the hub at {hub} failed: {reason}. A hub behind a private CA needs --ca-file PATH (its PEM certificates)")]
+    Tls { hub: String, reason: String },
+    #[error("the hub registered agent \"{agent_id}\" but writing {path} failed: {reason}. The token is lost: have the hub's administrator reset the agent's token, or register another id")]
+    WriteAfterRegister {
+        agent_id: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// Runs the command; the exit code (0: registered and written, 1: anything else).
+pub fn run(options: Options) -> i32 {
+    match register(&options) {
+        Ok(report) => {
+            let _ = std::io::stdout().lock().write_all(report.as_bytes());
+            0
+        }
+        Err(failure) => {
+            eprintln!("{}: register: {failure}", env!("CARGO_PKG_NAME"));
+            1
+        }
+    }
+}
+
+/// Everything `run` does but printing; returns the text for stdout.
+pub fn register(options: &Options) -> Result<String, Failure> {
+    let hub = HubAddress::parse(&options.hub).map_err(|why| Failure::BadHub {
+        given: options.hub.clone(),
+        why,
+    })?;
+    let id = &options.agent_id;
+    if id.trim().is_empty() || id.chars().count() > 128 || id.chars().any(char::is_control) {
+        return Err(Failure::BadAgentId);
+    }
+    if options
+        .metrics_listen
+        .is_some_and(|a| !a.ip().is_loopback())
+    {
+        return Err(Failure::BadOption {
+            option: "--metrics-listen",
+            why: "must be a loopback address such as 127.0.0.1:9465 (to serve on other interfaces, set metrics_listen and metrics_public in the config by hand)".into(),
+        });
+    }
+    let config_path = absolute(&options.config);
+    let token_path = options.token_file.as_deref().map(absolute);
+    if token_path.as_ref() == Some(&config_path) {
+        return Err(Failure::BadOption {
+            option: "--token-file",
+            why: "must not be the config file itself".into(),
+        });
+    }
+    for path in std::iter::once(&config_path).chain(token_path.as_ref()) {
+        prepare(path, options.force)?;
+    }
+    let tls = crate::tls::client_config(options.ca_file.as_deref()).map_err(|reason| {
+        Failure::BadCaFile {
+            path: options
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            reason,
+        }
+    })?;
+
+    let token = hub::request(&hub, id, tls)?;
+
+    let written_failure = |path: &Path, e: std::io::Error| Failure::WriteAfterRegister {
+        agent_id: id.clone(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let place_value;
+    let place = match &token_path {
+        Some(path) => {
+            let mut text = token.expose().to_string();
+            text.push('\n');
+            write_private(path, text.as_bytes()).map_err(|e| written_failure(path, e))?;
+            place_value = token_file_value(&config_path, path);
+            TokenPlace::File(&place_value)
+        }
+        None => TokenPlace::Inline(&token),
+    };
+    let text = config_text(options, &hub, place);
+    write_private(&config_path, text.as_bytes()).map_err(|e| written_failure(&config_path, e))?;
+    Ok(next_steps(
+        options,
+        &hub,
+        &config_path,
+        token_path.as_deref(),
+    ))
+}
+
+/// Refuses an existing file without `--force`, and proves the directory writable.
+fn prepare(path: &Path, force: bool) -> Result<(), Failure> {
+    let shown = path.display().to_string();
+    if path.is_dir() {
+        return Err(Failure::NotWritable {
+            path: shown,
+            reason: "it is a directory".into(),
+        });
+    }
+    if path.exists() && !force {
+        return Err(Failure::Exists { path: shown });
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".agentcom-sidecar-register-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| Failure::NotWritable {
+            path: shown,
+            reason: e.to_string(),
+        })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Writes a file only its owner can read, atomically (temporary file, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut options = atomic_write_file::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use atomic_write_file::unix::OpenOptionsExt as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+        options.preserve_mode(false);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// What to do next, with the paths just written.
+fn next_steps(options: &Options, hub: &HubAddress, config: &Path, token: Option<&Path>) -> String {
+    let c = config.display();
+    let id = &options.agent_id;
+    let mut out = format!(
+        "registered agent \"{id}\" on the hub at {} (hub_url {})\nwrote {c} (mode 600): a complete config, every key at its default\n",
+        hub.api, hub.ws
+    );
+    let bearer = match token {
+        Some(t) => {
+            out.push_str(&format!(
+                "wrote {} (mode 600): the token, named by \"token_file\" in the config\n",
+                t.display()
+            ));
+            format!("$(cat {})", t.display())
+        }
+        None => format!("$(jq -r .token {c})"),
+    };
+    out.push_str(&format!(
+        "\nNext:\n\
+         1. Set \"wake_command\" in {c} (the command that starts your agent for a task;\n   \
+            without it the sidecar expects the agent to start by itself), then check it:\n     \
+              agentcom-sidecar check-config --config {c}\n\
+         2. Start the sidecar:\n     \
+              agentcom-sidecar --config {c}\n   \
+            or as a service: docs/usage/running-as-a-service.md (one agent),\n   \
+            docs/usage/running-a-fleet.md (several on one machine).\n\
+         3. Push it a test task through the hub, and watch the sidecar's log:\n     \
+              curl -X POST {}/api/tasks -H \"Authorization: Bearer {bearer}\" \\\n       \
+                -H 'Content-Type: application/json' \\\n       \
+                -d '{{\"description\": \"Say hello\", \"assign_to\": \"{id}\"}}'\n",
+        hub.api
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn options(state_dir: Option<&str>) -> Options {
+        Options {
+            hub: "http://hub:4000".into(),
+            agent_id: "a1".into(),
+            config: "/etc/agentcom-sidecar/a1.json".into(),
+            force: false,
+            token_file: None,
+            state_dir: state_dir.map(PathBuf::from),
+            ca_file: None,
+            metrics_listen: None,
+        }
+    }
+
+    #[test]
+    fn options_that_would_make_a_broken_config_are_refused_before_the_hub_is_asked() {
+        // The hub address is unreachable on purpose: these fail before any request.
+        let mut o = options(None);
+        o.hub = "http://127.0.0.1:9".into();
+        o.metrics_listen = Some("0.0.0.0:9464".parse().unwrap());
+        let e = register(&o).unwrap_err().to_string();
+        assert!(e.starts_with("--metrics-listen: must be a loopback"), "{e}");
+        let mut o = options(None);
+        o.token_file = Some(o.config.clone());
+        let e = register(&o).unwrap_err().to_string();
+        assert!(e.starts_with("--token-file"), "{e}");
+    }
+}
