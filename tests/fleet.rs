@@ -34,7 +34,7 @@ fn verify(unit: &str, instance: Option<&str>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo().join("config").join(unit))
         .unwrap()
-        .replace("/usr/local/bin/agentcom-sidecar", bin());
+        .replace("/usr/local/bin/agentcom-sidecar", &bin());
     std::fs::write(dir.path().join(unit), text).unwrap();
     let target = match instance {
         Some(id) => {

@@ -20,8 +20,11 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub const TOKEN: &str = "tok-9f8e7d6c5b4a";
 pub const AGENT: &str = "agent-1";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_agentcom-sidecar")
+/// The sidecar binary under test: this build's, or the one `SIDECAR_BIN` names (to run the
+/// same tests against another build, e.g. to see a defect's test fail on an older one).
+pub fn bin() -> String {
+    std::env::var("SIDECAR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_agentcom-sidecar").to_string())
 }
 
 /// A dev hub on 127.0.0.1:0 that knows [`AGENT`] with [`TOKEN`].

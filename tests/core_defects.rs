@@ -1,0 +1,126 @@
+//! Defects a review of the first task core found, each as the real binary meets it: agents
+//! started twice, a task hanging busy, task data readable by others, agent files that could
+//! hang or exhaust the sidecar.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// A sidecar with this wake script and extra config; waits for identify.
+fn with_script(hub: &DevHub, script: &str, extra: serde_json::Value) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sh");
+    std::fs::write(&path, script).unwrap();
+    let config = with(
+        with(
+            fast_config(&hub.ws_url()),
+            json!({
+                "wake_command": format!("sh {}", path.display()),
+                "wake_retry_delays_ms": [200],
+                "confirmation_timeout_ms": 5000,
+                "result_settle_ms": 200,
+            }),
+        ),
+        extra,
+    );
+    let config_path = dir.path().join("config.json");
+    write_config(&config_path, &config);
+    let before = identified(hub).len();
+    let sidecar = Sidecar::start_in(dir, &["--config", config_path.to_str().unwrap()]);
+    wait_identified(hub, before + 1);
+    sidecar
+}
+
+#[test]
+fn an_agent_running_inside_its_wake_command_is_not_killed_at_wake_timeout_once_confirmed() {
+    let hub = hub();
+    // The wake command is the agent: it confirms, works past wake_timeout_ms, then reports.
+    let script = r#"
+touch "$RESULTS_DIR/$TASK_ID.started"
+while [ ! -e "$(dirname "$RESULTS_DIR")/go" ]; do sleep 0.02; done
+printf '{"status":"success","output":"long"}' > "$RESULTS_DIR/.$TASK_ID.tmp"
+mv "$RESULTS_DIR/.$TASK_ID.tmp" "$RESULTS_DIR/$TASK_ID.json"
+"#;
+    let sidecar = with_script(&hub, script, json!({"wake_timeout_ms": 300}));
+    let task_id = submit(&hub, json!({"description": "long"}));
+    sidecar.wait_event("confirmation_received");
+    // Well past the wake timeout, it still runs.
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(
+        sidecar.events("wake_error").is_empty(),
+        "{}",
+        sidecar.dump()
+    );
+    std::fs::write(sidecar.dir.path().join("go"), "").unwrap();
+    wait_status(&hub, &task_id, "completed");
+    assert_eq!(sidecar.events("wake_attempt").len(), 1);
+}
+
+#[test]
+fn a_held_task_without_a_result_fails_at_task_timeout_and_the_sidecar_is_free_again() {
+    let hub = hub();
+    let sidecar = with_script(
+        &hub,
+        r#"touch "$RESULTS_DIR/$TASK_ID.started""#,
+        json!({"task_timeout_ms": 800}),
+    );
+    let task_id = submit(&hub, json!({"description": "never ends", "max_retries": 0}));
+    let line = sidecar.wait_event("task_timeout");
+    assert_eq!(line["task_id"], task_id.as_str());
+    let failed = wait_task_frame(&hub, "task_failed", &task_id, 1);
+    assert_eq!(failed["reason"], "task_timeout");
+    assert!(failed["error"]
+        .as_str()
+        .unwrap()
+        .contains("task_timeout_ms (800 ms)"));
+    wait_status(&hub, &task_id, "dead_letter");
+    let next = submit(&hub, json!({"description": "next"}));
+    wait_task_frame(&hub, "task_accepted", &next, 1);
+}
+
+#[test]
+fn a_task_cancelled_and_assigned_again_while_a_wake_retry_waits_starts_one_new_agent() {
+    let hub = hub();
+    // The first attempt fails; the retry waits 200 ms. The hub cancels and pushes the task
+    // again in that gap: the stale retry must not start a second agent beside the new one.
+    let script = r#"
+echo "$TASK_ID $WAKE_ATTEMPT" >> "$(dirname "$RESULTS_DIR")/starts"
+[ "$(wc -l < "$(dirname "$RESULTS_DIR")/starts")" -gt 1 ] || exit 3
+touch "$RESULTS_DIR/$TASK_ID.started"
+"#;
+    let sidecar = with_script(&hub, script, json!({"wake_retry_delays_ms": [400, 400]}));
+    assign(&hub, json!({"task_id": "t-again", "generation": 1}));
+    sidecar.wait_event("wake_error");
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "task_cancelled", "task_id": "t-again"}).to_string()),
+    );
+    sidecar.wait_event("task_cancelled");
+    assign(&hub, json!({"task_id": "t-again", "generation": 2}));
+    sidecar.wait_event("confirmation_received");
+    // Past the old retry's moment: still two starts in all (the failed one, the new one).
+    std::thread::sleep(Duration::from_millis(800));
+    let starts = std::fs::read_to_string(sidecar.dir.path().join("starts")).unwrap();
+    assert_eq!(starts.lines().count(), 2, "{starts}\n{}", sidecar.dump());
+}
+
+#[test]
+fn continue_after_a_restart_never_wakes_an_agent_whose_started_file_and_result_are_there() {
+    let hub = hub();
+    let mut sidecar = with_script(
+        &hub,
+        r#"echo x >> "$(dirname "$RESULTS_DIR")/starts"; touch "$RESULTS_DIR/$TASK_ID.started""#,
+        json!({}),
+    );
+    let task_id = submit(&hub, json!({"description": "d"}));
+    sidecar.wait_event("confirmation_received");
+    sidecar.kill();
+    sidecar.write_result(&task_id, r#"{"status":"success","output":"while down"}"#);
+    sidecar.restart();
+    wait_status(&hub, &task_id, "completed");
+    let starts = std::fs::read_to_string(sidecar.dir.path().join("starts")).unwrap();
+    assert_eq!(starts.lines().count(), 1);
+}
