@@ -131,6 +131,24 @@ impl WakeCommand {
     }
 }
 
+/// Frames per minute the hub allows one agent, per tier (the hub's defaults: 120, 60, 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    pub light: u32,
+    pub normal: u32,
+    pub heavy: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            light: 120,
+            normal: 60,
+            heavy: 10,
+        }
+    }
+}
+
 /// The hub's limits on identify fields, in characters (the hub counts graphemes, which are
 /// never more than characters).
 pub const AGENT_ID_MAX: usize = 128;
@@ -171,6 +189,9 @@ pub struct Config {
     /// The longest a restart the hub asked for (`restart_sidecar`) waits for the task in
     /// progress to be reported.
     pub restart_wait: Duration,
+    /// Frames per minute the hub allows this agent, per rate-limit tier (light, normal,
+    /// heavy); the sidecar stays below them.
+    pub hub_rate_limits: RateLimits,
     pub results_dir: PathBuf,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
@@ -259,6 +280,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "task_timeout_ms",
     "stale_session_reidentify_ms",
     "restart_wait_ms",
+    "hub_rate_limits",
     "results_dir",
     "log_file",
     "log_level",
@@ -381,6 +403,7 @@ impl Config {
             "task_timeout_ms": self.task_timeout.map_or(0, |d| d.as_millis() as u64),
             "stale_session_reidentify_ms": self.stale_session_reidentify.map_or(0, |d| d.as_millis() as u64),
             "restart_wait_ms": ms(self.restart_wait),
+            "hub_rate_limits": {"light": self.hub_rate_limits.light, "normal": self.hub_rate_limits.normal, "heavy": self.hub_rate_limits.heavy},
             "results_dir": self.results_dir,
             "log_file": self.log_file,
             "log_level": self.log_level.as_str(),
@@ -532,6 +555,7 @@ impl Raw<'_> {
             task_timeout: self.optional_ms("task_timeout_ms", 86_400_000)?,
             stale_session_reidentify: self.optional_ms("stale_session_reidentify_ms", 65_000)?,
             restart_wait: self.ms("restart_wait_ms", 300_000, 0)?,
+            hub_rate_limits: self.rate_limits()?,
             results_dir: self.path_or("results_dir", "./results")?,
             log_file: self.path_or("log_file", "./sidecar.log")?,
             log_level,
@@ -810,6 +834,38 @@ impl Raw<'_> {
 
     /// `metrics_listen`: an IP address and port; loopback unless `metrics_public` is true, so
     /// the endpoint is never exposed by accident.
+    /// `hub_rate_limits`: `{"light": N, "normal": N, "heavy": N}` frames per minute, each
+    /// optional (the hub's default), each from 1 to 1 000 000.
+    fn rate_limits(&self) -> Result<RateLimits, ConfigError> {
+        let mut limits = RateLimits::default();
+        let Some(v) = self.get("hub_rate_limits") else {
+            return Ok(limits);
+        };
+        let expected = "an object of frames per minute by tier, e.g. {\"light\": 120, \"normal\": 60, \"heavy\": 10}";
+        let Value::Object(map) = v else {
+            return Err(self.wrong_type("hub_rate_limits", expected, v));
+        };
+        for (tier, n) in map {
+            let slot = match tier.as_str() {
+                "light" => &mut limits.light,
+                "normal" => &mut limits.normal,
+                "heavy" => &mut limits.heavy,
+                other => {
+                    return Err(self.invalid(
+                        "hub_rate_limits",
+                        "only the tiers light, normal and heavy",
+                        &format!("\"{other}\""),
+                    ))
+                }
+            };
+            *slot = match n.as_u64() {
+                Some(n @ 1..=1_000_000) => n as u32,
+                _ => return Err(self.wrong_type("hub_rate_limits", "whole numbers from 1 to 1000000", n)),
+            };
+        }
+        Ok(limits)
+    }
+
     fn metrics_listen(&self) -> Result<(Option<std::net::SocketAddr>, bool), ConfigError> {
         let public = match self.get("metrics_public") {
             None => false,

@@ -109,7 +109,7 @@ impl HubActor {
             conn: id,
             id: 0,
             outgoing,
-            outbound: Outbound::new(Pacing::default(), now),
+            outbound: Outbound::new(self.pacing(), now),
             poll_timer: None,
             reader,
             writer,
@@ -122,6 +122,12 @@ impl HubActor {
             fragments: Default::default(),
         }));
         self.send_identify(ctx);
+    }
+
+    /// The pacing of frames: below the hub's limits as the config gives them.
+    fn pacing(&self) -> Pacing {
+        let l = self.env.config.hub_rate_limits;
+        Pacing::below(l.light, l.normal, l.heavy)
     }
 
     pub(super) fn send_identify(&mut self, ctx: &mut Context<Self>) {
