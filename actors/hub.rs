@@ -419,13 +419,17 @@ fn report_event(sent: &Sent, incoming: &Incoming) -> Option<Event> {
             generation,
             ..
         } => {
-            let Incoming::StateReportAck { action, .. } = incoming else {
-                return None;
+            // An error instead of an answer (a hub without `state_report`, a refused frame):
+            // no verdict, so the task is kept; the action says why.
+            let action = match incoming {
+                Incoming::StateReportAck { action, .. } => action.clone(),
+                Incoming::Error { error, .. } => format!("unanswered: {error}"),
+                _ => return None,
             };
             return Some(Event::StateReportAnswered {
                 task_id: task_id.clone(),
                 generation: *generation,
-                action: action.clone(),
+                action,
             });
         }
         _ => return None,

@@ -24,7 +24,9 @@ use super::hub::{
 };
 use super::results::{AgentProgressSeen, RescanResults, ResultFileRead, StartedFileSeen};
 use super::supervisor::{RestartRequested, ShutdownBegun};
-use super::waker::{CancelWake, GetRunningWakes, WakeConfirmed, WakeExited, WakeTask};
+use super::waker::{
+    CancelWake, GetRunningWakes, WakeConfirmed, WakeExited, WakeTask, WakerStarted,
+};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -61,11 +63,12 @@ pub struct TaskEnded {
 }
 
 /// Kept across restarts of this actor: whether the process has loaded the queue before,
-/// and the write fence.
+/// the write fence, and a restart the hub asked for that has not happened yet.
 #[derive(Default)]
 struct Kept {
     loaded: Cell<bool>,
     fence: Fence,
+    restart: std::cell::RefCell<Option<String>>,
 }
 
 /// How long a failed write waits before it is tried again.
@@ -185,6 +188,10 @@ impl QueueActor {
                 );
                 act.machine = Some(machine);
                 act.run(effects, ctx);
+                let pending = act.kept.restart.borrow().clone();
+                if let Some(reason) = pending {
+                    act.handle_event(Event::RestartRequested { reason }, ctx);
+                }
                 for event in std::mem::take(&mut act.early) {
                     act.handle_event(event, ctx);
                 }
@@ -234,6 +241,7 @@ impl QueueActor {
                     let _ = self.env.bus.send(TaskEnded { task_id, outcome });
                 }
                 Effect::Restart { reason } => {
+                    self.kept.restart.borrow_mut().take();
                     let _ = self.env.bus.send(RestartRequested { reason });
                 }
                 Effect::Reidentify { session, reason } => {
@@ -293,6 +301,14 @@ impl QueueActor {
             model: order.model,
         };
         if let Err(task) = self.env.bus.send(task) {
+            log_event!(
+                self.env.log,
+                Warn,
+                "wake_error",
+                task_id = task.task_id,
+                attempt = task.attempt,
+                error = "the waker is not running: the attempt counts as failed"
+            );
             let event = Event::WakeExited {
                 task_id: task.task_id,
                 wake_id: task.wake_id,
@@ -365,6 +381,7 @@ impl Child for QueueActor {
         bus.register(addr.clone().recipient::<AgentProgressSeen>());
         bus.register(addr.clone().recipient::<HubRestartRequested>());
         bus.register(addr.clone().recipient::<ShutdownBegun>());
+        bus.register(addr.clone().recipient::<WakerStarted>());
     }
 }
 
@@ -474,7 +491,21 @@ impl Handler<AgentProgressSeen> for QueueActor {
 impl Handler<HubRestartRequested> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: HubRestartRequested, ctx: &mut Context<Self>) {
+        self.kept
+            .restart
+            .borrow_mut()
+            .get_or_insert_with(|| msg.reason.clone());
         self.handle_event(Event::RestartRequested { reason: msg.reason }, ctx);
+    }
+}
+
+impl Handler<WakerStarted> for QueueActor {
+    type Result = ();
+    fn handle(&mut self, _: WakerStarted, ctx: &mut Context<Self>) {
+        // At the process's start the machine is not running yet: nothing was spawned.
+        if self.machine.is_some() {
+            self.handle_event(Event::WakerRestarted, ctx);
+        }
     }
 }
 

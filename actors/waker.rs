@@ -68,6 +68,12 @@ pub struct WakeConfirmed {
 #[rtype(result = "Vec<u64>")]
 pub struct GetRunningWakes;
 
+/// Published when a WakerActor starts: after a restart of the waker alone, the attempts
+/// the previous one ran are out of sight.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct WakerStarted;
+
 /// Published: an attempt ended.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -339,6 +345,10 @@ fn kill_group(group: Option<i32>) {
 
 impl Actor for WakerActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        let _ = self.env.bus.send(WakerStarted);
+    }
 }
 
 crate::answers_probe!(WakerActor);

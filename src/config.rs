@@ -860,7 +860,13 @@ impl Raw<'_> {
             };
             *slot = match n.as_u64() {
                 Some(n @ 1..=1_000_000) => n as u32,
-                _ => return Err(self.wrong_type("hub_rate_limits", "whole numbers from 1 to 1000000", n)),
+                _ => {
+                    return Err(self.wrong_type(
+                        "hub_rate_limits",
+                        "whole numbers from 1 to 1000000",
+                        n,
+                    ))
+                }
             };
         }
         Ok(limits)

@@ -11,8 +11,15 @@
 //! - [`bus`] — how actors reach each other by message type, across restarts.
 //! - [`log`] — log events, the JSON-lines writer and the human stdout lines.
 //! - [`protocol`] — the hub's frames as typed values.
-//! - [`queue`] — the task queue's data and its file (active, recovering, outbox).
+//! - [`tasks`] — the task rules as a pure state machine, the state it keeps, and its file.
+//! - [`outbound`] — the hub session's send discipline: pacing, and which sent frame an answer
+//!   (or a `rate_limited`) belongs to.
+//! - [`hubconn`] — the hub connection's plumbing: client build, writes, fragment reassembly.
 //! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
+//!
+//! The kit every actor uses: [`bus`], [`log`], [`backoff`], [`tls`] and [`fsx`] (the one
+//! atomic write, private files, untrusted reads).
+//!
 //! - [`backoff`] — reconnect delays with equal jitter.
 //! - [`tls`] — rustls client configuration for `wss://`.
 //! - [`status`] — the running sidecar's report: state file, systemd status, Prometheus text.

@@ -207,6 +207,18 @@ impl Outbound {
 
     /// Queues a frame; [`Outbound::poll`] says when it goes.
     pub fn submit(&mut self, frame: Outgoing) {
+        // Progress is a state, not a history: a newer `task_progress` replaces one of the same
+        // task still waiting (keeping its place in line), so a chatty agent never builds a
+        // backlog in front of its reports.
+        if let Outgoing::TaskProgress { task_id, .. } = &frame {
+            let waiting = self.waiting.iter_mut().find(
+                |w| matches!(&w.frame, Outgoing::TaskProgress { task_id: t, .. } if t == task_id),
+            );
+            if let Some(w) = waiting {
+                w.frame = frame;
+                return;
+            }
+        }
         self.waiting.push_back(Waiting {
             frame,
             not_before: None,
@@ -563,6 +575,38 @@ mod tests {
         let next = o.next_poll(now).expect("the third waits for a token");
         assert_eq!(next, now + Duration::from_secs(30));
         assert_eq!(o.poll(next).len(), 1);
+    }
+
+    #[test]
+    fn a_newer_progress_replaces_one_still_waiting() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        for p in [10, 20, 30] {
+            o.submit(Outgoing::TaskProgress {
+                task_id: "a".into(),
+                progress: Some(p),
+                execution_event: None,
+            });
+        }
+        o.submit(progress("b"));
+        assert_eq!(o.waiting(), 3);
+        o.poll(now);
+        o.attribute(
+            &Incoming::TaskAck {
+                task_id: "a".into(),
+                status: "complete".into(),
+            },
+            now,
+        );
+        let sent = o.poll(now);
+        assert!(matches!(
+            &sent[0],
+            Outgoing::TaskProgress {
+                progress: Some(30),
+                ..
+            }
+        ));
     }
 
     #[test]

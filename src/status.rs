@@ -261,7 +261,15 @@ impl Status {
             "Restarts of each actor by the Supervisor.",
             &restarts,
         );
-        let outcomes = ["complete", "failed", "rejected", "cancelled"];
+        let outcomes = [
+            "complete",
+            "failed",
+            "rejected",
+            "cancelled",
+            "aborted",
+            "reassigned",
+            "refused",
+        ];
         let ended: Vec<(String, f64)> = outcomes
             .iter()
             .map(|o| {

@@ -95,7 +95,10 @@ pub fn config_text(options: &Options, hub: &HubAddress, token: TokenPlace<'_>) -
             ("restart_delay_ms", json!(100)),
             ("shutdown_timeout_ms", json!(5000)),
             ("restart_wait_ms", json!(300000)),
-            ("hub_rate_limits", json!({"light": 120, "normal": 60, "heavy": 10})),
+            (
+                "hub_rate_limits",
+                json!({"light": 120, "normal": 60, "heavy": 10}),
+            ),
         ],
     ];
     let blocks: Vec<String> = groups

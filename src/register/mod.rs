@@ -157,14 +157,16 @@ pub fn register(options: &Options) -> Result<String, Failure> {
         Some(path) => {
             let mut text = token.expose().to_string();
             text.push('\n');
-            write_private(path, text.as_bytes()).map_err(|e| written_failure(path, e))?;
+            crate::fsx::write_atomic(path, text.as_bytes())
+                .map_err(|e| written_failure(path, e))?;
             place_value = token_file_value(&config_path, path);
             TokenPlace::File(&place_value)
         }
         None => TokenPlace::Inline(&token),
     };
     let text = config_text(options, &hub, place);
-    write_private(&config_path, text.as_bytes()).map_err(|e| written_failure(&config_path, e))?;
+    crate::fsx::write_atomic(&config_path, text.as_bytes())
+        .map_err(|e| written_failure(&config_path, e))?;
     Ok(next_steps(
         options,
         &hub,
@@ -198,22 +200,6 @@ fn prepare(path: &Path, force: bool) -> Result<(), Failure> {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Writes a file only its owner can read, atomically (temporary file, fsync, rename).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    #[cfg_attr(not(unix), allow(unused_mut))]
-    let mut options = atomic_write_file::OpenOptions::new();
-    #[cfg(unix)]
-    {
-        use atomic_write_file::unix::OpenOptionsExt as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-        options.preserve_mode(false);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.commit()
 }
 
 /// What to do next, with the paths just written.

@@ -278,20 +278,23 @@ impl Machine {
         let result_file = self.cfg.result_file(task_id);
         let result_op = if invalid {
             // Kept for the operator, out of the way of a new result.
-            FileOp::Rename {
+            Some(FileOp::Rename {
                 from: result_file.clone(),
                 to: result_file.with_extension("json.invalid"),
-            }
-        } else if task.role == Role::Held {
-            FileOp::Remove(result_file.clone())
+            })
         } else {
-            // Not reported now: kept aside for the operator (and for a re-push).
-            FileOp::Rename {
-                from: result_file.clone(),
-                to: result_file.with_extension("json.unreported"),
+            match task.role {
+                Role::Held => Some(FileOp::Remove(result_file.clone())),
+                // The hub's verdict will tell: reported (then removed) or set aside.
+                Role::Recovering => None,
+                // Not reported now: kept aside for the operator (and for a re-push).
+                Role::Released => Some(FileOp::Rename {
+                    from: result_file.clone(),
+                    to: result_file.with_extension("json.unreported"),
+                }),
             }
         };
-        self.conclude(task_id, outcome, Some(result_op));
+        self.conclude(task_id, outcome, result_op);
     }
 
     /// The task's outcome is known. A held task's report goes in the outbox and its files
@@ -547,6 +550,37 @@ impl Machine {
                 }
             }
             _ => {}
+        }
+    }
+
+    pub(super) fn on_waker_restarted(&mut self) {
+        let lost: Vec<(String, u64)> = self
+            .state
+            .tasks
+            .iter()
+            .filter_map(|t| match t.agent {
+                Agent::Waking { wake_id, .. } if self.spawned.contains(&wake_id) => {
+                    Some((t.task_id.clone(), wake_id))
+                }
+                _ => None,
+            })
+            .collect();
+        for (task_id, wake_id) in lost {
+            // Its command may run on: it gets the window a restart would give it.
+            self.spawned.remove(&wake_id);
+            self.note(
+                LogLevel::Warn,
+                "wake_outcome_lost",
+                vec![
+                    ("task_id", task_id.clone().into()),
+                    ("wake_id", wake_id.into()),
+                    ("note", "the waker restarted while this attempt ran: waiting confirmation_timeout_ms for .started".into()),
+                ],
+            );
+            self.out.push(Effect::Arm {
+                timer: Timer::Confirmation { task_id, wake_id },
+                after: self.cfg.confirmation_timeout,
+            });
         }
     }
 

@@ -82,6 +82,9 @@ pub enum Event {
     },
     /// The orderly shutdown began: no new task is taken.
     ShutdownBegun,
+    /// The waker restarted: the attempts it ran are out of sight (their outcome will never
+    /// be reported); each gets a confirmation window instead, as after a restart.
+    WakerRestarted,
     /// The hub asked for a restart (`restart_sidecar`): it happens once no task is in
     /// progress and every report is answered, or after `restart_wait`.
     RestartRequested {

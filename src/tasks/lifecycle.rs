@@ -454,7 +454,7 @@ impl Machine {
                         ("generation", generation.into()),
                     ],
                 );
-                self.forget(task_id);
+                self.forget(task_id, true);
             }
             Answer::Refused { error, details } => {
                 let Some(task) = self.task(task_id) else {
@@ -510,8 +510,18 @@ impl Machine {
         };
         task.role = Role::Released;
         task.released = Some(why);
+        let kept = task.outcome.is_some();
         self.drop_reports(task_id);
         self.changed();
+        if kept {
+            // A result found while recovering stayed in place: now it is set aside.
+            let result = self.cfg.result_file(task_id);
+            let aside = FileOp::Rename {
+                to: result.with_extension("json.unreported"),
+                from: result,
+            };
+            self.file_work(Vec::new(), vec![aside]);
+        }
         if let Some(m) = self.marks.get_mut(task_id) {
             m.state_report_due = false;
             m.state_report_pending = None;
@@ -534,7 +544,7 @@ impl Machine {
             .map(|t| t.task_id.clone())
             .collect();
         for id in idle {
-            self.forget(&id);
+            self.forget(&id, true);
         }
         let released: Vec<String> = self
             .state
@@ -553,7 +563,7 @@ impl Machine {
                     ("reason", "keep_released reached".into()),
                 ],
             );
-            self.forget(&id);
+            self.forget(&id, false);
         }
     }
 

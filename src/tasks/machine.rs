@@ -266,6 +266,7 @@ impl Machine {
                     self.restart = Some(reason);
                 }
             }
+            Event::WakerRestarted => self.on_waker_restarted(),
             Event::ShutdownBegun => {
                 self.shutting_down = true;
                 if let Some(a) = self.undecided.take() {
@@ -410,8 +411,9 @@ impl Machine {
         }
     }
 
-    /// Sends what is durable and not yet sent on this session, in order: recoveries, then
-    /// acceptances (with a `state_report` after a re-identify), then the outbox.
+    /// Sends what is durable and not yet sent on this session, in order: for each task,
+    /// oldest first, its recovery question or its acceptance (with a `state_report` after a
+    /// re-identify); then the outbox.
     pub(super) fn flush(&mut self) {
         let Some(session) = self.session else { return };
         let durable = self.durable;
@@ -636,12 +638,18 @@ impl Machine {
         ]
     }
 
-    /// Forgets a task: its record and its files.
-    pub(super) fn forget(&mut self, task_id: &str) {
+    /// Forgets a task: its record and its files — with its result too (`with_result`:
+    /// once the hub has it), else a result kept aside stays for the operator.
+    pub(super) fn forget(&mut self, task_id: &str, with_result: bool) {
         self.drop_reports(task_id);
         self.state.tasks.retain(|t| t.task_id != task_id);
         self.marks.remove(task_id);
-        let files = self.task_files(task_id);
+        let mut files = self.task_files(task_id);
+        if with_result {
+            let result = self.cfg.result_file(task_id);
+            files.push(FileOp::Remove(result.with_extension("json.unreported")));
+            files.push(FileOp::Remove(result));
+        }
         self.changed();
         self.file_work(Vec::new(), files);
     }
