@@ -86,6 +86,10 @@ TASK_SETTLE_S = 0.005
 # The wake command of the task sidecar: it only confirms, with shell built-ins (no exec), so
 # waking is quick and not what is measured. The bench writes the results itself.
 TASK_WAKE_COMMAND = ': > "$RESULTS_DIR/$TASK_ID.started"'
+# The hub limits each agent to 60 task frames a minute; the bench measures the sidecar, not
+# that limit, so its dev hub and its task sidecar allow far more.
+HUB_RATE_FLAGS = ["--rate-light", "1000000", "--rate-normal", "1000000", "--rate-heavy", "1000000"]
+BENCH_RATE_LIMITS = {"light": 1000000, "normal": 1000000, "heavy": 1000000}
 
 
 class BenchError(Exception):
@@ -479,7 +483,7 @@ class Bench:
             hub = self._spawn(
                 f"hub-{self.hub_starts}",
                 [str(self.binary), "dev-hub", "--listen", f"127.0.0.1:{self.port}",
-                 "--tokens", str(self.tokens_path)],
+                 "--tokens", str(self.tokens_path)] + HUB_RATE_FLAGS,
             )
             self.hub = hub
             up = self.wait_health(deadline)
@@ -968,16 +972,17 @@ def measure_tasks(bench: Bench, agent_id: str, count: int, budget_s: float) -> d
     """Task latencies, on a sidecar of its own whose wake command only confirms. One task at
     a time, up to `count` tasks or `budget_s` seconds:
 
-    1. POST /api/admin/push-task; task_assign -> task_accepted is the hub's time of the
-       sidecar's task_accepted frame minus the hub's time of sending the task_assign frame
-       (both on the hub's clock, from GET /api/events).
-    2. Once the sidecar has settled (task woken, confirmed, the accept acked, all on disk),
+    1. POST /api/tasks (trivial, assigned to this agent); task_assign -> task_accepted is the
+       hub's time of the sidecar's task_accepted frame minus the hub's time of writing the
+       task_assign frame (both on the hub's clock, from GET /api/events).
+    2. Once the sidecar has settled (task woken and confirmed, all on disk),
        the result is written to a temporary name in results_dir and renamed into place;
        result file -> task_complete is the hub's time of the task_complete frame minus
        time.monotonic_ns() taken right after os.rename returned (same clock).
     3. Wait until the sidecar has settled again (task gone, complete acked, files removed)."""
     print(f"tasks: up to {count} tasks, one at a time, at most {budget_s:g} s ...", flush=True)
-    sc = bench.start_sidecar(agent_id, wake_command=TASK_WAKE_COMMAND)
+    sc = bench.start_sidecar(agent_id, wake_command=TASK_WAKE_COMMAND,
+                             hub_rate_limits=BENCH_RATE_LIMITS)
     sc.proc.wait_line(is_event("identified"))
     results_dir = sc.dir / "results"
     token = bench.tokens[agent_id]
@@ -996,15 +1001,16 @@ def measure_tasks(bench: Bench, agent_id: str, count: int, budget_s: float) -> d
             mark = hub.mark()
             t_post = time.monotonic_ns()
             status, body = http_post_json(
-                bench.port, "/api/admin/push-task",
-                {"agent_id": agent_id, "description": f"bench task {i}", "metadata": {"n": i}},
+                bench.port, "/api/tasks",
+                {"description": f"bench task {i}", "metadata": {"n": i},
+                 "complexity_tier": "trivial", "assign_to": agent_id},
                 token)
             t_posted = time.monotonic_ns()
-            if status != 200:
-                raise BenchError(f"push-task answered {status}: {body[:200]!r}")
+            if status != 201:
+                raise BenchError(f"POST /api/tasks answered {status}: {body[:200]!r}")
             task_id = json.loads(body)["task_id"]
             pushed = hub.wait_for(
-                lambda e: e["kind"] == "task_pushed" and e.get("task_id") == task_id,
+                lambda e: e["kind"] == "assignment_pushed" and e.get("task_id") == task_id,
                 mark, f"the push of {task_id}")
             answer = hub.wait_for(
                 lambda e: e["kind"] == "frame" and e.get("task_id") == task_id
@@ -1022,9 +1028,10 @@ def measure_tasks(bench: Bench, agent_id: str, count: int, budget_s: float) -> d
             push_http_ms.append(ms(t_posted - t_post))
             seen_lag_ms.append(ms(t_seen - answer["mono_ns"]))
 
-            # Woken, confirmed, the accept acked: nothing left in flight.
-            wait_settled(sc, lambda q: (q.get("active") or {}).get("task_id") == task_id
-                         and q["active"].get("woken") and q["active"].get("confirmed")
+            # Woken and confirmed, on disk: nothing left in flight.
+            wait_settled(sc, lambda q: any(t.get("task_id") == task_id
+                                           and (t.get("agent") or {}).get("state") == "confirmed"
+                                           for t in q.get("tasks", []))
                          and not q.get("outbox"), f"{task_id} woken and confirmed")
 
             # 2. result file renamed into place -> task_complete at the hub.
@@ -1048,7 +1055,7 @@ def measure_tasks(bench: Bench, agent_id: str, count: int, budget_s: float) -> d
             rename_us.append((t_renamed - t_rename) / 1000)
 
             # 3. Idle again: no task, the complete acked, the agent's files removed.
-            wait_settled(sc, lambda q: q.get("active") is None and not q.get("outbox")
+            wait_settled(sc, lambda q: not q.get("tasks") and not q.get("outbox")
                          and not final.exists()
                          and not (results_dir / f"{task_id}.started").exists(),
                          f"{task_id} finished")

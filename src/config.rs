@@ -1022,6 +1022,70 @@ mod tests {
     }
 
     #[test]
+    fn the_hubs_limits_on_identify_fields_are_checked_at_load() {
+        let long_id = "a".repeat(129);
+        let e = load(&format!(r#"{{"agent_id":"{long_id}","token":"t","hub_url":"ws://h/ws"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"agent_id\"") && e.contains("at most 128"), "{e}");
+        let long_name = "é".repeat(257);
+        let e = load(&format!(
+            r#"{{"agent_id":"a","token":"t","hub_url":"ws://h/ws","name":"{long_name}"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"name\"") && e.contains("at most 256"), "{e}");
+        let long_token = "t".repeat(257);
+        let e = load(&format!(
+            r#"{{"agent_id":"a","token":"{long_token}","hub_url":"ws://h/ws"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"token\"") && !e.contains(&long_token), "{e}");
+        // At the limits: fine.
+        let id = "a".repeat(128);
+        let name = "é".repeat(256);
+        load(&format!(
+            r#"{{"agent_id":"{id}","token":"t","hub_url":"ws://h/ws","name":"{name}"}}"#
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn wake_commands_rate_limits_and_optional_timings() {
+        let c = load(
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws",
+                "wake_command":["agent","--task-file"],
+                "wake_commands":{"ollama":"run-ollama","claude":["claude","-p"]},
+                "task_timeout_ms":0,"hub_rate_limits":{"normal":600},
+                "ollama_url":"http://127.0.0.1:11434"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.wake_command,
+            Some(WakeCommand::Argv(vec!["agent".into(), "--task-file".into()]))
+        );
+        assert_eq!(
+            c.wake_commands["ollama"],
+            WakeCommand::Shell("run-ollama".into())
+        );
+        assert_eq!(c.task_timeout, None);
+        assert_eq!(c.hub_rate_limits.normal, 600);
+        assert_eq!(c.hub_rate_limits.light, 120);
+        for bad in [
+            r#""wake_commands":["x"]"#,
+            r#""wake_command":[1]"#,
+            r#""wake_command":[""]"#,
+            r#""hub_rate_limits":{"fast":1}"#,
+            r#""hub_rate_limits":{"normal":0}"#,
+            r#""ollama_url":"ftp://x""#,
+        ] {
+            let text = format!(r#"{{"agent_id":"a","token":"t","hub_url":"ws://h/ws",{bad}}}"#);
+            assert!(load(&text).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key_and_never_echo_the_token() {
         let e = load(r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#)
             .unwrap_err()
