@@ -483,11 +483,15 @@ impl Raw<'_> {
         let found = if key == "token" {
             kind_of(v).to_string()
         } else {
-            let mut s = v.to_string();
-            if s.len() > 80 {
-                s.truncate(77);
-                s.push_str("...");
-            }
+            // At most 80 characters of the value's text, cut on a character boundary.
+            let text = v.to_string();
+            let s = match text.char_indices().nth(80) {
+                Some(_) => {
+                    let cut = text.char_indices().nth(77).map_or(text.len(), |(i, _)| i);
+                    format!("{}...", &text[..cut])
+                }
+                None => text,
+            };
             format!("{} {s}", kind_of(v))
         };
         self.invalid(key, expected, &found)
