@@ -39,15 +39,67 @@ pub struct LogRecord {
 
 /// Emits an event through a [`Log`]:
 /// `log_event!(log, Info, "ws_open", url = url.as_str(), attempt = 3)`.
+///
+/// Any value that is `Serialize` or a path can be logged, and logging never fails: a path
+/// (anything `AsRef<Path>`) is written as text, lossily if it is not UTF-8 (U+FFFD for each
+/// bad byte); a value serde cannot turn into JSON is written as a note saying why
+/// ([`field`]).
 #[macro_export]
 macro_rules! log_event {
-    ($log:expr, $level:ident, $event:expr $(, $key:ident = $value:expr)* $(,)?) => {
+    ($log:expr, $level:ident, $event:expr $(, $key:ident = $value:expr)* $(,)?) => {{
+        #[allow(unused_imports)]
+        use $crate::log::field::{ViaPath as _, ViaSerialize as _};
         $log.emit(
             $crate::config::LogLevel::$level,
             $event,
-            vec![$((stringify!($key), ::serde_json::json!($value))),*],
+            vec![$((stringify!($key), (&$crate::log::field::Field(&$value)).log_value())),*],
         )
-    };
+    }};
+}
+
+/// How [`log_event!`](crate::log_event) turns a field's value into JSON without failing.
+///
+/// `serde_json::json!` unwraps `to_value`, which fails (and so panicked) on a path that is not
+/// UTF-8 and on maps whose keys are not strings. The macro instead picks, at compile time, the
+/// first of two conversions that applies to the value's type (autoref specialization): paths
+/// and strings as lossy text ([`ViaPath`]), anything else through serde ([`ViaSerialize`]),
+/// whose failure becomes a note in place of the value.
+#[doc(hidden)]
+pub mod field {
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    /// A value on its way into a log field.
+    pub struct Field<'a, T: ?Sized>(pub &'a T);
+
+    /// Paths, `OsStr`s and strings: text, lossy when not UTF-8.
+    pub trait ViaPath {
+        fn log_value(&self) -> Value;
+    }
+
+    impl<T: AsRef<Path> + ?Sized> ViaPath for Field<'_, T> {
+        fn log_value(&self) -> Value {
+            Value::String(self.0.as_ref().to_string_lossy().into_owned())
+        }
+    }
+
+    /// Everything else serde can serialize.
+    pub trait ViaSerialize {
+        fn log_value(&self) -> Value;
+    }
+
+    impl<T: serde::Serialize + ?Sized> ViaSerialize for &Field<'_, T> {
+        fn log_value(&self) -> Value {
+            to_value(self.0)
+        }
+    }
+
+    /// `serde_json::to_value`, with a note in place of a value it cannot convert.
+    pub fn to_value<T: serde::Serialize + ?Sized>(value: &T) -> Value {
+        serde_json::to_value(value)
+            .unwrap_or_else(|e| Value::String(format!("<not loggable: {e}>")))
+    }
 }
 
 /// The handle every actor logs through. Cheap to clone.
@@ -350,7 +402,7 @@ impl FileSink {
             "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             "level": if error.is_some() { "error" } else { "info" },
             "event": event,
-            "path": self.path,
+            "path": self.path.to_string_lossy(),
             "error": error.map(|e| e.to_string()),
             "note": error.map(|_| "log lines go to stderr until the file can be written again"),
         });
@@ -529,6 +581,38 @@ mod tests {
             event: "ws_open",
             fields,
         }
+    }
+
+    #[test]
+    fn any_value_can_be_logged_paths_lossily() {
+        use super::field::{Field, ViaPath as _, ViaSerialize as _};
+        use std::os::unix::ffi::OsStrExt;
+        // What log_event! does with each field's value.
+        macro_rules! field {
+            ($value:expr) => {
+                (&Field(&$value)).log_value()
+            };
+        }
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9/x.log"));
+        assert_eq!(field!(path), "/tmp/caf\u{FFFD}/x.log");
+        assert_eq!(field!(path.as_path()), "/tmp/caf\u{FFFD}/x.log");
+        assert_eq!(field!("text"), "text");
+        assert_eq!(field!(String::from("s")), "s");
+        assert_eq!(field!(3u64), 3);
+        assert_eq!(field!(Some(-1i64)), -1);
+        assert_eq!(field!(vec!["a", "b"]), serde_json::json!(["a", "b"]));
+        // What serde cannot turn into JSON becomes a note, never a panic.
+        let keys: std::collections::BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into();
+        let note = field!(keys);
+        assert!(
+            note.as_str().unwrap().starts_with("<not loggable: "),
+            "{note}"
+        );
+        let nested = field!(Some(path.clone()));
+        assert!(
+            nested.as_str().unwrap().starts_with("<not loggable"),
+            "{nested}"
+        );
     }
 
     #[test]

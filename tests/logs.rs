@@ -136,3 +136,37 @@ fn an_unwritable_log_file_falls_back_to_stderr_and_the_sidecar_keeps_working() {
     assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
     assert!(sidecar.stderr().contains("\"phase\":\"complete\""));
 }
+
+#[test]
+fn a_config_under_a_directory_whose_name_is_not_utf8_runs_and_logs_the_path_lossily() {
+    use std::os::unix::ffi::OsStrExt;
+    let hub = hub();
+    // "café" in Latin-1: the byte 0xE9 alone is not UTF-8. Every path in the config is
+    // resolved against this directory, so every logged path holds it.
+    let dir = tempfile::Builder::new()
+        .prefix(std::ffi::OsStr::from_bytes(b"caf\xe9-"))
+        .tempdir()
+        .unwrap();
+    assert!(dir.path().to_str().is_none());
+    write_config(&dir.path().join("config.json"), &fast_config(&hub.ws_url()));
+    let mut sidecar = Sidecar::start_in(dir, &["--config", "config.json"]);
+    wait_identified(&hub, 1);
+    let startup = sidecar.wait_event("startup");
+    let config_file = startup["config_file"].as_str().unwrap();
+    assert!(
+        config_file.contains("caf\u{FFFD}-") && config_file.ends_with("/config.json"),
+        "{config_file}"
+    );
+    assert!(startup["config"]["log_file"]
+        .as_str()
+        .is_some_and(|p| p.contains("caf\u{FFFD}-")));
+    sidecar.signal(SIGTERM);
+    assert_eq!(
+        sidecar.wait_exit(WAIT).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        sidecar.dump()
+    );
+    assert!(!sidecar.stderr().contains("panicked"), "{}", sidecar.dump());
+    assert_eq!(sidecar.lines().last().unwrap()["phase"], "complete");
+}
