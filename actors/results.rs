@@ -259,11 +259,14 @@ impl ResultsActor {
 /// Reads and parses a result file: the object, or why it is not a valid result. Blocking.
 fn read_result(path: &Path) -> std::io::Result<Result<serde_json::Map<String, Value>, String>> {
     let bytes = std::fs::read(path)?;
-    Ok(match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err("result file is JSON but not an object".to_string()),
-        Err(e) => Err(format!("result file is not valid JSON: {e}")),
-    })
+    if crate::result_file::is_blank(&bytes) {
+        // Created but not written yet: not a result, and never an invalid one. Like a failed
+        // read, the file's next change triggers another.
+        return Err(std::io::Error::other(
+            "result file is empty: not a result yet, waiting for the agent to write it",
+        ));
+    }
+    Ok(crate::result_file::parse(&bytes))
 }
 
 /// `<id>.started` or `<id>.json` with a valid task id; anything else is not ours.

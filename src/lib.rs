@@ -10,6 +10,7 @@
 //! - [`log`] — log events, the JSON-lines writer and the human stdout lines.
 //! - [`protocol`] — the hub's frames as typed values.
 //! - [`queue`] — the task queue's data and its file (active, recovering, outbox).
+//! - [`result_file`] — the agent's result file parsed: the object, or why it is not one.
 //! - [`backoff`] — reconnect delays with equal jitter.
 //! - [`tls`] — rustls client configuration for `wss://`.
 //! - [`status`] — the running sidecar's report: state file, systemd status, Prometheus text.
@@ -29,6 +30,7 @@ pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
+pub mod result_file;
 pub mod runtime;
 pub mod status;
 pub mod tls;
