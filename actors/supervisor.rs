@@ -325,6 +325,10 @@ impl Supervisor {
             let index = *next;
             if index == 0 {
                 // The logger is first in the list and stops last: its final line comes now.
+                // Lines lost so far (none, normally: then the fields are left out).
+                let count = |c: &std::sync::atomic::AtomicU64| {
+                    Some(c.load(std::sync::atomic::Ordering::Relaxed)).filter(|n| *n > 0)
+                };
                 log_event!(
                     self.env.log,
                     Info,
@@ -332,6 +336,8 @@ impl Supervisor {
                     phase = "complete",
                     exit_code = code as i32,
                     elapsed_ms = started.elapsed().as_millis() as u64,
+                    log_lines_lost = count(&crate::log::LINES_LOST),
+                    stdout_lines_dropped = count(&crate::log::STDOUT_LINES_DROPPED),
                 );
             }
             let slot = &mut self.children[index];
