@@ -298,3 +298,115 @@ fn a_restarted_child_learns_the_current_session_without_a_reconnect() {
         "the fresh actor never heard of the session"
     );
 }
+
+/// Incarnations of the re-announcer, and re-announcements its fresh incarnation has seen.
+static REANNOUNCER_STARTS: AtomicUsize = AtomicUsize::new(0);
+static REANNOUNCEMENTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks for the current session at start, as a restarted child does; its first incarnation
+/// dies once the session is up. The fresh one asks once more when it hears of the session,
+/// and ends the run at the second answer: by then the heartbeat has handled both
+/// re-announcements (its mailbox is in order) well before the hub session closes.
+struct Reannouncer {
+    env: Env,
+    incarnation: usize,
+}
+
+impl Actor for Reannouncer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.incarnation = REANNOUNCER_STARTS.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .env
+            .bus
+            .send(agentcom_sidecar::actors::hub::AnnounceSession);
+        ctx.run_later(std::time::Duration::from_secs(10), |act, _| {
+            let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+        });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::hub::SessionIdentified> for Reannouncer {
+    type Result = ();
+    fn handle(
+        &mut self,
+        _: agentcom_sidecar::actors::hub::SessionIdentified,
+        _: &mut Context<Self>,
+    ) {
+        if self.incarnation == 0 {
+            panic!("dies once the session is up");
+        }
+        match REANNOUNCEMENTS_SEEN.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                let _ = self
+                    .env
+                    .bus
+                    .send(agentcom_sidecar::actors::hub::AnnounceSession);
+            }
+            _ => {
+                let _ = self.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+            }
+        }
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for Reannouncer {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for Reannouncer {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for Reannouncer {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(
+            addr.clone()
+                .recipient::<agentcom_sidecar::actors::hub::SessionIdentified>(),
+        );
+    }
+}
+
+#[test]
+fn a_re_announced_session_does_not_make_the_heartbeat_ping_again() {
+    use agentcom_sidecar::devhub::{DevHub, DevHubOptions, HubEventKind};
+    let hub = DevHub::start(DevHubOptions {
+        tokens: Some([("a1".to_string(), "t".to_string())].into()),
+        ..DevHubOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One ping at identify; the next would be a minute later, long after the run.
+    let config = json!({
+        "agent_id": "a1", "token": "t", "hub_url": hub.ws_url(), "restart_delay_ms": 10,
+        "heartbeat_interval_ms": 60000, "heartbeat_timeout_ms": 30000,
+    });
+    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+    let log_file = config.log_file.clone();
+    let code = run_with(config, || {
+        let mut list = children();
+        list.push(ChildSpec::new("reannouncer", |env| Reannouncer {
+            env: env.clone(),
+            incarnation: 0,
+        }));
+        list
+    });
+    assert_eq!(code, 0);
+    let log = std::fs::read_to_string(log_file).unwrap();
+    assert_eq!(REANNOUNCER_STARTS.load(Ordering::SeqCst), 2, "{log}");
+    assert_eq!(REANNOUNCEMENTS_SEEN.load(Ordering::SeqCst), 2, "{log}");
+    let pings = hub
+        .events()
+        .iter()
+        .filter(|e| matches!(&e.kind, HubEventKind::Frame { json, .. } if json["type"] == "ping"))
+        .count();
+    assert_eq!(
+        pings, 1,
+        "one ping at identify; the re-announcements of the same session change nothing"
+    );
+}
