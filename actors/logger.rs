@@ -179,7 +179,8 @@ crate::answers_probe!(LoggerActor);
 
 impl Child for LoggerActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
-        bus.register(addr.clone().recipient::<LogRecord>());
+        // Never held while the logger restarts: the sender writes the line to stderr at once.
+        bus.register_unheld(addr.clone().recipient::<LogRecord>());
         bus.register(addr.clone().recipient::<ReopenLog>());
     }
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::{ChildSpec, Env, ExitNote, Probe, Running, Stop};
+use crate::bus::MessagesDropped;
 use crate::log::LogRecord;
 use crate::log_event;
 
@@ -300,6 +301,8 @@ impl Supervisor {
             next: self.children.len(),
         };
         let _ = self.env.bus.send(ShutdownBegun);
+        // Children that stop from now on do not come back: nothing is held for them.
+        self.env.bus.stop_holding();
         self.stop_next(ctx);
     }
 
@@ -404,6 +407,7 @@ impl Actor for Supervisor {
         bus.register(ctx.address().recipient::<ShutdownRequested>());
         bus.register(ctx.address().recipient::<RestartRequested>());
         bus.register(ctx.address().recipient::<CheckAlive>());
+        bus.register_unheld(ctx.address().recipient::<MessagesDropped>());
         let mut startup_logged = false;
         for index in 0..self.children.len() {
             self.start_child(index, ctx);
@@ -444,6 +448,20 @@ impl Handler<CheckAlive> for Supervisor {
                 tokio::time::timeout(msg.within, futures_util::future::join_all(probes)).await;
             all_running && answers.is_ok_and(|a| a.iter().all(Result::is_ok))
         })
+    }
+}
+
+impl Handler<MessagesDropped> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MessagesDropped, _: &mut Context<Self>) {
+        log_event!(
+            self.env.log,
+            Warn,
+            "bus_messages_dropped",
+            message = msg.message,
+            count = msg.count,
+            reason = msg.reason
+        );
     }
 }
 

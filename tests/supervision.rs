@@ -410,3 +410,183 @@ fn a_re_announced_session_does_not_make_the_heartbeat_ping_again() {
         "one ping at identify; the re-announcements of the same session change nothing"
     );
 }
+
+/// A test-only message for a child that restarts, and the end of a series of them.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct Note(usize);
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct NotesEnd;
+
+/// How many notes the sender sends during the restart delay: more than the bus holds.
+const NOTES: usize = agentcom_sidecar::bus::HELD_PER_TYPE + 5;
+
+static RECEIVER_STARTS: AtomicUsize = AtomicUsize::new(0);
+static NOTES_SEEN: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+/// What the sender saw: the receiver away while it sent, and `send`'s answers.
+static SENDS: std::sync::Mutex<Option<(bool, Vec<bool>)>> = std::sync::Mutex::new(None);
+
+/// Accepts `Note`s; its first incarnation panics at once, the fresh one records what it is
+/// given and ends the run at `NotesEnd`.
+struct NoteReceiver {
+    env: Env,
+}
+
+impl Actor for NoteReceiver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if RECEIVER_STARTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            ctx.run_later(std::time::Duration::from_millis(20), |_, _| {
+                panic!("the receiver dies once")
+            });
+        }
+        ctx.run_later(std::time::Duration::from_secs(10), |act, _| {
+            let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+        });
+    }
+}
+
+impl Handler<Note> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, msg: Note, _: &mut Context<Self>) {
+        NOTES_SEEN.lock().unwrap().push(msg.0);
+    }
+}
+
+impl Handler<NotesEnd> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: NotesEnd, _: &mut Context<Self>) {
+        let _ = self.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for NoteReceiver {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(addr.clone().recipient::<Note>());
+        bus.register(addr.clone().recipient::<NotesEnd>());
+    }
+}
+
+/// Sends the notes as soon as the Supervisor says the receiver is being restarted, that is
+/// during its restart delay.
+struct NoteSender {
+    env: Env,
+}
+
+impl Actor for NoteSender {
+    type Context = Context<Self>;
+}
+
+impl Handler<agentcom_sidecar::actors::supervisor::ActorRestarted> for NoteSender {
+    type Result = ();
+    fn handle(
+        &mut self,
+        msg: agentcom_sidecar::actors::supervisor::ActorRestarted,
+        _: &mut Context<Self>,
+    ) {
+        if msg.actor != "receiver" {
+            return;
+        }
+        let away = !self.env.bus.routes::<Note>();
+        let answers = (0..NOTES)
+            .map(|n| self.env.bus.send(Note(n)).is_ok())
+            .collect();
+        let _ = self.env.bus.send(NotesEnd);
+        *SENDS.lock().unwrap() = Some((away, answers));
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for NoteSender {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for NoteSender {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for NoteSender {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(
+            addr.clone()
+                .recipient::<agentcom_sidecar::actors::supervisor::ActorRestarted>(),
+        );
+    }
+}
+
+#[test]
+fn messages_sent_while_a_child_restarts_are_held_and_delivered_in_order() {
+    // A restart delay long enough that the notes surely go out while the receiver is away
+    // (checked below, not assumed).
+    let (code, lines) = {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = json!({
+            "agent_id": "a1", "token": "t", "hub_url": format!("ws://127.0.0.1:{port}/ws"),
+            "restart_delay_ms": 300, "reconnect_initial_ms": 1000,
+        });
+        let config =
+            Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+        let log_file = config.log_file.clone();
+        let code = run_with(config, || {
+            let mut list = children();
+            list.push(ChildSpec::new("sender", |env| NoteSender {
+                env: env.clone(),
+            }));
+            list.push(ChildSpec::new("receiver", |env| NoteReceiver {
+                env: env.clone(),
+            }));
+            list
+        });
+        let lines: Vec<Value> = std::fs::read_to_string(log_file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (code, lines)
+    };
+    assert_eq!(code, 0);
+    let (away, answers) = SENDS.lock().unwrap().clone().expect("the sender ran");
+    assert!(away, "the notes went out while the receiver was away");
+    let held = agentcom_sidecar::bus::HELD_PER_TYPE;
+    assert!(
+        answers[..held].iter().all(|ok| *ok),
+        "held: send answers Ok"
+    );
+    assert!(
+        answers[held..].iter().all(|ok| !*ok),
+        "past the limit: handed back"
+    );
+    assert_eq!(
+        *NOTES_SEEN.lock().unwrap(),
+        (0..held).collect::<Vec<_>>(),
+        "the fresh receiver got the held notes, in order"
+    );
+    let dropped = events(&lines, "bus_messages_dropped");
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0]["message"], "Note");
+    assert_eq!(dropped[0]["count"], 5);
+    assert_eq!(RECEIVER_STARTS.load(Ordering::SeqCst), 2);
+}
