@@ -55,7 +55,7 @@ const BEHIND: &str =
 const UNFINISHED: &str = "the log writer had not written these lines when the logger stopped (log file not taking writes?)";
 
 /// How long a last report may take on stderr before it is given up (stderr may be stuck too).
-const STDERR_WAIT: Duration = Duration::from_millis(200);
+const STDERR_WAIT: Duration = Duration::from_millis(50);
 
 impl LoggerActor {
     pub fn new(env: &Env) -> Self {

@@ -325,8 +325,9 @@ fn a_log_file_that_stops_taking_writes_loses_counted_lines_and_shutdown_keeps_it
     );
     let (mut child, _dir, _held, stderr) = start_with_stuck_output(config, true);
     wait_identified(&hub, 1);
-    // Far more than the FIFO's buffer, the writer's channel and the logger's backlog hold.
-    burst(&hub, 20_000);
+    // More than the FIFO's buffer (64 KiB), the writer's channel (1024) and the logger's
+    // backlog (4096) hold together.
+    burst(&hub, 8000);
     // A task id the sidecar refuses at once: its answer comes after the whole burst.
     assign(&hub, json!({"task_id": "../after-the-burst"}));
     eventually("the answer to the frame after the burst", || {
@@ -352,4 +353,54 @@ fn a_log_file_that_stops_taking_writes_loses_counted_lines_and_shutdown_keeps_it
         .find(|l| l["event"] == "log_lines_lost")
         .unwrap_or_else(|| panic!("no log_lines_lost on stderr:\n{stderr}"));
     assert!(report["count"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn a_log_file_that_takes_writes_again_says_how_many_lines_were_lost() {
+    let hub = hub();
+    let (mut child, _dir, held, stderr) = start_with_stuck_output(fast_config(&hub.ws_url()), true);
+    wait_identified(&hub, 1);
+    burst(&hub, 8000);
+    assign(&hub, json!({"task_id": "../after-the-burst"}));
+    eventually("the answer to the frame after the burst", || {
+        hub.events().iter().any(|e| {
+            matches!(&e.kind, HubEventKind::Frame { json, .. } if json["task_id"] == "../after-the-burst")
+        })
+    });
+    // The log's reader comes back: everything the FIFO gets from now on is read.
+    let mut fifo = held.into_iter().next().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match fifo.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+                // Non-blocking: nothing there yet.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+    });
+    eventually("log_lines_lost in the log", || {
+        text.lock()
+            .unwrap()
+            .contains("\"event\":\"log_lines_lost\"")
+    });
+    let report: Value = text
+        .lock()
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "log_lines_lost")
+        .unwrap();
+    assert!(report["count"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["first_ts"].as_str().unwrap() <= report["last_ts"].as_str().unwrap());
+    let (_, code) = terminate(&mut child, std::time::Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running after SIGTERM\n{}", stderr.lock().unwrap()));
+    assert_eq!(code, 0);
 }

@@ -171,7 +171,11 @@ impl Sidecar {
     /// Every parsed line of the JSON log so far. A line that does not parse fails the test.
     pub fn lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        text.lines()
+        // A line being written while this reads may be cut (a write that crosses a page
+        // boundary lands in two steps): only whole lines, up to the last newline, count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|l| !l.is_empty())
             .map(|l| {
                 serde_json::from_str(l)
