@@ -233,6 +233,7 @@ impl WriterThread {
     }
 
     fn write(&mut self, record: &LogRecord, empty: &slog::OwnedKVList) {
+        self.report_dropped(empty);
         let _ = with_slog_record(record, &self.agent_id, |r| self.json.log(r, empty));
         if self.stdout.is_some() {
             let line = with_slog_record(record, &self.agent_id, human_line);
@@ -240,19 +241,25 @@ impl WriterThread {
         }
     }
 
-    /// Queues a human line for stdout, or counts it dropped. After drops, the first line
-    /// stdout takes again is preceded by one saying how many it missed.
+    /// After drops, once stdout has room again: one line saying how many it missed, on
+    /// stdout and in the log file, before the next line.
+    fn report_dropped(&mut self, empty: &slog::OwnedKVList) {
+        let Some(stdout) = &self.stdout else { return };
+        if self.dropped_unreported == 0 {
+            return;
+        }
+        let report = dropped_report(self.dropped_unreported);
+        let line = with_slog_record(&report, &self.agent_id, human_line);
+        if stdout.try_send(line).is_ok() {
+            self.dropped_unreported = 0;
+            let _ = with_slog_record(&report, &self.agent_id, |r| self.json.log(r, empty));
+        }
+    }
+
+    /// Queues a human line for stdout, or counts it dropped (also while an earlier drop is
+    /// not reported yet, so the report comes first).
     fn print(&mut self, line: String) {
         let Some(stdout) = &self.stdout else { return };
-        if self.dropped_unreported > 0 {
-            let report = dropped_report(self.dropped_unreported);
-            let report_line = with_slog_record(&report, &self.agent_id, human_line);
-            if stdout.try_send(report_line).is_ok() {
-                self.dropped_unreported = 0;
-                let empty: slog::OwnedKVList = slog::o!().into();
-                let _ = with_slog_record(&report, &self.agent_id, |r| self.json.log(r, &empty));
-            }
-        }
         let sent = self.dropped_unreported == 0 && stdout.try_send(line).is_ok();
         self.shared.stdout_stuck.store(!sent, Ordering::Relaxed);
         if !sent {
@@ -387,6 +394,55 @@ mod tests {
         w.write_blocking(record(vec![]));
         assert!(w.finish(Duration::from_secs(10)));
         assert!(path.is_dir());
+    }
+
+    #[test]
+    fn lines_stdout_does_not_take_are_counted_and_said_once_it_takes_lines_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidecar.log");
+        let shared = Arc::new(Shared::default());
+        let sink = FileSink::new(path.clone(), NO_ROTATION, Arc::new(AtomicBool::new(false)));
+        // A stdout queue of two lines that nobody empties for now.
+        let (tx, stdout) = sync_channel::<String>(2);
+        let mut thread = WriterThread {
+            json: slog_json::Json::new(sink)
+                .set_newlines(true)
+                .set_flush(true)
+                .build(),
+            stdout: Some(tx),
+            agent_id: "a1".into(),
+            shared: shared.clone(),
+            dropped_unreported: 0,
+        };
+        let empty: slog::OwnedKVList = slog::o!().into();
+        for n in 0..5 {
+            thread.write(&record(vec![("n", n.into())]), &empty);
+        }
+        assert!(shared.stdout_stuck.load(Ordering::Relaxed));
+        let printed: Vec<String> = stdout.try_iter().collect();
+        assert_eq!(printed.len(), 2);
+        assert!(printed[0].ends_with(" n=0\n") && printed[1].ends_with(" n=1\n"));
+        // stdout takes lines again: first the count, then the line.
+        thread.write(&record(vec![("n", 5.into())]), &empty);
+        let printed: Vec<String> = stdout.try_iter().collect();
+        assert_eq!(printed.len(), 2, "{printed:?}");
+        assert!(
+            printed[0].contains(" WARN  stdout_lines_dropped count=3 "),
+            "{}",
+            printed[0]
+        );
+        assert!(printed[1].ends_with(" n=5\n"));
+        assert!(!shared.stdout_stuck.load(Ordering::Relaxed));
+        // The log file has every line, and the count.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 7);
+        assert_eq!(events[5]["event"], "stdout_lines_dropped");
+        assert_eq!(events[5]["count"], 3);
+        assert_eq!(events[6]["n"], 5);
     }
 
     #[test]
