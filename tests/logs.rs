@@ -274,13 +274,21 @@ fn terminate(
 
 const SHUTDOWN_MS: u64 = 1500;
 
+/// A burst of thousands of frames on a loaded machine can hold a pong back (it queues behind
+/// them on the socket) past the fast heartbeat timeout, and a session dropped meanwhile
+/// loses the frames sent to it: these tests are about the log, so the heartbeat is patient.
+fn stuck_output_timings() -> Value {
+    json!({
+        "shutdown_timeout_ms": SHUTDOWN_MS,
+        "heartbeat_interval_ms": 5000,
+        "heartbeat_timeout_ms": 10000,
+    })
+}
+
 #[test]
 fn a_stdout_nobody_reads_loses_no_log_file_line_and_shutdown_keeps_its_deadline() {
     let hub = hub();
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"shutdown_timeout_ms": SHUTDOWN_MS}),
-    );
+    let config = with(fast_config(&hub.ws_url()), stuck_output_timings());
     let (mut child, dir, _held, stderr) = start_with_stuck_output(config, false);
     wait_identified(&hub, 1);
     const BURST: usize = 3000;
@@ -319,10 +327,7 @@ fn a_stdout_nobody_reads_loses_no_log_file_line_and_shutdown_keeps_its_deadline(
 #[test]
 fn a_log_file_that_stops_taking_writes_loses_counted_lines_and_shutdown_keeps_its_deadline() {
     let hub = hub();
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"shutdown_timeout_ms": SHUTDOWN_MS}),
-    );
+    let config = with(fast_config(&hub.ws_url()), stuck_output_timings());
     let (mut child, _dir, _held, stderr) = start_with_stuck_output(config, true);
     wait_identified(&hub, 1);
     // More than the FIFO's buffer (64 KiB), the writer's channel (1024) and the logger's
@@ -358,7 +363,10 @@ fn a_log_file_that_stops_taking_writes_loses_counted_lines_and_shutdown_keeps_it
 #[test]
 fn a_log_file_that_takes_writes_again_says_how_many_lines_were_lost() {
     let hub = hub();
-    let (mut child, _dir, held, stderr) = start_with_stuck_output(fast_config(&hub.ws_url()), true);
+    let (mut child, _dir, held, stderr) = start_with_stuck_output(
+        with(fast_config(&hub.ws_url()), stuck_output_timings()),
+        true,
+    );
     wait_identified(&hub, 1);
     burst(&hub, 8000);
     assign(&hub, json!({"task_id": "../after-the-burst"}));
