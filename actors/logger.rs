@@ -54,7 +54,8 @@ const BEHIND: &str =
 /// Why lines were lost at the end.
 const UNFINISHED: &str = "the log writer had not written these lines when the logger stopped (log file not taking writes?)";
 
-/// How long a last report may take on stderr before it is given up (stderr may be stuck too).
+/// How long a last report may take on a stderr that is not ready before it is given up
+/// (stderr may be stuck too).
 const STDERR_WAIT: Duration = Duration::from_millis(50);
 
 impl LoggerActor {
@@ -161,6 +162,12 @@ impl Drop for LoggerActor {
             .fields
             .insert(1, ("held_by_writer", in_writer.into()));
         let agent_id = self.env.config.agent_id.clone();
+        if stderr_takes_a_line() {
+            // Room for a line: the write cannot block.
+            write_to_stderr(&record, &agent_id);
+            return;
+        }
+        // stderr may be stuck too: write from a thread, and wait for it only a moment.
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("log-lost".into())
@@ -173,6 +180,25 @@ impl Drop for LoggerActor {
             let _ = done_rx.recv_timeout(STDERR_WAIT);
         }
     }
+}
+
+/// Whether stderr takes a line now without blocking: writable at once (for a pipe, that
+/// means room for at least `PIPE_BUF` bytes, which one write of a line fits in).
+#[cfg(unix)]
+fn stderr_takes_a_line() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own, with a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLOUT != 0
+}
+
+#[cfg(not(unix))]
+fn stderr_takes_a_line() -> bool {
+    false
 }
 
 crate::answers_probe!(LoggerActor);
