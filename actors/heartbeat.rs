@@ -6,8 +6,10 @@
 //! unanswered ping, it logs `heartbeat_timeout` and tells the hub actor to drop the session
 //! at once ([`DropSession`]): a half-open TCP connection gives no close handshake to wait on.
 //! Its timers run on the event loop, which actix keeps turning during bursts of incoming
-//! frames (it yields every 16 stream items). It holds no state worth keeping: a restart
-//! simply waits for the next identified session.
+//! frames (it yields every 16 stream items). A [`SessionIdentified`] for the session it
+//! already follows (re-published when another actor restarts and asks [`AnnounceSession`])
+//! changes nothing: no extra ping, the ticker keeps its phase. It holds no state worth
+//! keeping: a restart asks for the current session and starts pinging it.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use actix::prelude::*;
 use super::hub::{
     AnnounceSession, DropSession, PongReceived, SendFrame, SessionIdentified, SessionLost,
 };
+use super::supervisor::ActorRestarted;
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -59,10 +62,10 @@ impl HeartbeatActor {
             return;
         }
         let timeout = self.env.config.heartbeat_timeout;
-        ctx.run_later(timeout, move |act, _| act.check(session));
+        ctx.run_later(timeout, move |act, ctx| act.check(session, ctx));
     }
 
-    fn check(&mut self, session: u64) {
+    fn check(&mut self, session: u64, ctx: &mut Context<Self>) {
         let timeout = self.env.config.heartbeat_timeout;
         let Some(since) = self.awaiting_since else {
             return;
@@ -79,6 +82,9 @@ impl HeartbeatActor {
             timeout_ms = timeout.as_millis() as u64,
         );
         self.forget();
+        if let Some(ticker) = self.ticker.take() {
+            ctx.cancel_future(ticker);
+        }
         let _ = self.env.bus.send(DropSession {
             session,
             reason: "heartbeat_timeout",
@@ -107,6 +113,7 @@ impl Child for HeartbeatActor {
         bus.register(addr.clone().recipient::<SessionIdentified>());
         bus.register(addr.clone().recipient::<SessionLost>());
         bus.register(addr.clone().recipient::<PongReceived>());
+        bus.register(addr.clone().recipient::<ActorRestarted>());
     }
 }
 
@@ -120,6 +127,11 @@ impl Handler<Stop> for HeartbeatActor {
 impl Handler<SessionIdentified> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, msg: SessionIdentified, ctx: &mut Context<Self>) {
+        if self.session == Some(msg.session) && self.ticker.is_some() {
+            // The session this actor already follows, announced again (another actor
+            // restarted and asked `AnnounceSession`): nothing changes, no extra ping.
+            return;
+        }
         if let Some(ticker) = self.ticker.take() {
             ctx.cancel_future(ticker);
         }
@@ -135,6 +147,20 @@ impl Handler<SessionLost> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, msg: SessionLost, ctx: &mut Context<Self>) {
         if self.session == Some(msg.session) {
+            self.forget();
+            if let Some(ticker) = self.ticker.take() {
+                ctx.cancel_future(ticker);
+            }
+        }
+    }
+}
+
+impl Handler<ActorRestarted> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
+        // The hub actor died with its session: nothing to ping until the next one (its pings
+        // would be held for the new hub actor, and time out on a session that is gone).
+        if msg.actor == "hub" {
             self.forget();
             if let Some(ticker) = self.ticker.take() {
                 ctx.cancel_future(ticker);

@@ -21,6 +21,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::{ChildSpec, Env, ExitNote, Probe, Running, Stop};
+use crate::bus::MessagesDropped;
 use crate::log::LogRecord;
 use crate::log_event;
 
@@ -300,6 +301,8 @@ impl Supervisor {
             next: self.children.len(),
         };
         let _ = self.env.bus.send(ShutdownBegun);
+        // Children that stop from now on do not come back: nothing is held for them.
+        self.env.bus.stop_holding();
         self.stop_next(ctx);
     }
 
@@ -325,6 +328,10 @@ impl Supervisor {
             let index = *next;
             if index == 0 {
                 // The logger is first in the list and stops last: its final line comes now.
+                // Lines lost so far (none, normally: then the fields are left out).
+                let count = |c: &std::sync::atomic::AtomicU64| {
+                    Some(c.load(std::sync::atomic::Ordering::Relaxed)).filter(|n| *n > 0)
+                };
                 log_event!(
                     self.env.log,
                     Info,
@@ -332,6 +339,8 @@ impl Supervisor {
                     phase = "complete",
                     exit_code = code as i32,
                     elapsed_ms = started.elapsed().as_millis() as u64,
+                    log_lines_lost = count(&crate::log::LINES_LOST),
+                    stdout_lines_dropped = count(&crate::log::STDOUT_LINES_DROPPED),
                 );
             }
             let slot = &mut self.children[index];
@@ -398,6 +407,7 @@ impl Actor for Supervisor {
         bus.register(ctx.address().recipient::<ShutdownRequested>());
         bus.register(ctx.address().recipient::<RestartRequested>());
         bus.register(ctx.address().recipient::<CheckAlive>());
+        bus.register_unheld(ctx.address().recipient::<MessagesDropped>());
         let mut startup_logged = false;
         for index in 0..self.children.len() {
             self.start_child(index, ctx);
@@ -438,6 +448,20 @@ impl Handler<CheckAlive> for Supervisor {
                 tokio::time::timeout(msg.within, futures_util::future::join_all(probes)).await;
             all_running && answers.is_ok_and(|a| a.iter().all(Result::is_ok))
         })
+    }
+}
+
+impl Handler<MessagesDropped> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MessagesDropped, _: &mut Context<Self>) {
+        log_event!(
+            self.env.log,
+            Warn,
+            "bus_messages_dropped",
+            message = msg.message,
+            count = msg.count,
+            reason = msg.reason
+        );
     }
 }
 

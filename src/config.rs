@@ -404,10 +404,10 @@ impl Config {
             "stale_session_reidentify_ms": self.stale_session_reidentify.map_or(0, |d| d.as_millis() as u64),
             "restart_wait_ms": ms(self.restart_wait),
             "hub_rate_limits": {"light": self.hub_rate_limits.light, "normal": self.hub_rate_limits.normal, "heavy": self.hub_rate_limits.heavy},
-            "results_dir": self.results_dir,
-            "log_file": self.log_file,
+            "results_dir": self.results_dir.to_string_lossy(),
+            "log_file": self.log_file.to_string_lossy(),
             "log_level": self.log_level.as_str(),
-            "queue_file": self.queue_file,
+            "queue_file": self.queue_file.to_string_lossy(),
             "heartbeat_interval_ms": ms(self.heartbeat_interval),
             "heartbeat_timeout_ms": ms(self.heartbeat_timeout),
             "reconnect_initial_ms": ms(self.reconnect_initial),
@@ -418,14 +418,14 @@ impl Config {
             "max_frame_bytes": self.max_frame_bytes,
             "max_result_bytes": self.max_result_bytes,
             "result_settle_ms": ms(self.result_settle),
-            "ca_file": self.ca_file,
+            "ca_file": self.ca_file.as_deref().map(Path::to_string_lossy),
             "restart_max": self.restart_max,
             "restart_window_ms": ms(self.restart_window),
             "restart_delay_ms": ms(self.restart_delay),
             "shutdown_timeout_ms": ms(self.shutdown_timeout),
             "log_max_bytes": self.log_max_bytes,
             "log_keep": self.log_keep,
-            "status_file": self.status_file,
+            "status_file": self.status_file.to_string_lossy(),
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "metrics_public": self.metrics_public,
             "resource_report_interval_ms": ms(self.resource_report_interval.unwrap_or_default()),
@@ -738,11 +738,15 @@ impl Raw<'_> {
         let found = if key == "token" {
             kind_of(v).to_string()
         } else {
-            let mut s = v.to_string();
-            if s.len() > 80 {
-                s.truncate(77);
-                s.push_str("...");
-            }
+            // At most 80 characters of the value's text, cut on a character boundary.
+            let text = v.to_string();
+            let s = match text.char_indices().nth(80) {
+                Some(_) => {
+                    let cut = text.char_indices().nth(77).map_or(text.len(), |(i, _)| i);
+                    format!("{}...", &text[..cut])
+                }
+                None => text,
+            };
             format!("{} {s}", kind_of(v))
         };
         self.invalid(key, expected, &found)
@@ -1024,10 +1028,15 @@ mod tests {
     #[test]
     fn the_hubs_limits_on_identify_fields_are_checked_at_load() {
         let long_id = "a".repeat(129);
-        let e = load(&format!(r#"{{"agent_id":"{long_id}","token":"t","hub_url":"ws://h/ws"}}"#))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"agent_id\"") && e.contains("at most 128"), "{e}");
+        let e = load(&format!(
+            r#"{{"agent_id":"{long_id}","token":"t","hub_url":"ws://h/ws"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"agent_id\"") && e.contains("at most 128"),
+            "{e}"
+        );
         let long_name = "é".repeat(257);
         let e = load(&format!(
             r#"{{"agent_id":"a","token":"t","hub_url":"ws://h/ws","name":"{long_name}"}}"#
@@ -1063,7 +1072,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.wake_command,
-            Some(WakeCommand::Argv(vec!["agent".into(), "--task-file".into()]))
+            Some(WakeCommand::Argv(vec![
+                "agent".into(),
+                "--task-file".into()
+            ]))
         );
         assert_eq!(
             c.wake_commands["ollama"],

@@ -16,6 +16,7 @@
 //!   (or a `rate_limited`) belongs to.
 //! - [`hubconn`] — the hub connection's plumbing: client build, writes, fragment reassembly.
 //! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
+//! - [`result_file`] — the agent's result file parsed: the object, or why it is not one.
 //!
 //! The kit every actor uses: [`bus`], [`log`], [`backoff`], [`tls`] and [`fsx`] (the one
 //! atomic write, private files, untrusted reads).
@@ -43,6 +44,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod register;
 pub mod resources;
+pub mod result_file;
 pub mod runtime;
 pub mod status;
 pub mod tasks;

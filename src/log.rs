@@ -2,27 +2,34 @@
 //!
 //! Actors hold a [`Log`] handle and call [`log_event!`](crate::log_event); each event is a [`LogRecord`]
 //! (timestamp taken at the event, level, stable event name, typed fields) posted on the bus
-//! to the LoggerActor, the one writer. The LoggerActor feeds a [`LogWriter`]: slog-async's
-//! writer thread, which formats each record twice — one JSON line (slog-json) for the log
-//! file, one human line for stdout — so no file I/O happens on the event loop.
+//! to the LoggerActor, the one writer. The LoggerActor keeps what the writer cannot take yet
+//! in a bounded [`backlog`] and feeds the [`writer`]: a thread that writes one JSON line per
+//! record into the log [`file`] and hands a human line to a second thread for stdout, so no
+//! file I/O happens on the event loop and a stuck stdout cannot hold up the log file.
 //!
-//! Nothing is dropped silently: the writer's channel is bounded, but a full channel hands
-//! the record back (the LoggerActor keeps it in order and retries) instead of discarding
-//! it; a log file that cannot be written sends its lines to stderr and is retried every
-//! second; a record posted while the LoggerActor is restarting is written to stderr by the
-//! sender itself.
+//! Nothing is lost silently: a line that cannot be written is counted ([`LINES_LOST`], and
+//! [`STDOUT_LINES_DROPPED`] for human lines stdout did not take) and the count is logged
+//! (`log_lines_lost`, `stdout_lines_dropped`) as soon as writing works again, in the final
+//! `shutdown` line, or on stderr when the log never works again. A log file that cannot be
+//! written sends its lines to stderr and is retried every second; a record posted while
+//! the LoggerActor is restarting is written to stderr by the sender itself.
 
-use std::fs::{File, OpenOptions};
+pub mod backlog;
+pub mod file;
+pub mod writer;
+
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use actix::Message;
 use serde_json::Value;
 use slog::{Drain, KV};
+
+pub use file::Rotation;
+pub use writer::{LogWriter, STDOUT_LINES_DROPPED};
 
 use crate::bus::Bus;
 use crate::config::LogLevel;
@@ -39,15 +46,67 @@ pub struct LogRecord {
 
 /// Emits an event through a [`Log`]:
 /// `log_event!(log, Info, "ws_open", url = url.as_str(), attempt = 3)`.
+///
+/// Any value that is `Serialize` or a path can be logged, and logging never fails: a path
+/// (anything `AsRef<Path>`) is written as text, lossily if it is not UTF-8 (U+FFFD for each
+/// bad byte); a value serde cannot turn into JSON is written as a note saying why
+/// ([`field`]).
 #[macro_export]
 macro_rules! log_event {
-    ($log:expr, $level:ident, $event:expr $(, $key:ident = $value:expr)* $(,)?) => {
+    ($log:expr, $level:ident, $event:expr $(, $key:ident = $value:expr)* $(,)?) => {{
+        #[allow(unused_imports)]
+        use $crate::log::field::{ViaPath as _, ViaSerialize as _};
         $log.emit(
             $crate::config::LogLevel::$level,
             $event,
-            vec![$((stringify!($key), ::serde_json::json!($value))),*],
+            vec![$((stringify!($key), (&$crate::log::field::Field(&$value)).log_value())),*],
         )
-    };
+    }};
+}
+
+/// How [`log_event!`](crate::log_event) turns a field's value into JSON without failing.
+///
+/// `serde_json::json!` unwraps `to_value`, which fails (and so panicked) on a path that is not
+/// UTF-8 and on maps whose keys are not strings. The macro instead picks, at compile time, the
+/// first of two conversions that applies to the value's type (autoref specialization): paths
+/// and strings as lossy text ([`ViaPath`]), anything else through serde ([`ViaSerialize`]),
+/// whose failure becomes a note in place of the value.
+#[doc(hidden)]
+pub mod field {
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    /// A value on its way into a log field.
+    pub struct Field<'a, T: ?Sized>(pub &'a T);
+
+    /// Paths, `OsStr`s and strings: text, lossy when not UTF-8.
+    pub trait ViaPath {
+        fn log_value(&self) -> Value;
+    }
+
+    impl<T: AsRef<Path> + ?Sized> ViaPath for Field<'_, T> {
+        fn log_value(&self) -> Value {
+            Value::String(self.0.as_ref().to_string_lossy().into_owned())
+        }
+    }
+
+    /// Everything else serde can serialize.
+    pub trait ViaSerialize {
+        fn log_value(&self) -> Value;
+    }
+
+    impl<T: serde::Serialize + ?Sized> ViaSerialize for &Field<'_, T> {
+        fn log_value(&self) -> Value {
+            to_value(self.0)
+        }
+    }
+
+    /// `serde_json::to_value`, with a note in place of a value it cannot convert.
+    pub fn to_value<T: serde::Serialize + ?Sized>(value: &T) -> Value {
+        serde_json::to_value(value)
+            .unwrap_or_else(|e| Value::String(format!("<not loggable: {e}>")))
+    }
 }
 
 /// The handle every actor logs through. Cheap to clone.
@@ -120,7 +179,7 @@ impl Write for SharedBuf {
 
 /// The record as slog sees it: message = event name, and a key-value list that starts
 /// with `ts`, `level`, `event`, `agent_id`, then the event's own fields.
-fn with_slog_record<R>(
+pub(crate) fn with_slog_record<R>(
     record: &LogRecord,
     agent_id: &str,
     f: impl FnOnce(&slog::Record) -> R,
@@ -185,439 +244,63 @@ impl KV for RecordKv<'_> {
     }
 }
 
-/// When the log file is rotated: before it would pass `max_bytes` (0: never), keeping `keep`
-/// older files.
-#[derive(Debug, Clone, Copy)]
-pub struct Rotation {
-    pub max_bytes: u64,
-    pub keep: u32,
-}
-
 /// Lines that could not go to the log file and went to stderr instead.
 pub static LINES_TO_STDERR: AtomicU64 = AtomicU64::new(0);
-/// Lines that could be written nowhere (log file and stderr both failed).
+/// Lines that could be written nowhere: dropped by a full backlog, held by a writer that
+/// never wrote them, or refused by the log file and stderr both.
 pub static LINES_LOST: AtomicU64 = AtomicU64::new(0);
 
-/// The record could not be queued: the writer thread is behind. Try again later.
-pub struct WriterBusy;
-
-/// The writing end: slog-async's thread with the JSON-file and stdout drains behind it.
-pub struct LogWriter {
-    core: slog_async::AsyncCore,
-    guard: Option<slog_async::AsyncGuard>,
-    agent_id: String,
-    reopen: Arc<AtomicBool>,
-    empty: slog::OwnedKVList,
-}
-
-/// Records the writer thread holds at most; past that [`LogWriter::try_write`] says busy.
-const CHANNEL: usize = 1024;
-
-impl LogWriter {
-    /// Starts the writer thread. The log file is opened lazily and never fails this call: an
-    /// unwritable file means lines go to stderr until it can be written.
-    pub fn start(path: &Path, rotation: Rotation, agent_id: &str, human_stdout: bool) -> LogWriter {
-        let reopen = Arc::new(AtomicBool::new(false));
-        let sink = FileSink::new(path.to_path_buf(), rotation, reopen.clone());
-        let json = slog_json::Json::new(sink)
-            .set_newlines(true)
-            .set_flush(true)
-            .build();
-        let human = HumanStdout {
-            enabled: human_stdout,
-        };
-        let drain = slog::Duplicate::new(json, human).ignore_res();
-        let (core, guard) = slog_async::AsyncCore::custom(drain)
-            .chan_size(CHANNEL)
-            .blocking(false)
-            .thread_name("log-writer".into())
-            .build_with_guard();
-        LogWriter {
-            core,
-            guard: Some(guard),
-            agent_id: agent_id.to_string(),
-            reopen,
-            empty: slog::o!().into(),
-        }
-    }
-
-    /// Queues a record without blocking.
-    pub fn try_write(&self, record: &LogRecord) -> Result<(), WriterBusy> {
-        let result = with_slog_record(record, &self.agent_id, |r| self.core.log(r, &self.empty));
-        match result {
-            Ok(()) => Ok(()),
-            Err(slog_async::AsyncError::Full) => Err(WriterBusy),
-            Err(_) => {
-                // The writer thread is gone: this line goes to stderr, never nowhere.
-                write_to_stderr(record, &self.agent_id);
-                Ok(())
-            }
-        }
-    }
-
-    /// Queues a record, waiting for room: only for shutdown, when nothing else runs.
-    pub fn write_blocking(&self, record: &LogRecord) {
-        while self.try_write(record).is_err() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// The log file is reopened before the next line (after logrotate moved it away).
-    pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Relaxed);
-    }
-
-    /// Waits until the writer thread has written everything queued, then stops it.
-    pub fn finish(&mut self) {
-        drop(self.guard.take());
-    }
-}
-
-impl Drop for LogWriter {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-/// The log file behind slog-json. Collects one line, writes it with one call on flush
-/// (slog-json flushes after every record), falls back to stderr when the file cannot be
-/// written, and reopens the file when asked or when its path no longer leads to it.
-struct FileSink {
-    path: PathBuf,
-    rotation: Rotation,
-    file: Option<File>,
-    /// Bytes in the open file.
-    size: u64,
-    line: Vec<u8>,
-    reopen: Arc<AtomicBool>,
-    next_open: Instant,
-    next_check: Instant,
-    failing: bool,
-}
-
-/// How often a failing log file is retried and a healthy one checked for having been moved.
-const RECHECK: Duration = Duration::from_secs(1);
-
-impl FileSink {
-    fn new(path: PathBuf, rotation: Rotation, reopen: Arc<AtomicBool>) -> Self {
-        let now = Instant::now();
-        FileSink {
-            path,
-            rotation,
-            file: None,
-            size: 0,
-            line: Vec::with_capacity(512),
-            reopen,
-            next_open: now,
-            next_check: now + RECHECK,
-            failing: false,
-        }
-    }
-
-    fn open(&mut self) {
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
-        match options.open(&self.path) {
-            Ok(mut f) => {
-                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                // A process killed in the middle of a line left it unfinished: the next line
-                // starts on a line of its own.
-                if self.size > 0 && !ends_with_newline(&self.path) && f.write_all(b"\n").is_ok() {
-                    self.size += 1;
-                }
-                self.file = Some(f);
-                if self.failing {
-                    self.failing = false;
-                    self.notice("log_file_recovered", None);
-                }
-            }
-            Err(e) => self.fail(&e),
-        }
-        self.next_open = Instant::now() + RECHECK;
-    }
-
-    fn fail(&mut self, e: &io::Error) {
-        self.file = None;
-        if !self.failing {
-            self.failing = true;
-            self.notice("log_file_unwritable", Some(e));
-        }
-    }
-
-    /// A line about the log file itself, straight to stderr (it cannot go to the file).
-    fn notice(&self, event: &str, error: Option<&io::Error>) {
-        let line = serde_json::json!({
-            "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "level": if error.is_some() { "error" } else { "info" },
-            "event": event,
-            "path": self.path,
-            "error": error.map(|e| e.to_string()),
-            "note": error.map(|_| "log lines go to stderr until the file can be written again"),
-        });
-        let _ = writeln!(io::stderr().lock(), "{line}");
-    }
-
-    /// Whether the path still leads to the open file (logrotate, deletion).
-    #[cfg(unix)]
-    fn moved_away(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Some(file) = &self.file else { return false };
-        match (std::fs::metadata(&self.path), file.metadata()) {
-            (Ok(on_disk), Ok(open)) => on_disk.ino() != open.ino() || on_disk.dev() != open.dev(),
-            _ => true,
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn moved_away(&self) -> bool {
-        false
-    }
-
-    /// `sidecar.log` → `.1` → `.2` … → `.keep` (the oldest is overwritten), then a fresh file.
-    /// Runs between two whole lines, so no line is ever split across files.
-    fn rotate(&mut self) {
-        self.file = None;
-        let numbered = |n: u32| {
-            let mut name = self.path.clone().into_os_string();
-            name.push(format!(".{n}"));
-            PathBuf::from(name)
-        };
-        let moved = if self.rotation.keep == 0 {
-            std::fs::remove_file(&self.path)
-        } else {
-            for n in (1..self.rotation.keep).rev() {
-                let _ = std::fs::rename(numbered(n), numbered(n + 1));
-            }
-            std::fs::rename(&self.path, numbered(1))
-        };
-        if let Err(e) = moved {
-            self.notice("log_rotate_failed", Some(&e));
-        }
-        self.open();
-    }
-
-    fn commit(&mut self) {
-        let now = Instant::now();
-        if self.reopen.swap(false, Ordering::Relaxed)
-            || (now >= self.next_check && self.moved_away())
-        {
-            self.file = None;
-            self.next_open = now;
-        }
-        if now >= self.next_check {
-            self.next_check = now + RECHECK;
-        }
-        if self.file.is_none() && now >= self.next_open {
-            self.open();
-        }
-        let max = self.rotation.max_bytes;
-        if self.file.is_some()
-            && max > 0
-            && self.size > 0
-            && self.size + self.line.len() as u64 > max
-        {
-            self.rotate();
-        }
-        let written = match &mut self.file {
-            Some(f) => f.write_all(&self.line),
-            None => Err(io::Error::other("log file not open")),
-        };
-        match written {
-            Ok(()) => self.size += self.line.len() as u64,
-            Err(e) => {
-                if self.file.is_some() {
-                    self.fail(&e);
-                }
-                LINES_TO_STDERR.fetch_add(1, Ordering::Relaxed);
-                if io::stderr().lock().write_all(&self.line).is_err() {
-                    LINES_LOST.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        self.line.clear();
-    }
-}
-
-impl Write for FileSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.line.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.line.is_empty() {
-            self.commit();
-        }
-        Ok(())
-    }
-}
-
-/// Whether the file's last byte is a newline.
-fn ends_with_newline(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut last = [0u8; 1];
-    File::open(path)
-        .and_then(|mut f| {
-            f.seek(SeekFrom::End(-1))?;
-            f.read_exact(&mut last)
-        })
-        .map_or(true, |()| last[0] == b'\n')
-}
-
-/// One readable line per event on stdout, for journald and pm2:
-/// `2026-02-10T05:48:28.120Z INFO  identified hub_url=ws://hub:4000/ws`.
-struct HumanStdout {
-    enabled: bool,
-}
-
-impl Drain for HumanStdout {
-    type Ok = ();
-    type Err = io::Error;
-
-    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> io::Result<()> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let mut line = HumanLine::default();
-        let _ = record.kv().serialize(record, &mut line);
-        let level = match record.level() {
-            slog::Level::Critical | slog::Level::Error => "ERROR",
-            slog::Level::Warning => "WARN ",
-            slog::Level::Info => "INFO ",
-            _ => "DEBUG",
-        };
-        let text = format!("{} {level} {}{}\n", line.ts, record.msg(), line.fields);
-        // A closed stdout (EPIPE) must not stop logging: the error is ignored.
-        let _ = io::stdout().lock().write_all(text.as_bytes());
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct HumanLine {
-    ts: String,
-    fields: String,
-}
-
-impl slog::Serializer for HumanLine {
-    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
-        use std::fmt::Write as _;
-        match key {
-            "ts" => self.ts = val.to_string(),
-            "level" | "event" | "agent_id" => {}
-            _ => {
-                let v = val.to_string();
-                if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '"') {
-                    let _ = write!(self.fields, " {key}={v:?}");
-                } else {
-                    let _ = write!(self.fields, " {key}={v}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn emit_serde(&mut self, key: slog::Key, value: &dyn slog::SerdeValue) -> slog::Result {
-        use std::fmt::Write as _;
-        let json = serde_json::to_string(value.as_serde()).unwrap_or_default();
-        let _ = write!(self.fields, " {key}={json}");
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    const NO_ROTATION: Rotation = Rotation {
+    pub const NO_ROTATION: Rotation = Rotation {
         max_bytes: 0,
         keep: 0,
     };
 
-    fn record(fields: Vec<(&'static str, Value)>) -> LogRecord {
+    pub fn record(fields: Vec<(&'static str, Value)>) -> LogRecord {
         LogRecord {
-            ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_707_500_000_123),
+            ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_707_500_000_123),
             level: LogLevel::Info,
             event: "ws_open",
             fields,
         }
     }
+}
 
+#[cfg(test)]
+mod tests {
     #[test]
-    fn json_line_has_ts_level_event_agent_id_first_then_typed_fields() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("logs/sidecar.log");
-        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false);
-        let nested = serde_json::json!({"k": [1, 2]});
-        w.write_blocking(&record(vec![
-            ("attempt", 3.into()),
-            ("url", "ws://h".into()),
-            ("meta", nested),
-        ]));
-        w.finish();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            "{\"ts\":\"2024-02-09T17:33:20.123Z\",\"level\":\"info\",\"event\":\"ws_open\",\"agent_id\":\"a1\",\"attempt\":3,\"url\":\"ws://h\",\"meta\":{\"k\":[1,2]}}\n"
+    fn any_value_can_be_logged_paths_lossily() {
+        use super::field::{Field, ViaPath as _, ViaSerialize as _};
+        use std::os::unix::ffi::OsStrExt;
+        use std::path::PathBuf;
+        // What log_event! does with each field's value.
+        macro_rules! field {
+            ($value:expr) => {
+                (&Field(&$value)).log_value()
+            };
+        }
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9/x.log"));
+        assert_eq!(field!(path), "/tmp/caf\u{FFFD}/x.log");
+        assert_eq!(field!(path.as_path()), "/tmp/caf\u{FFFD}/x.log");
+        assert_eq!(field!("text"), "text");
+        assert_eq!(field!(String::from("s")), "s");
+        assert_eq!(field!(3u64), 3);
+        assert_eq!(field!(Some(-1i64)), -1);
+        assert_eq!(field!(vec!["a", "b"]), serde_json::json!(["a", "b"]));
+        // What serde cannot turn into JSON becomes a note, never a panic.
+        let keys: std::collections::BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into();
+        let note = field!(keys);
+        assert!(
+            note.as_str().unwrap().starts_with("<not loggable: "),
+            "{note}"
         );
-    }
-
-    #[test]
-    fn rotation_keeps_whole_lines_and_at_most_keep_old_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("side.log");
-        let rotation = Rotation {
-            max_bytes: 2000,
-            keep: 2,
-        };
-        let mut w = LogWriter::start(&path, rotation, "a1", false);
-        for n in 0..200 {
-            w.write_blocking(&record(vec![("n", n.into())]));
-        }
-        w.finish();
-        let mut files: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        assert_eq!(files.len(), 3, "{files:?}");
-        let mut seen = Vec::new();
-        for f in [
-            path.with_extension("log.2"),
-            path.with_extension("log.1"),
-            path.clone(),
-        ] {
-            let text = std::fs::read_to_string(&f).unwrap();
-            assert!(
-                text.len() <= 2000,
-                "{} is {} bytes",
-                f.display(),
-                text.len()
-            );
-            for line in text.lines() {
-                let v: Value = serde_json::from_str(line).expect("whole JSON line");
-                seen.push(v["n"].as_u64().unwrap());
-            }
-        }
-        // The newest lines, contiguous, ending with the last one.
-        assert_eq!(*seen.last().unwrap(), 199);
-        assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seen:?}");
-    }
-
-    #[test]
-    fn unwritable_log_file_does_not_fail_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory where the file should be: opening it for writing fails.
-        let path = dir.path().join("is-a-dir");
-        std::fs::create_dir(&path).unwrap();
-        let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false);
-        w.write_blocking(&record(vec![]));
-        w.finish();
-        assert!(path.is_dir());
+        let nested = field!(Some(path.clone()));
+        assert!(
+            nested.as_str().unwrap().starts_with("<not loggable"),
+            "{nested}"
+        );
     }
 }

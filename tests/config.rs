@@ -186,3 +186,26 @@ fn a_second_sidecar_on_the_same_queue_file_refuses_to_start() {
     );
     assert_eq!(identified(&hub).len(), 1, "the second one never connected");
 }
+
+#[test]
+fn a_wrongly_typed_value_with_a_multibyte_character_at_the_cut_is_a_config_error() {
+    // The value's text is shortened for the message; a cut inside "é" (two bytes in UTF-8)
+    // must land on a character boundary, never panic.
+    for prefix in ["", "x", "xx", "xxx"] {
+        let value = format!("{prefix}{}", "é".repeat(100));
+        let config = with(
+            serde_json::from_str(VALID).unwrap(),
+            json!({ "heartbeat_interval_ms": value }),
+        );
+        let (code, err) = run_with_config(&config.to_string());
+        assert_eq!(code, Some(1), "prefix {prefix:?}: {err}");
+        assert!(
+            err.contains("\"heartbeat_interval_ms\" must be a whole number")
+                && err.contains("got a string \"")
+                && err.contains("éé...")
+                && !err.contains("panicked"),
+            "prefix {prefix:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one message: {err}");
+    }
+}

@@ -298,3 +298,295 @@ fn a_restarted_child_learns_the_current_session_without_a_reconnect() {
         "the fresh actor never heard of the session"
     );
 }
+
+/// Incarnations of the re-announcer, and re-announcements its fresh incarnation has seen.
+static REANNOUNCER_STARTS: AtomicUsize = AtomicUsize::new(0);
+static REANNOUNCEMENTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks for the current session at start, as a restarted child does; its first incarnation
+/// dies once the session is up. The fresh one asks once more when it hears of the session,
+/// and ends the run at the second answer: by then the heartbeat has handled both
+/// re-announcements (its mailbox is in order) well before the hub session closes.
+struct Reannouncer {
+    env: Env,
+    incarnation: usize,
+}
+
+impl Actor for Reannouncer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.incarnation = REANNOUNCER_STARTS.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .env
+            .bus
+            .send(agentcom_sidecar::actors::hub::AnnounceSession);
+        ctx.run_later(std::time::Duration::from_secs(10), |act, _| {
+            let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+        });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::hub::SessionIdentified> for Reannouncer {
+    type Result = ();
+    fn handle(
+        &mut self,
+        _: agentcom_sidecar::actors::hub::SessionIdentified,
+        _: &mut Context<Self>,
+    ) {
+        if self.incarnation == 0 {
+            panic!("dies once the session is up");
+        }
+        match REANNOUNCEMENTS_SEEN.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                let _ = self
+                    .env
+                    .bus
+                    .send(agentcom_sidecar::actors::hub::AnnounceSession);
+            }
+            _ => {
+                let _ = self.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+            }
+        }
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for Reannouncer {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for Reannouncer {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for Reannouncer {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(
+            addr.clone()
+                .recipient::<agentcom_sidecar::actors::hub::SessionIdentified>(),
+        );
+    }
+}
+
+#[test]
+fn a_re_announced_session_does_not_make_the_heartbeat_ping_again() {
+    use agentcom_sidecar::devhub::{DevHub, DevHubOptions, HubEventKind};
+    let hub = DevHub::start(DevHubOptions {
+        tokens: Some([("a1".to_string(), "t".to_string())].into()),
+        ..DevHubOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One ping at identify; the next would be a minute later, long after the run.
+    let config = json!({
+        "agent_id": "a1", "token": "t", "hub_url": hub.ws_url(), "restart_delay_ms": 10,
+        "heartbeat_interval_ms": 60000, "heartbeat_timeout_ms": 30000,
+    });
+    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+    let log_file = config.log_file.clone();
+    let code = run_with(config, || {
+        let mut list = children();
+        list.push(ChildSpec::new("reannouncer", |env| Reannouncer {
+            env: env.clone(),
+            incarnation: 0,
+        }));
+        list
+    });
+    assert_eq!(code, 0);
+    let log = std::fs::read_to_string(log_file).unwrap();
+    assert_eq!(REANNOUNCER_STARTS.load(Ordering::SeqCst), 2, "{log}");
+    assert_eq!(REANNOUNCEMENTS_SEEN.load(Ordering::SeqCst), 2, "{log}");
+    let pings = hub
+        .events()
+        .iter()
+        .filter(|e| matches!(&e.kind, HubEventKind::Frame { json, .. } if json["type"] == "ping"))
+        .count();
+    assert_eq!(
+        pings, 1,
+        "one ping at identify; the re-announcements of the same session change nothing"
+    );
+}
+
+/// A test-only message for a child that restarts, and the end of a series of them.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct Note(usize);
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct NotesEnd;
+
+/// How many notes the sender sends during the restart delay: more than the bus holds.
+const NOTES: usize = agentcom_sidecar::bus::HELD_PER_TYPE + 5;
+
+static RECEIVER_STARTS: AtomicUsize = AtomicUsize::new(0);
+static NOTES_SEEN: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+/// What the sender saw: the receiver away while it sent, and `send`'s answers.
+static SENDS: std::sync::Mutex<Option<(bool, Vec<bool>)>> = std::sync::Mutex::new(None);
+
+/// Accepts `Note`s; its first incarnation panics at once, the fresh one records what it is
+/// given and ends the run at `NotesEnd`.
+struct NoteReceiver {
+    env: Env,
+}
+
+impl Actor for NoteReceiver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if RECEIVER_STARTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            ctx.run_later(std::time::Duration::from_millis(20), |_, _| {
+                panic!("the receiver dies once")
+            });
+        }
+        ctx.run_later(std::time::Duration::from_secs(10), |act, _| {
+            let _ = act.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+        });
+    }
+}
+
+impl Handler<Note> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, msg: Note, _: &mut Context<Self>) {
+        NOTES_SEEN.lock().unwrap().push(msg.0);
+    }
+}
+
+impl Handler<NotesEnd> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: NotesEnd, _: &mut Context<Self>) {
+        let _ = self.env.bus.send(ShutdownRequested { signal: "SIGTERM" });
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for NoteReceiver {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for NoteReceiver {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(addr.clone().recipient::<Note>());
+        bus.register(addr.clone().recipient::<NotesEnd>());
+    }
+}
+
+/// Sends the notes as soon as the Supervisor says the receiver is being restarted, that is
+/// during its restart delay.
+struct NoteSender {
+    env: Env,
+}
+
+impl Actor for NoteSender {
+    type Context = Context<Self>;
+}
+
+impl Handler<agentcom_sidecar::actors::supervisor::ActorRestarted> for NoteSender {
+    type Result = ();
+    fn handle(
+        &mut self,
+        msg: agentcom_sidecar::actors::supervisor::ActorRestarted,
+        _: &mut Context<Self>,
+    ) {
+        if msg.actor != "receiver" {
+            return;
+        }
+        let away = !self.env.bus.routes::<Note>();
+        let answers = (0..NOTES)
+            .map(|n| self.env.bus.send(Note(n)).is_ok())
+            .collect();
+        let _ = self.env.bus.send(NotesEnd);
+        *SENDS.lock().unwrap() = Some((away, answers));
+    }
+}
+
+impl Handler<agentcom_sidecar::actors::Probe> for NoteSender {
+    type Result = ();
+    fn handle(&mut self, _: agentcom_sidecar::actors::Probe, _: &mut Context<Self>) {}
+}
+
+impl Handler<Stop> for NoteSender {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Child for NoteSender {
+    fn routes(bus: &Bus, addr: &Addr<Self>) {
+        bus.register(
+            addr.clone()
+                .recipient::<agentcom_sidecar::actors::supervisor::ActorRestarted>(),
+        );
+    }
+}
+
+#[test]
+fn messages_sent_while_a_child_restarts_are_held_and_delivered_in_order() {
+    // A restart delay long enough that the notes surely go out while the receiver is away
+    // (checked below, not assumed).
+    let (code, lines) = {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = json!({
+            "agent_id": "a1", "token": "t", "hub_url": format!("ws://127.0.0.1:{port}/ws"),
+            "restart_delay_ms": 300, "reconnect_initial_ms": 1000,
+        });
+        let config =
+            Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+        let log_file = config.log_file.clone();
+        let code = run_with(config, || {
+            let mut list = children();
+            list.push(ChildSpec::new("sender", |env| NoteSender {
+                env: env.clone(),
+            }));
+            list.push(ChildSpec::new("receiver", |env| NoteReceiver {
+                env: env.clone(),
+            }));
+            list
+        });
+        let lines: Vec<Value> = std::fs::read_to_string(log_file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (code, lines)
+    };
+    assert_eq!(code, 0);
+    let (away, answers) = SENDS.lock().unwrap().clone().expect("the sender ran");
+    assert!(away, "the notes went out while the receiver was away");
+    let held = agentcom_sidecar::bus::HELD_PER_TYPE;
+    assert!(
+        answers[..held].iter().all(|ok| *ok),
+        "held: send answers Ok"
+    );
+    assert!(
+        answers[held..].iter().all(|ok| !*ok),
+        "past the limit: handed back"
+    );
+    assert_eq!(
+        *NOTES_SEEN.lock().unwrap(),
+        (0..held).collect::<Vec<_>>(),
+        "the fresh receiver got the held notes, in order"
+    );
+    let dropped = events(&lines, "bus_messages_dropped");
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0]["message"], "Note");
+    assert_eq!(dropped[0]["count"], 5);
+    assert_eq!(RECEIVER_STARTS.load(Ordering::SeqCst), 2);
+}

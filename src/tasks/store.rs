@@ -140,13 +140,12 @@ pub fn read_result(path: &Path, max: u64) -> Option<ResultRead> {
 /// A result file's bytes: `None` while empty (nothing written yet), else the JSON object or
 /// why it is not one.
 pub fn parse_result(bytes: &[u8]) -> Option<ResultRead> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if crate::result_file::is_blank(bytes) {
         return None;
     }
-    Some(match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(object)) => ResultRead::Object(object),
-        Ok(_) => ResultRead::Partial("result file is JSON but not an object".to_string()),
-        Err(e) => ResultRead::Partial(format!("result file is not valid JSON: {e}")),
+    Some(match crate::result_file::parse(bytes) {
+        Ok(object) => ResultRead::Object(object),
+        Err(why) => ResultRead::Partial(why),
     })
 }
 

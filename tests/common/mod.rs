@@ -175,7 +175,11 @@ impl Sidecar {
     /// except a line cut short by a SIGKILL in the middle of writing it (it ends early).
     pub fn lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        text.lines()
+        // A line being written while this reads may be cut (a write that crosses a page
+        // boundary lands in two steps): only whole lines, up to the last newline, count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .filter(|l| !l.is_empty())
             .filter_map(|l| match serde_json::from_str(l) {
                 Ok(v) => Some(v),
