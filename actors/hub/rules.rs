@@ -17,23 +17,23 @@ use crate::tasks::Event;
 
 impl HubActor {
     pub(super) fn on_message(&mut self, text: bool, data: Bytes, ctx: &mut Context<Self>) {
-        let Ok(text_data) = std::str::from_utf8(&data).map(|t| text.then_some(t)) else {
-            log_event!(
-                self.env.log,
-                Warn,
-                "frame_rejected",
-                reason = "text frame is not valid UTF-8",
-                bytes = data.len()
-            );
-            return;
-        };
-        let Some(frame_text) = text_data else {
+        if !text {
             log_event!(
                 self.env.log,
                 Warn,
                 "frame_rejected",
                 reason = "binary message (the hub protocol is JSON text)",
                 kind = message_kind(text),
+                bytes = data.len()
+            );
+            return;
+        }
+        let Ok(frame_text) = std::str::from_utf8(&data) else {
+            log_event!(
+                self.env.log,
+                Warn,
+                "frame_rejected",
+                reason = "text frame is not valid UTF-8",
                 bytes = data.len()
             );
             return;
