@@ -162,11 +162,11 @@ pub(super) fn notes(effects: &[Effect]) -> Vec<&'static str> {
         .collect()
 }
 
-fn obj(v: Value) -> Map<String, Value> {
+pub(super) fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
 
-fn exited(id: &str, wake_id: u64, attempt: u32, outcome: WakeOutcome) -> Event {
+pub(super) fn exited(id: &str, wake_id: u64, attempt: u32, outcome: WakeOutcome) -> Event {
     Event::WakeExited {
         task_id: id.into(),
         wake_id,
@@ -175,7 +175,7 @@ fn exited(id: &str, wake_id: u64, attempt: u32, outcome: WakeOutcome) -> Event {
     }
 }
 
-fn acked(id: &str, kind: ReportKind, generation: u64, status: &str) -> Event {
+pub(super) fn acked(id: &str, kind: ReportKind, generation: u64, status: &str) -> Event {
     Event::ReportAnswered {
         task_id: id.into(),
         kind,
@@ -186,7 +186,7 @@ fn acked(id: &str, kind: ReportKind, generation: u64, status: &str) -> Event {
     }
 }
 
-fn success() -> Event {
+pub(super) fn success() -> Event {
     Event::ResultSeen {
         task_id: "t".into(),
         result: Ok(obj(json!({"status": "success", "output": 1}))),
@@ -194,7 +194,7 @@ fn success() -> Event {
 }
 
 /// A task accepted on session 1, woken (attempt 1 spawned) and confirmed.
-fn working() -> H {
+pub(super) fn working() -> H {
     let mut h = H::new();
     h.up(1);
     h.assign("t", 1);
@@ -322,152 +322,6 @@ fn a_report_waiting_for_its_answer_goes_again_with_a_new_generation() {
     assert_eq!(h.state().outbox.len(), 1);
     h.ev(acked("t", ReportKind::Complete, 6, "complete"));
     assert!(h.state().tasks.is_empty() && h.state().outbox.is_empty());
-}
-
-#[test]
-fn a_failed_attempt_is_retried_by_its_own_timer_and_stale_outcomes_are_ignored() {
-    let mut h = H::new();
-    h.up(1);
-    let e = h.assign("t", 1);
-    let first = wakes(&e)[0].wake_id;
-    let e = h.ev(exited(
-        "t",
-        first,
-        1,
-        WakeOutcome::Failed("exit code 3".into()),
-    ));
-    assert_eq!(kinds(&e), ["wake_result"]);
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::WakeResult {
-            status: "failed",
-            attempt: 1,
-            ..
-        }
-    ));
-    let t = timers(&e);
-    assert_eq!(
-        t,
-        [Timer::WakeRetry {
-            task_id: "t".into(),
-            wake_id: first
-        }]
-    );
-    let e = h.ev(Event::Timer(t[0].clone()));
-    let second = wakes(&e);
-    assert_eq!(second.len(), 1);
-    assert_eq!(second[0].attempt, 2);
-    assert_ne!(second[0].wake_id, first);
-    // The old attempt's timer again, and its outcome again: nothing.
-    assert!(wakes(&h.ev(Event::Timer(t[0].clone()))).is_empty());
-    let e = h.ev(exited("t", first, 1, WakeOutcome::Success));
-    assert!(timers(&e).is_empty());
-    assert!(matches!(h.agent("t"), Agent::Waking { attempt: 2, .. }));
-}
-
-#[test]
-fn every_attempt_failing_fails_the_task_as_wake_failed() {
-    let mut h = H::new();
-    h.up(1);
-    let mut id = wakes(&h.assign("t", 1))[0].wake_id;
-    for attempt in 1..=3 {
-        let e = h.ev(exited(
-            "t",
-            id,
-            attempt,
-            WakeOutcome::Failed("exit code 1".into()),
-        ));
-        if attempt < 3 {
-            let t = timers(&e);
-            id = wakes(&h.ev(Event::Timer(t[0].clone())))[0].wake_id;
-        } else {
-            assert_eq!(kinds(&e), ["wake_result", "task_failed"]);
-            assert!(
-                matches!(&frames(&e)[1], Outgoing::TaskFailed { reason, .. } if reason == "wake_failed")
-            );
-        }
-    }
-    assert_eq!(wakes(&h.log).len(), 3);
-}
-
-#[test]
-fn no_confirmation_in_time_fails_the_task() {
-    let mut h = H::new();
-    h.up(1);
-    let id = wakes(&h.assign("t", 1))[0].wake_id;
-    let e = h.ev(exited("t", id, 1, WakeOutcome::Success));
-    assert_eq!(kinds(&e), ["wake_result"]);
-    let t = timers(&e);
-    assert_eq!(
-        t,
-        [Timer::Confirmation {
-            task_id: "t".into(),
-            wake_id: id
-        }]
-    );
-    let e = h.ev(Event::Timer(t[0].clone()));
-    assert!(
-        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "confirmation_timeout")
-    );
-}
-
-#[test]
-fn a_confirmed_agent_is_never_failed_by_its_wake_command() {
-    let mut h = H::new();
-    h.up(1);
-    let id = wakes(&h.assign("t", 1))[0].wake_id;
-    let e = h.ev(Event::StartedSeen {
-        task_id: "t".into(),
-    });
-    assert!(
-        e.contains(&Effect::WakeConfirmed { wake_id: id }),
-        "the waker must not kill it at its timeout"
-    );
-    let e = h.ev(exited(
-        "t",
-        id,
-        1,
-        WakeOutcome::TimedOut("still running".into()),
-    ));
-    assert_eq!(kinds(&e), ["wake_result"], "reported, and nothing else");
-    assert!(timers(&e).is_empty());
-    assert_eq!(h.agent("t"), Agent::Confirmed);
-}
-
-#[test]
-fn a_result_is_reported_after_it_is_durable_and_the_ack_forgets_the_task() {
-    let mut h = working();
-    h.hold_writes = true;
-    let e = h.ev(success());
-    assert!(kinds(&e).is_empty());
-    let seq = h.held.pop().unwrap();
-    h.hold_writes = false;
-    let e = h.ev(Event::Persisted { seq });
-    assert_eq!(kinds(&e), ["task_complete"]);
-    let e = h.ev(acked("t", ReportKind::Complete, 1, "complete"));
-    assert!(notes(&e).contains(&"task_ack"));
-    let Some(Effect::Persist(p)) = e.iter().find(|x| matches!(x, Effect::Persist(_))) else {
-        panic!()
-    };
-    assert!(p.state.tasks.is_empty());
-    assert!(p
-        .after
-        .iter()
-        .any(|op| matches!(op, FileOp::Remove(path) if path == &PathBuf::from("/t/t.json"))));
-}
-
-#[test]
-fn an_invalid_result_fails_the_task_and_is_renamed_aside() {
-    let mut h = working();
-    let e = h.ev(Event::ResultSeen {
-        task_id: "t".into(),
-        result: Err("result file is not valid JSON".into()),
-    });
-    assert!(
-        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "invalid_result")
-    );
-    let renamed = h.log.iter().any(|x| matches!(x, Effect::Persist(p) if p.after.iter().any(|op| matches!(op, FileOp::Rename { to, .. } if to == &PathBuf::from("/r/t.json.invalid")))));
-    assert!(renamed);
 }
 
 #[test]
@@ -623,205 +477,6 @@ fn a_task_cancelled_and_assigned_again_while_a_retry_waits_gets_one_new_attempt(
     // The retry armed for the cancelled lease fires: nothing.
     assert!(wakes(&h.ev(Event::Timer(retry))).is_empty());
     assert_eq!(wakes(&h.log).len(), 2);
-}
-
-/// A state as the disk holds it: task `t` held at generation 2 with this agent state.
-fn on_disk(agent: Agent) -> QueueState {
-    let mut h = H::new();
-    h.up(1);
-    h.assign("t", 2);
-    let mut state = h.state().clone();
-    state.tasks[0].agent = agent;
-    state
-}
-
-#[test]
-fn a_restart_recovers_the_task_and_continue_never_wakes_an_agent_whose_files_are_there() {
-    let disk = BTreeMap::from([(
-        "t".to_string(),
-        DiskFacts {
-            started: true,
-            result: Some(Ok(obj(json!({"status": "success"})))),
-        },
-    )]);
-    let mut h = H::with(
-        on_disk(Agent::Woken {
-            wake_id: 1,
-            attempt: 1,
-        }),
-        disk,
-        true,
-    );
-    assert_eq!(h.state().task("t").unwrap().role, Role::Recovering);
-    let e = h.up(5);
-    assert_eq!(kinds(&e), ["task_recovering"]);
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::TaskRecovering {
-            generation: 2,
-            last_status: "finished",
-            ..
-        }
-    ));
-    let e = h.ev(Event::Continue {
-        task_id: "t".into(),
-        generation: 4,
-    });
-    assert_eq!(kinds(&e), ["task_accepted", "task_complete"]);
-    assert!(matches!(
-        &frames(&e)[1],
-        Outgoing::TaskComplete { generation: 4, .. }
-    ));
-    assert!(wakes(&h.log).is_empty());
-}
-
-#[test]
-fn an_attempt_interrupted_by_a_restart_gets_its_confirmation_window_before_another() {
-    let mut h = H::with(
-        on_disk(Agent::Waking {
-            wake_id: 7,
-            attempt: 1,
-        }),
-        BTreeMap::new(),
-        true,
-    );
-    let window = Timer::Confirmation {
-        task_id: "t".into(),
-        wake_id: 7,
-    };
-    assert!(timers(&h.log).contains(&window));
-    h.up(1);
-    let e = h.ev(Event::Continue {
-        task_id: "t".into(),
-        generation: 2,
-    });
-    assert!(
-        wakes(&e).is_empty(),
-        "no new attempt while the old one may run"
-    );
-    // The window passes without `.started`: now a retry may come.
-    let e = h.ev(Event::Timer(window));
-    assert!(notes(&e).contains(&"wake_error"));
-    let retry = timers(&e);
-    let e = h.ev(Event::Timer(retry[0].clone()));
-    assert_eq!(wakes(&e)[0].attempt, 2);
-
-    // With `.started` seen in the window instead: never another attempt.
-    let mut h = H::with(
-        on_disk(Agent::Waking {
-            wake_id: 7,
-            attempt: 1,
-        }),
-        BTreeMap::new(),
-        true,
-    );
-    h.up(1);
-    h.ev(Event::StartedSeen {
-        task_id: "t".into(),
-    });
-    h.ev(Event::Continue {
-        task_id: "t".into(),
-        generation: 2,
-    });
-    let e = h.ev(Event::Timer(Timer::Confirmation {
-        task_id: "t".into(),
-        wake_id: 7,
-    }));
-    assert!(e
-        .iter()
-        .all(|x| !matches!(x, Effect::Wake(_) | Effect::Arm { .. })));
-}
-
-#[test]
-fn a_re_push_before_the_recovery_answer_adopts_and_the_late_reassign_changes_nothing() {
-    let mut h = H::with(on_disk(Agent::Confirmed), BTreeMap::new(), true);
-    h.up(1);
-    let e = h.assign("t", 4);
-    assert_eq!(kinds(&e), ["task_accepted"]);
-    let e = h.ev(Event::Reassign {
-        task_id: "t".into(),
-    });
-    assert!(notes(&e).contains(&"task_reassign_ignored"));
-    assert_eq!(h.state().task("t").unwrap().role, Role::Held);
-    let e = h.ev(success());
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::TaskComplete { generation: 4, .. }
-    ));
-    assert!(wakes(&h.log).is_empty());
-}
-
-#[test]
-fn reassign_then_re_push_still_starts_no_second_agent() {
-    let mut h = H::with(on_disk(Agent::Confirmed), BTreeMap::new(), true);
-    h.up(1);
-    h.ev(Event::Reassign {
-        task_id: "t".into(),
-    });
-    assert_eq!(h.state().task("t").unwrap().role, Role::Released);
-    let e = h.assign("t", 4);
-    assert_eq!(kinds(&e), ["task_accepted"]);
-    assert!(wakes(&h.log).is_empty());
-}
-
-#[test]
-fn held_tasks_are_said_alive_at_the_progress_interval_and_the_agents_progress_is_forwarded() {
-    let mut h = working();
-    let tick = Timer::Progress { session: 1 };
-    assert!(timers(&h.log).contains(&tick));
-    let e = h.ev(Event::AgentProgress {
-        task_id: "t".into(),
-        progress: Some(40),
-        event: obj(json!({"step": "tests"})),
-    });
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::TaskProgress {
-            progress: Some(40),
-            execution_event: Some(_),
-            ..
-        }
-    ));
-    // A second one within the gap waits, the latest wins.
-    let e = h.ev(Event::AgentProgress {
-        task_id: "t".into(),
-        progress: Some(50),
-        event: obj(json!({"step": "lint"})),
-    });
-    assert!(kinds(&e).is_empty());
-    let e = h.ev(Event::Timer(Timer::AgentProgress {
-        task_id: "t".into(),
-    }));
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::TaskProgress {
-            progress: Some(50),
-            ..
-        }
-    ));
-    let e = h.ev(Event::Timer(tick.clone()));
-    assert!(matches!(
-        &frames(&e)[0],
-        Outgoing::TaskProgress {
-            progress: Some(50),
-            execution_event: None,
-            ..
-        }
-    ));
-    assert!(timers(&e).contains(&tick), "and again");
-}
-
-#[test]
-fn a_task_without_a_result_in_task_timeout_fails() {
-    let mut h = working();
-    let t = timers(&h.log)
-        .into_iter()
-        .find(|t| matches!(t, Timer::TaskTimeout { .. }))
-        .unwrap();
-    let e = h.ev(Event::Timer(t));
-    assert!(
-        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
-    );
 }
 
 #[test]
