@@ -73,6 +73,12 @@ fn program_found(command: &str) -> Result<(), String> {
         // A builtin or something only the shell can resolve: nothing to look up.
         return Ok(());
     }
+    argv_program_found(program)
+}
+
+/// Whether the program of an argument-list wake command exists (looked up on `PATH`
+/// unless it names a path).
+fn argv_program_found(program: &str) -> Result<(), String> {
     if program.contains('/') {
         return executable(Path::new(program))
             .map_err(|e| format!("the wake command's program {program}: {e}"));
@@ -88,21 +94,6 @@ fn program_found(command: &str) -> Result<(), String> {
                 path.to_string_lossy()
             )
         })
-}
-
-/// Whether the program of an argument-list wake command exists (looked up on `PATH`
-/// unless it names a path).
-fn argv_program_found(program: &str) -> Result<(), String> {
-    if program.contains('/') {
-        return executable(Path::new(program))
-            .map_err(|e| format!("the wake command's program {program}: {e}"));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate).is_ok())
-        .map(|_| ())
-        .ok_or_else(|| format!("the wake command's program \"{program}\" is not on PATH"))
 }
 
 /// An option of a prefix word (`setsid -f`, `nice -n 10`): never the program itself.

@@ -10,22 +10,8 @@ use serde_json::json;
 
 /// A sidecar whose agent confirms at once; waits for identify.
 fn confirming(hub: &DevHub, extra: serde_json::Value) -> Sidecar {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("agent.sh");
-    std::fs::write(&script, r#"touch "$RESULTS_DIR/$TASK_ID.started""#).unwrap();
-    let config = with(
-        with(
-            fast_config(&hub.ws_url()),
-            json!({"wake_command": format!("sh {}", script.display()), "result_settle_ms": 200}),
-        ),
-        extra,
-    );
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let before = identified(hub).len();
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(hub, before + 1);
-    sidecar
+    let script = r#"touch "$RESULTS_DIR/$TASK_ID.started""#;
+    sidecar_with_script(hub, script, with(json!({"result_settle_ms": 200}), extra))
 }
 
 #[test]
@@ -62,13 +48,9 @@ fn a_fifo_or_a_device_behind_a_result_name_neither_hangs_nor_fills_memory() {
 #[test]
 fn a_result_file_opened_early_and_written_later_is_taken_when_closed() {
     let hub = hub();
-    let dir = tempfile::tempdir().unwrap();
     // The agent opens its result file at once and writes it in two pieces, the second long
     // after result_settle_ms; it closes the file at the end.
-    let script = dir.path().join("agent.sh");
-    std::fs::write(
-        &script,
-        r#"
+    let script = r#"
 touch "$RESULTS_DIR/$TASK_ID.started"
 (
   exec 3> "$RESULTS_DIR/$TASK_ID.json"
@@ -77,17 +59,8 @@ touch "$RESULTS_DIR/$TASK_ID.started"
   printf '"output":"late"}' >&3
   exec 3>&-
 ) >/dev/null 2>&1 &
-"#,
-    )
-    .unwrap();
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"wake_command": format!("sh {}", script.display()), "result_settle_ms": 100}),
-    );
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(&hub, 1);
+"#;
+    let sidecar = sidecar_with_script(&hub, script, json!({"result_settle_ms": 100}));
     let task_id = submit(&hub, json!({"description": "slow writer"}));
     sidecar.wait_event("confirmation_received");
     // Far past result_settle_ms with half a result in the file.

@@ -11,27 +11,12 @@ use serde_json::json;
 
 /// A sidecar with this wake script and extra config; waits for identify.
 fn with_script(hub: &DevHub, script: &str, extra: serde_json::Value) -> Sidecar {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sh");
-    std::fs::write(&path, script).unwrap();
-    let config = with(
-        with(
-            fast_config(&hub.ws_url()),
-            json!({
-                "wake_command": format!("sh {}", path.display()),
-                "wake_retry_delays_ms": [200],
-                "confirmation_timeout_ms": 5000,
-                "result_settle_ms": 200,
-            }),
-        ),
-        extra,
-    );
-    let config_path = dir.path().join("config.json");
-    write_config(&config_path, &config);
-    let before = identified(hub).len();
-    let sidecar = Sidecar::start_in(dir, &["--config", config_path.to_str().unwrap()]);
-    wait_identified(hub, before + 1);
-    sidecar
+    let timings = json!({
+        "wake_retry_delays_ms": [200],
+        "confirmation_timeout_ms": 5000,
+        "result_settle_ms": 200,
+    });
+    sidecar_with_script(hub, script, with(timings, extra))
 }
 
 #[test]

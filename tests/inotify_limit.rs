@@ -69,21 +69,8 @@ impl Drop for Exhausted {
 fn at_the_inotify_watch_limit_the_results_directory_is_polled_and_tasks_still_complete() {
     let hub = hub();
     let exhausted = Exhausted::watches();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("agent.sh");
-    std::fs::write(
-        &script,
-        r#"touch "$RESULTS_DIR/$TASK_ID.started"; printf '{"status":"success"}' > "$RESULTS_DIR/$TASK_ID.json""#,
-    )
-    .unwrap();
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"wake_command": format!("sh {}", script.display())}),
-    );
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(&hub, 1);
+    let script = r#"touch "$RESULTS_DIR/$TASK_ID.started"; printf '{"status":"success"}' > "$RESULTS_DIR/$TASK_ID.json""#;
+    let sidecar = sidecar_with_script(&hub, script, json!({}));
     let fallback = sidecar.wait_event("results_watch_fallback");
     assert!(
         fallback["error"]

@@ -24,17 +24,8 @@ fn task_data_is_private_whatever_the_umask() {
     // this one test, so nothing else here depends on it.
     unsafe { libc::umask(0) };
     let hub = hub();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("agent.sh");
-    std::fs::write(&script, r#"echo hi; touch "$RESULTS_DIR/$TASK_ID.started""#).unwrap();
-    let config = with(
-        fast_config(&hub.ws_url()),
-        json!({"wake_command": format!("sh {}", script.display())}),
-    );
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(&hub, 1);
+    let script = r#"echo hi; touch "$RESULTS_DIR/$TASK_ID.started""#;
+    let sidecar = sidecar_with_script(&hub, script, json!({}));
     let task_id = submit(&hub, json!({"description": "secret plans"}));
     sidecar.wait_event("confirmation_received");
     sidecar.wait_event("wake_success");

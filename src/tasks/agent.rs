@@ -135,21 +135,33 @@ impl Machine {
                     after: self.cfg.confirmation_timeout,
                 });
             }
-            Some(error) => {
-                if let Some(t) = self.task_mut(&task_id) {
-                    t.agent = Agent::WakeFailed {
-                        wake_id,
-                        attempt,
-                        error,
-                    };
-                }
-                self.changed();
-                if held {
-                    self.after_failed_attempt(&task_id, wake_id, attempt);
-                } else {
-                    self.prune();
-                }
-            }
+            Some(error) => self.attempt_failed(&task_id, wake_id, attempt, error),
+        }
+    }
+
+    /// Attempt `wake_id` failed: recorded; a held task retries (or gives up), a released one
+    /// is forgotten once nothing is left to remember.
+    pub(super) fn attempt_failed(
+        &mut self,
+        task_id: &str,
+        wake_id: u64,
+        attempt: u32,
+        error: String,
+    ) {
+        let Some(t) = self.task_mut(task_id) else {
+            return;
+        };
+        t.agent = Agent::WakeFailed {
+            wake_id,
+            attempt,
+            error,
+        };
+        let held = t.role == Role::Held;
+        self.changed();
+        if held {
+            self.after_failed_attempt(task_id, wake_id, attempt);
+        } else {
+            self.prune();
         }
     }
 

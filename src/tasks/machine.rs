@@ -268,20 +268,10 @@ impl Machine {
             Event::WakerRestarted => self.on_waker_restarted(),
             Event::ShutdownBegun => {
                 self.shutting_down = true;
-                if let Some(a) = self.undecided.take() {
-                    self.note(
-                        LogLevel::Info,
-                        "task_rejected",
-                        vec![
-                            ("task_id", a.task_id.into()),
-                            ("reason", "shutting_down".into()),
-                            (
-                                "sent",
-                                "nothing: the hub takes it back when the session closes".into(),
-                            ),
-                        ],
-                    );
-                }
+                self.drop_undecided(
+                    "shutting_down",
+                    "nothing: the hub takes it back when the session closes",
+                );
             }
         }
         self.finish_step()
@@ -309,6 +299,21 @@ impl Machine {
             .retain(|op| !matches!(op, FileOp::Remove(p) if written.contains(p)));
         self.before.extend(before);
         self.after.extend(after);
+    }
+
+    /// A task waiting to be decided is let go without an answer (the hub takes it back).
+    pub(super) fn drop_undecided(&mut self, reason: &'static str, sent: &'static str) {
+        if let Some(a) = self.undecided.take() {
+            self.note(
+                LogLevel::Info,
+                "task_rejected",
+                vec![
+                    ("task_id", a.task_id.into()),
+                    ("reason", reason.into()),
+                    ("sent", sent.into()),
+                ],
+            );
+        }
     }
 
     /// Whether attempt `wake_id` waits for its write and has not been spawned by anyone.

@@ -7,7 +7,6 @@ use serde_json::Value;
 use super::effects::{Effect, Timer};
 use super::machine::Machine;
 use super::model::{ReportKind, Role, TaskRecord};
-use crate::config::LogLevel;
 use crate::protocol::{clip, Outgoing, TEXT_MAX};
 
 impl Machine {
@@ -107,20 +106,10 @@ impl Machine {
         for marks in self.marks.values_mut() {
             marks.state_report_pending = None;
         }
-        if let Some(a) = self.undecided.take() {
-            self.note(
-                LogLevel::Info,
-                "task_rejected",
-                vec![
-                    ("task_id", a.task_id.into()),
-                    ("reason", "busy".into()),
-                    (
-                        "sent",
-                        "nothing: the session ended and the hub takes it back".into(),
-                    ),
-                ],
-            );
-        }
+        self.drop_undecided(
+            "busy",
+            "nothing: the session ended and the hub takes it back",
+        );
     }
 
     pub(super) fn on_progress_timer(&mut self, session: u64) {

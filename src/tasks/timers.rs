@@ -109,7 +109,6 @@ impl Machine {
             return;
         };
         let ms = self.cfg.confirmation_timeout.as_millis() as u64;
-        let held = task.role == Role::Held;
         match task.agent.clone() {
             Agent::Woken { wake_id: w, .. } if w == wake_id => {
                 self.note(
@@ -152,19 +151,7 @@ impl Machine {
                         ("error", error.clone().into()),
                     ],
                 );
-                if let Some(t) = self.task_mut(task_id) {
-                    t.agent = Agent::WakeFailed {
-                        wake_id,
-                        attempt,
-                        error,
-                    };
-                }
-                self.changed();
-                if held {
-                    self.after_failed_attempt(task_id, wake_id, attempt);
-                } else {
-                    self.prune();
-                }
+                self.attempt_failed(task_id, wake_id, attempt, error);
             }
             _ => {}
         }

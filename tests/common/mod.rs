@@ -500,29 +500,14 @@ pub fn wait_status(hub: &DevHub, task_id: &str, status: &str) {
 /// A sidecar for [`AGENT`] in a fresh directory, with the recording agent as its wake
 /// command and test timings; waits until the hub has it identified.
 pub fn recording_sidecar(hub: &DevHub, extra: Value) -> Sidecar {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("agent.sh");
-    std::fs::write(&script, RECORDING_AGENT).unwrap();
-    let config = with(
-        with(
-            fast_config(&hub.ws_url()),
-            json!({
-                "wake_command": format!("sh {}", script.display()),
-                "wake_retry_delays_ms": [100, 100],
-                "wake_timeout_ms": 10000,
-                "confirmation_timeout_ms": 5000,
-                "progress_interval_ms": 500,
-                "agent_progress_min_ms": 100,
-            }),
-        ),
-        extra,
-    );
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let before = identified(hub).len();
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(hub, before + 1);
-    sidecar
+    let timings = json!({
+        "wake_retry_delays_ms": [100, 100],
+        "wake_timeout_ms": 10000,
+        "confirmation_timeout_ms": 5000,
+        "progress_interval_ms": 500,
+        "agent_progress_min_ms": 100,
+    });
+    sidecar_with_script(hub, RECORDING_AGENT, with(timings, extra))
 }
 
 /// Frames of one type the agent sent, parsed (only [`AGENT`]'s connections).
@@ -540,4 +525,26 @@ pub fn agent_frames(hub: &DevHub, frame_type: &str, task_id: &str) -> Vec<Value>
             _ => None,
         })
         .collect()
+}
+
+/// A sidecar for [`AGENT`] in a fresh directory whose wake command runs `script` (written to
+/// `agent.sh` there) with `sh`, with test timings and `extra`; waits until the hub has it
+/// identified.
+pub fn sidecar_with_script(hub: &DevHub, script: &str, extra: Value) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sh");
+    std::fs::write(&path, script).unwrap();
+    let config = with(
+        with(
+            fast_config(&hub.ws_url()),
+            json!({"wake_command": format!("sh {}", path.display())}),
+        ),
+        extra,
+    );
+    let config_path = dir.path().join("config.json");
+    write_config(&config_path, &config);
+    let before = identified(hub).len();
+    let sidecar = Sidecar::start_in(dir, &["--config", config_path.to_str().unwrap()]);
+    wait_identified(hub, before + 1);
+    sidecar
 }
