@@ -194,7 +194,8 @@ impl HubActor {
                 },
             ),
             (Incoming::TaskAssign(a), _) => match (&a.task_id, assign_event(a)) {
-                (_, Some(event)) if identified => self.task_event(session, event),
+                // Also while identifying again on the same connection: the hub still has it.
+                (_, Some(event)) if identified || session != 0 => self.task_event(session, event),
                 (None, _) => log_event!(
                     self.env.log,
                     Warn,
