@@ -55,7 +55,7 @@ touch "$RESULTS_DIR/$TASK_ID.started"
 (
   exec 3> "$RESULTS_DIR/$TASK_ID.json"
   printf '{"status":"success",' >&3
-  while [ ! -e "$(dirname "$RESULTS_DIR")/go" ]; do sleep 0.02; done
+  n=0; while [ ! -e "$(dirname "$RESULTS_DIR")/go" ] && [ $n -lt 1500 ]; do sleep 0.02; n=$((n+1)); done
   printf '"output":"late"}' >&3
   exec 3>&-
 ) >/dev/null 2>&1 &

@@ -25,7 +25,7 @@ fn an_agent_running_inside_its_wake_command_is_not_killed_at_wake_timeout_once_c
     // The wake command is the agent: it confirms, works past wake_timeout_ms, then reports.
     let script = r#"
 touch "$RESULTS_DIR/$TASK_ID.started"
-while [ ! -e "$(dirname "$RESULTS_DIR")/go" ]; do sleep 0.02; done
+n=0; while [ ! -e "$(dirname "$RESULTS_DIR")/go" ] && [ $n -lt 1500 ]; do sleep 0.02; n=$((n+1)); done
 printf '{"status":"success","output":"long"}' > "$RESULTS_DIR/.$TASK_ID.tmp"
 mv "$RESULTS_DIR/.$TASK_ID.tmp" "$RESULTS_DIR/$TASK_ID.json"
 "#;
