@@ -126,10 +126,7 @@ pub fn open_untrusted(path: &Path) -> io::Result<Option<File>> {
         #[cfg(unix)]
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
         // Windows opens no directory without backup semantics: say what it is instead.
-        Err(e) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => {
-            let _ = e;
-            return Ok(None);
-        }
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => return Ok(None),
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
