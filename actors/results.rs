@@ -388,17 +388,9 @@ impl ResultsActor {
 #[allow(clippy::type_complexity)]
 fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<u8>, usize>>)> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(
-        &mut options,
-        libc::O_NOFOLLOW | libc::O_NONBLOCK,
-    );
-    let mut file = options.open(path)?;
-    if !file.metadata()?.is_file() {
+    let Some(mut file) = crate::fsx::open_untrusted(path)? else {
         return Ok((offset, Vec::new()));
-    }
+    };
     let len = file.metadata()?.len();
     // Truncated or replaced: start again from the beginning.
     let start = if len < offset { 0 } else { offset };

@@ -5,11 +5,12 @@
 //! ([`ShutdownRequested`]); a second one exits at once (exit code 128 + signal number),
 //! unless it is the same signal within 100 ms (one delivery to both the process and its
 //! group, as `timeout` does);
-//! SIGHUP asks the logger to reopen its file ([`ReopenLog`]). On Windows, `ctrlc` (Ctrl-C,
-//! Ctrl-Break, console close) does the same through one process-wide handler that forwards to
-//! the current incarnation. `ctrlc` is not used on Unix because it folds SIGINT, SIGTERM and
-//! SIGHUP into one callback. The actor stops on [`Stop`]; it fails (and is restarted) if a
-//! signal stream cannot be installed.
+//! SIGHUP asks the logger to reopen its file ([`ReopenLog`]). On Windows, tokio's console
+//! control streams do the same for Ctrl-C, Ctrl-Break, the console window closing and the
+//! system shutting down (Windows allows a closing console about 5 s); a user logging off is
+//! received and ignored, so a sidecar run by a service wrapper does not stop then (without a
+//! handler for it, Windows' default one would end the process). The actor stops on [`Stop`];
+//! it fails (and is restarted) if a signal stream cannot be installed.
 
 use std::time::{Duration, Instant};
 
@@ -30,26 +31,42 @@ pub struct SignalReceived {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
+    /// SIGINT; Ctrl-C on Windows.
     Interrupt,
     Terminate,
     Hangup,
+    /// Windows: Ctrl-Break.
+    Break,
+    /// Windows: the console window is closing.
+    Close,
+    /// Windows: the system is shutting down.
+    Shutdown,
+    /// Windows: a user is logging off (ignored).
+    Logoff,
 }
 
 impl Signal {
     pub fn name(self) -> &'static str {
         match self {
+            Signal::Interrupt if cfg!(windows) => "CTRL_C",
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
             Signal::Hangup => "SIGHUP",
+            Signal::Break => "CTRL_BREAK",
+            Signal::Close => "CTRL_CLOSE",
+            Signal::Shutdown => "CTRL_SHUTDOWN",
+            Signal::Logoff => "CTRL_LOGOFF",
         }
     }
 
-    /// The exit code of a process killed by this signal (128 + its number).
+    /// The exit code of a process killed by this signal (128 + its number; on Windows the
+    /// C runtime's numbers: SIGBREAK is 21).
     fn forced_exit_code(self) -> i32 {
         match self {
             Signal::Interrupt => 130,
-            Signal::Terminate => 143,
-            Signal::Hangup => 129,
+            Signal::Terminate | Signal::Close | Signal::Shutdown => 143,
+            Signal::Hangup | Signal::Logoff => 129,
+            Signal::Break => 149,
         }
     }
 }
@@ -107,29 +124,28 @@ fn listen(ctx: &mut Context<ShutdownActor>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Windows: tokio's console control streams. For a closing console, a logoff and a shutdown,
+/// tokio's handler does not return (Windows ends the process when it does), so the orderly
+/// stop has until Windows' own limit.
 #[cfg(windows)]
 fn listen(ctx: &mut Context<ShutdownActor>) -> std::io::Result<()> {
-    use std::sync::{Mutex, OnceLock};
-    // ctrlc allows one handler per process; it forwards to whichever incarnation is current.
-    static CURRENT: OnceLock<Mutex<Option<Recipient<SignalReceived>>>> = OnceLock::new();
-    let current = CURRENT.get_or_init(|| Mutex::new(None));
-    if let Ok(mut slot) = current.lock() {
-        *slot = Some(ctx.address().recipient());
+    use tokio::signal::windows;
+    macro_rules! forward {
+        ($listener:expr, $signal:expr) => {{
+            let listener = $listener?;
+            ctx.add_stream(futures_util::stream::unfold(listener, |mut l| async move {
+                l.recv()
+                    .await
+                    .map(|()| (SignalReceived { signal: $signal }, l))
+            }));
+        }};
     }
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let installed = INSTALLED.get_or_init(|| {
-        ctrlc::set_handler(|| {
-            if let Some(Ok(slot)) = CURRENT.get().map(|m| m.lock()) {
-                if let Some(r) = slot.as_ref() {
-                    r.do_send(SignalReceived {
-                        signal: Signal::Interrupt,
-                    });
-                }
-            }
-        })
-        .map_err(|e| e.to_string())
-    });
-    installed.clone().map_err(std::io::Error::other)
+    forward!(windows::ctrl_c(), Signal::Interrupt);
+    forward!(windows::ctrl_break(), Signal::Break);
+    forward!(windows::ctrl_close(), Signal::Close);
+    forward!(windows::ctrl_shutdown(), Signal::Shutdown);
+    forward!(windows::ctrl_logoff(), Signal::Logoff);
+    Ok(())
 }
 
 crate::answers_probe!(ShutdownActor);
@@ -171,7 +187,16 @@ impl Handler<SignalReceived> for ShutdownActor {
                     action = "reopen_log"
                 );
             }
-            Signal::Interrupt | Signal::Terminate if self.is_duplicate(signal) => {
+            Signal::Logoff => {
+                log_event!(
+                    self.env.log,
+                    Debug,
+                    "signal_received",
+                    signal = signal.name(),
+                    action = "ignored"
+                );
+            }
+            _ if self.is_duplicate(signal) => {
                 // The same signal delivered twice at once (e.g. `timeout` signals the process
                 // and its group): one request, not an operator insisting.
                 log_event!(
@@ -182,7 +207,7 @@ impl Handler<SignalReceived> for ShutdownActor {
                     action = "ignored_duplicate"
                 );
             }
-            Signal::Interrupt | Signal::Terminate if self.requested.is_some() => {
+            _ if self.requested.is_some() => {
                 // The operator insists: no more waiting. Written directly: the logger may be
                 // the thing that is slow.
                 use std::io::Write;
@@ -194,7 +219,7 @@ impl Handler<SignalReceived> for ShutdownActor {
                 );
                 std::process::exit(signal.forced_exit_code());
             }
-            Signal::Interrupt | Signal::Terminate => {
+            _ => {
                 self.requested = Some((signal, Instant::now()));
                 if self
                     .env

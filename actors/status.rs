@@ -231,7 +231,8 @@ impl StatusActor {
     }
 }
 
-/// What the service manager is told.
+/// What the service manager is told (systemd only: elsewhere nothing listens).
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Notify<'a> {
     Ready,
     Status(&'a str),

@@ -4,18 +4,20 @@
 //! own, so an outcome can never be taken for another attempt's.
 //!
 //! The command is the task's `wake_commands[target_type]`, else `wake_command`: a string runs
-//! under `sh -c`; a list runs as program and arguments with no shell at all. Either way the
+//! under `sh -c` (on Windows under `cmd.exe`, within the rules of [`crate::wincmd`]); a list
+//! runs as program and arguments with no shell at all. Either way the
 //! task reaches it only in environment variables (`TASK_ID`, `TASK_JSON`,
 //! `TASK_DESCRIPTION`, `TASK_FILE`, `RESULTS_DIR`, `TASK_TARGET_TYPE`, `TASK_MODEL`,
 //! `WAKE_ATTEMPT`): task data never becomes shell text, so a description holding
 //! `$(rm -rf ~)` stays text, while a Node-era command such as `agent --message "${TASK_JSON}"`
-//! keeps working because the shell expands the variable itself. The command runs in a
-//! process group of its own (the agent it starts outlives the sidecar and does not get its
-//! signals); its output goes to a per-task file (mode 0600), whose first bytes are logged.
+//! keeps working because the shell expands the variable itself. The command runs apart from
+//! the sidecar ([`crate::proctree`]: a process group of its own; on Windows its own hidden
+//! console and a Job Object), so the agent it starts outlives the sidecar and does not get its
+//! signals; its output goes to a per-task file (mode 0600), whose first bytes are logged.
 //!
-//! An attempt still running after `wake_timeout` has its whole process group killed — unless
+//! An attempt still running after `wake_timeout` has its whole process tree killed — unless
 //! the agent confirmed ([`WakeConfirmed`]): an agent that runs inside its wake command is
-//! never killed for taking long. [`CancelWake`] kills a running attempt's group. On [`Stop`]
+//! never killed for taking long. [`CancelWake`] kills a running attempt's tree. On [`Stop`]
 //! nothing is killed. [`GetRunningWakes`] tells a restarted QueueActor which attempts still
 //! run here.
 
@@ -32,6 +34,7 @@ use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::config::WakeCommand;
 use crate::log_event;
+use crate::proctree::{self, Tree};
 use crate::tasks::WakeOutcome;
 
 /// Run one wake attempt.
@@ -49,7 +52,7 @@ pub struct WakeTask {
     pub model: Option<String>,
 }
 
-/// Kill attempt `wake_id`'s process group if its command still runs.
+/// Kill attempt `wake_id`'s process tree if its command still runs.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct CancelWake {
@@ -93,8 +96,8 @@ pub struct WakerActor {
 }
 
 struct Running {
-    /// Process group of the command.
-    group: Option<i32>,
+    /// What the command started, to kill.
+    tree: Rc<Tree>,
     confirmed: Rc<Cell<bool>>,
 }
 
@@ -156,11 +159,7 @@ impl WakerActor {
         }
         let spawned = output_stdio(&task.output_file).and_then(|(out, err)| {
             let mut cmd = match &command {
-                WakeCommand::Shell(text) => {
-                    let mut c = tokio::process::Command::new("sh");
-                    c.arg("-c").arg(text);
-                    c
-                }
+                WakeCommand::Shell(text) => proctree::shell(text),
                 WakeCommand::Argv(argv) => {
                     let mut c = tokio::process::Command::new(&argv[0]);
                     c.args(&argv[1..]);
@@ -191,19 +190,31 @@ impl WakerActor {
                 .stdout(out)
                 .stderr(err)
                 .kill_on_drop(false);
-            #[cfg(unix)]
-            cmd.process_group(0);
+            proctree::detach(&mut cmd);
             cmd.spawn()
         });
         let timeout = config.wake_timeout;
         let confirmed = Rc::new(Cell::new(false));
         let wait = match spawned {
             Ok(mut child) => {
-                let group = child.id().map(|id| id as i32);
+                let (tree, unkillable) = Tree::adopt(&child);
+                if let Some(error) = unkillable {
+                    log_event!(
+                        self.env.log,
+                        Warn,
+                        "wake_tree_unkillable",
+                        task_id = task.task_id,
+                        attempt = task.attempt,
+                        error = error,
+                        note =
+                            "a timeout or cancel can kill the wake command but not what it started"
+                    );
+                }
+                let tree = Rc::new(tree);
                 self.running.insert(
                     task.wake_id,
                     Running {
-                        group,
+                        tree: tree.clone(),
                         confirmed: confirmed.clone(),
                     },
                 );
@@ -217,7 +228,7 @@ impl WakerActor {
                             Err(e) => Ended::Failed(format!("waiting for the wake command: {e}")),
                         },
                         Err(_) => {
-                            kill_group(group);
+                            tree.kill();
                             let _ = child.wait().await;
                             Ended::TimedOut
                         }
@@ -227,7 +238,7 @@ impl WakerActor {
             Err(e) => {
                 let program = command.program().unwrap_or_default().to_string();
                 let what = match command {
-                    WakeCommand::Shell(_) => "sh".to_string(),
+                    WakeCommand::Shell(_) => proctree::SHELL_NAME.to_string(),
                     WakeCommand::Argv(_) => program,
                 };
                 futures_util::future::Either::Right(std::future::ready(Ended::Failed(format!(
@@ -249,8 +260,9 @@ impl WakerActor {
             Ended::Exited(status) if status.success() => WakeOutcome::Success,
             Ended::Exited(status) => WakeOutcome::Failed(describe_exit(status)),
             Ended::TimedOut => WakeOutcome::TimedOut(format!(
-                "still running after wake_timeout_ms ({} ms): process group killed",
-                self.env.config.wake_timeout.as_millis()
+                "still running after wake_timeout_ms ({} ms): {} killed",
+                self.env.config.wake_timeout.as_millis(),
+                proctree::TREE_NAME
             )),
             Ended::Failed(e) => WakeOutcome::Failed(e),
         };
@@ -328,21 +340,6 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// SIGKILL to the whole process group (the wake command and everything it started). Only
-/// ever called while the command (the group's leader) is not yet reaped, so the id cannot
-/// belong to anyone else.
-fn kill_group(group: Option<i32>) {
-    #[cfg(unix)]
-    if let Some(pgid) = group.filter(|g| *g > 0) {
-        // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = group;
-}
-
 impl Actor for WakerActor {
     type Context = Context<Self>;
 
@@ -395,7 +392,7 @@ impl Handler<CancelWake> for WakerActor {
         let Some(r) = self.running.get(&msg.wake_id) else {
             return;
         };
-        kill_group(r.group);
+        r.tree.kill();
         log_event!(
             self.env.log,
             Info,

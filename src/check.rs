@@ -1,8 +1,9 @@
 //! `agentcom-sidecar check-config`: everything the daemon would need, checked without
 //! starting it — the config itself (as [`Config::load`] validates it), the directories it
-//! writes to, and the wake command's program on `PATH`.
+//! writes to, and the wake command's program on `PATH` (looked up as Windows would on
+//! Windows).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Config, WakeCommand};
 
@@ -37,6 +38,12 @@ pub fn check(config: &Config) -> Vec<Problem> {
         .chain(config.wake_commands.values().map(|c| ("wake_commands", c)));
     for (key, command) in commands {
         let found = match command {
+            WakeCommand::Shell(text) if cfg!(windows) => {
+                windows_program_found(crate::wincmd::string_program(text), true, &windows_dirs())
+            }
+            WakeCommand::Argv(argv) if cfg!(windows) => {
+                windows_program_found(Some(&argv[0]), false, &windows_dirs())
+            }
             WakeCommand::Shell(text) => program_found(text),
             WakeCommand::Argv(argv) => argv_program_found(&argv[0]),
         };
@@ -96,6 +103,61 @@ fn argv_program_found(program: &str) -> Result<(), String> {
         })
 }
 
+/// cmd.exe's own commands: nothing to look up.
+const CMD_BUILTINS: &[&str] = &[
+    "start", "call", "echo", "set", "cd", "chdir", "if", "for", "type", "copy", "move", "del",
+    "mkdir", "md", "rem", "exit", "pushd", "popd", "ver", "title",
+];
+
+/// Where Windows looks for a bare program name: `PATH`, then the system directory.
+fn windows_dirs() -> Vec<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if let Some(root) = std::env::var_os("SystemRoot") {
+        dirs.push(Path::new(&root).join("System32"));
+    }
+    dirs
+}
+
+/// Whether the program of a wake command can be found on Windows. A string's first word is
+/// looked up as cmd.exe does (the extensions of `PATHEXT`'s usual list when it has none); a
+/// list's program as the wake step starts it (`.exe` added when it has no extension).
+fn windows_program_found(
+    program: Option<&str>,
+    string_form: bool,
+    dirs: &[PathBuf],
+) -> Result<(), String> {
+    let program = program.ok_or_else(|| "the wake command is empty".to_string())?;
+    if string_form
+        && (program.contains('%') || CMD_BUILTINS.contains(&program.to_ascii_lowercase().as_str()))
+    {
+        return Ok(());
+    }
+    let has_extension = Path::new(program).extension().is_some();
+    let extensions: &[&str] = match (has_extension, string_form) {
+        (true, _) => &[""],
+        (false, true) => &[".com", ".exe", ".bat", ".cmd"],
+        (false, false) => &[".exe"],
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    extensions
+        .iter()
+        .find_map(|ext| {
+            crate::wincmd::locate(&format!("{program}{ext}"), &cwd, dirs, |p| p.is_file())
+        })
+        .map(|_| ())
+        .ok_or_else(|| {
+            format!(
+                "the wake command's program \"{program}\" was not found{}",
+                if program.contains(['\\', '/', ':']) {
+                    ""
+                } else {
+                    " on PATH"
+                }
+            )
+        })
+}
+
 /// An option of a prefix word (`setsid -f`, `nice -n 10`): never the program itself.
 fn is_prefix_argument(word: &str) -> bool {
     word.starts_with('-') || word.bytes().all(|b| b.is_ascii_digit())
@@ -125,6 +187,26 @@ fn executable(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_lookups_add_the_extensions_windows_would() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent.exe"), b"").unwrap();
+        std::fs::write(dir.path().join("wake.cmd"), b"").unwrap();
+        let dirs = [dir.path().to_path_buf()];
+        let found = |p: &str, string: bool| windows_program_found(Some(p), string, &dirs);
+        assert!(found("agent", false).is_ok(), "the wake step adds .exe");
+        assert!(found("agent.exe", false).is_ok());
+        assert!(found("wake", true).is_ok(), "cmd.exe tries .bat and .cmd");
+        let e = found("wake", false).unwrap_err();
+        assert!(e.contains("\"wake\" was not found on PATH"), "{e}");
+        assert!(found("wake.cmd", false).is_ok());
+        assert!(found("START", true).is_ok(), "a cmd.exe builtin");
+        assert!(found("%AGENT_HOME%\\agent.exe", true).is_ok());
+        let full = dir.path().join("agent.exe");
+        assert!(found(full.to_str().unwrap(), false).is_ok());
+        assert!(windows_program_found(None, true, &dirs).is_err());
+    }
 
     #[test]
     fn the_program_is_the_first_word_after_assignments_and_prefixes() {

@@ -107,7 +107,9 @@ impl fmt::Display for HubUrl {
 /// How a wake command is run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WakeCommand {
-    /// A string run by `sh -c` (Unix): the shell expands `$TASK_ID` and friends itself.
+    /// A string run by `sh -c` (Unix): the shell expands `$TASK_ID` and friends itself. On
+    /// Windows it runs under `cmd.exe /d /e:on /v:off /s /c`, within the rules of
+    /// [`crate::wincmd`].
     Shell(String),
     /// A program and its arguments, run directly: no shell at all; the task reaches the
     /// agent only through environment variables.
@@ -610,17 +612,21 @@ impl Raw<'_> {
         Ok((!d.is_zero()).then_some(d))
     }
 
-    /// A wake command: a string (run by `sh -c`) or a list of strings (program and
-    /// arguments, no shell); empty means none.
+    /// A wake command: a string (run by `sh -c`, or cmd.exe on Windows) or a list of strings
+    /// (program and arguments, no shell); empty means none. On Windows, a command that would
+    /// let cmd.exe parse task data is refused.
     fn wake_command(
         &self,
         key: &'static str,
         v: &Value,
     ) -> Result<Option<WakeCommand>, ConfigError> {
-        let expected = "a command string (run by sh -c) or a list of strings [program, arg, …] (run without a shell)";
-        match v {
-            Value::String(s) if s.trim().is_empty() => Ok(None),
-            Value::String(s) => Ok(Some(WakeCommand::Shell(s.clone()))),
+        let expected = "a command string (run by sh -c; cmd.exe on Windows) or a list of strings [program, arg, …] (run without a shell)";
+        let command = match v {
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) if s.contains('\0') => {
+                return Err(self.invalid(key, expected, "a string holding a NUL character"))
+            }
+            Value::String(s) => Some(WakeCommand::Shell(s.clone())),
             Value::Array(items) => {
                 let argv = items
                     .iter()
@@ -630,17 +636,33 @@ impl Raw<'_> {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 match argv.first() {
-                    None => Ok(None),
-                    Some(p) if p.trim().is_empty() => Err(self.invalid(
-                        key,
-                        "a list whose first item names the program",
-                        "an empty program",
-                    )),
-                    Some(_) => Ok(Some(WakeCommand::Argv(argv))),
+                    None => None,
+                    Some(p) if p.trim().is_empty() => {
+                        return Err(self.invalid(
+                            key,
+                            "a list whose first item names the program",
+                            "an empty program",
+                        ))
+                    }
+                    Some(_) => Some(WakeCommand::Argv(argv)),
                 }
             }
-            other => Err(self.wrong_type(key, expected, other)),
+            other => return Err(self.wrong_type(key, expected, other)),
+        };
+        if cfg!(windows) {
+            if let Some(why) = command.as_ref().and_then(|c| self.refused_on_windows(c)) {
+                return Err(self.invalid(key, crate::wincmd::EXPECTED, &why));
+            }
         }
+        Ok(command)
+    }
+
+    /// Why cmd.exe would parse task data as commands in `command`, if it would (the rules
+    /// are in [`crate::wincmd`]).
+    fn refused_on_windows(&self, command: &WakeCommand) -> Option<String> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        crate::wincmd::refuse(command, self.base, &dirs)
     }
 
     /// `wake_commands`: an object of target type → wake command.

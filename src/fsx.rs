@@ -3,7 +3,9 @@
 //! it. Blocking: call from the blocking pool, never from the event loop.
 //!
 //! Task data is private: files written here are mode 0600 and directories created here 0700,
-//! whatever the umask (the mode is set explicitly after creation).
+//! whatever the umask (the mode is set explicitly after creation). On Windows there are no
+//! modes: files and directories take the access rules (ACL) of the directory they are created
+//! in, so the operator keeps the sidecar's directories private (docs/usage/windows.md).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -15,6 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut options = atomic_write_file::OpenOptions::new();
     #[cfg(unix)]
     {
@@ -96,11 +99,15 @@ pub enum Untrusted {
     TooLarge(u64),
 }
 
-/// Reads a file an agent wrote, without trusting it: the last path component is not followed
-/// if it is a symlink, opening never blocks (a FIFO behind the name cannot hang the reader),
-/// the open file must be a regular file, and at most `max + 1` bytes are read (a file that
-/// grows without end, or `/dev/zero` behind the name, cannot exhaust memory).
-pub fn read_untrusted(path: &Path, max: u64) -> io::Result<Untrusted> {
+/// Opens a file an agent wrote, without trusting it; `None` when it is not a regular file (a
+/// link, a FIFO, a device, a directory), which is then not read. The last path component is
+/// never followed: O_NOFOLLOW on Unix; on Windows the name itself is opened
+/// (`FILE_FLAG_OPEN_REPARSE_POINT`) and any reparse point — symbolic link, junction, mount
+/// point — is refused. Opening never blocks: O_NONBLOCK on Unix, so a FIFO behind the name
+/// cannot hang the reader; Windows keeps no FIFOs in directories, and the device names it
+/// reserves (`CON`, `NUL`, …) never reach here (task ids are checked). On Windows the file is
+/// opened sharing read, write and delete, so the agent can still rename over it.
+pub fn open_untrusted(path: &Path) -> io::Result<Option<File>> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -108,17 +115,40 @@ pub fn read_untrusted(path: &Path, max: u64) -> io::Result<Untrusted> {
         &mut options,
         libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
     );
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT,
+    );
     let file = match options.open(path) {
         Ok(f) => f,
         // O_NOFOLLOW on a symlink.
         #[cfg(unix)]
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Untrusted::NotRegular),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        // Windows opens no directory without backup semantics: say what it is instead.
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => return Ok(None),
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Ok(Untrusted::NotRegular);
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::MetadataExt;
+        use windows_sys::Win32::Storage::FileSystem::FILE_ATTRIBUTE_REPARSE_POINT;
+        if meta.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+            return Ok(None);
+        }
     }
+    Ok(meta.is_file().then_some(file))
+}
+
+/// Reads a file an agent wrote, without trusting it: opened as [`open_untrusted`] does, and at
+/// most `max + 1` bytes are read (a file that grows without end, or `/dev/zero` behind the
+/// name, cannot exhaust memory).
+pub fn read_untrusted(path: &Path, max: u64) -> io::Result<Untrusted> {
+    let Some(file) = open_untrusted(path)? else {
+        return Ok(Untrusted::NotRegular);
+    };
+    let meta = file.metadata()?;
     if meta.len() > max {
         return Ok(Untrusted::TooLarge(meta.len()));
     }

@@ -5,6 +5,7 @@
 //! - [`config`] — the config file: located, read, validated into typed values.
 //! - [`token_file`] — where a `token_file` is and what it must hold (systemd credentials included).
 //! - [`register`] — `register`: a new agent from the hub, and a complete config written for it.
+//! - [`wincmd`] — the Windows rules for wake commands (what cmd.exe may and may not be given).
 //! - [`check`] — `check-config`: what a valid config cannot promise (writable paths, the wake program).
 //! - [`runtime`] — builds the actor system from a config and runs it to its exit code.
 //! - [`actors`] — the actors (one file each, in `actors/`) and the Supervisor's child list.
@@ -17,6 +18,7 @@
 //! - [`hubconn`] — the hub connection's plumbing: client build, writes, fragment reassembly.
 //! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
 //! - [`result_file`] — the agent's result file parsed: the object, or why it is not one.
+//! - [`proctree`] — a wake command's process tree: started apart from the sidecar, killed whole.
 //!
 //! The kit every actor uses: [`bus`], [`log`], [`backoff`], [`tls`] and [`fsx`] (the one
 //! atomic write, private files, untrusted reads).
@@ -41,6 +43,7 @@ pub mod hubconn;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
+pub mod proctree;
 pub mod protocol;
 pub mod register;
 pub mod resources;
@@ -50,3 +53,4 @@ pub mod status;
 pub mod tasks;
 pub mod tls;
 pub mod token_file;
+pub mod wincmd;

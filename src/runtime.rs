@@ -51,12 +51,11 @@ pub fn run_with(config: Config, make_children: impl FnOnce() -> Vec<ChildSpec>) 
     }
 }
 
-/// One sidecar per queue: an exclusive lock on `<queue_file>.lock`, which also holds the
-/// owner's pid for the message a second sidecar prints.
-#[cfg(unix)]
+/// One sidecar per queue: an exclusive lock on `<queue_file>.lock` (`flock` on Unix,
+/// `LockFileEx` on Windows, through std), which also holds the owner's pid for the message a
+/// second sidecar prints (Windows' lock keeps others from reading it: the pid is then unknown).
 fn lock_queue(queue_file: &Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
-    use std::os::unix::io::AsRawFd;
     let mut name = queue_file.as_os_str().to_os_string();
     name.push(".lock");
     let path = std::path::PathBuf::from(name);
@@ -71,13 +70,18 @@ fn lock_queue(queue_file: &Path) -> Result<std::fs::File, String> {
         .truncate(false)
         .open(&path)
         .map_err(|e| format!("cannot open {shown}: {e}"))?;
-    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if let Err(e) = file.try_lock() {
+        if let std::fs::TryLockError::Error(e) = e {
+            return Err(format!("cannot lock {shown}: {e}"));
+        }
         let mut owner = String::new();
         let _ = file.read_to_string(&mut owner);
+        let owner = match owner.trim() {
+            "" => String::new(),
+            pid => format!(" (pid {pid})"),
+        };
         return Err(format!(
-            "another sidecar (pid {}) is already using queue_file {}: each sidecar needs its own queue_file",
-            owner.trim(),
+            "another sidecar{owner} is already using queue_file {}: each sidecar needs its own queue_file",
             queue_file.display()
         ));
     }
@@ -87,9 +91,4 @@ fn lock_queue(queue_file: &Path) -> Result<std::fs::File, String> {
         .and_then(|()| write!(file, "{}", std::process::id()));
     written.map_err(|e| format!("cannot write {shown}: {e}"))?;
     Ok(file)
-}
-
-#[cfg(not(unix))]
-fn lock_queue(_: &Path) -> Result<(), String> {
-    Ok(())
 }

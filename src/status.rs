@@ -341,6 +341,7 @@ impl Status {
 
 /// Whether `pid` is alive and is this program (a recycled pid is not). Without `/proc`, only
 /// "alive" can be checked.
+#[cfg(not(windows))]
 fn process_is_ours(pid: u32) -> bool {
     if !Path::new("/proc/self").exists() {
         #[cfg(unix)]
@@ -358,6 +359,46 @@ fn process_is_ours(pid: u32) -> bool {
         .next()
         .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     !zombie && String::from_utf8_lossy(&cmdline).contains(env!("CARGO_PKG_NAME"))
+}
+
+/// Whether `pid` is alive and is this program: on Windows, still running (`STILL_ACTIVE`)
+/// with an image of this program's file name (a recycled pid is not).
+#[cfg(windows)]
+fn process_is_ours(pid: u32) -> bool {
+    use std::os::windows::ffi::OsStringExt;
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, QueryFullProcessImageNameW, PROCESS_NAME_WIN32,
+        PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    let mut name = [0u16; 1024];
+    let mut len = name.len() as u32;
+    let mut code = 0u32;
+    // SAFETY: the handle is checked for null, used only with buffers that live on this stack
+    // frame (with their true lengths), and closed before returning.
+    let (alive, named) = unsafe {
+        let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if process.is_null() {
+            return false;
+        }
+        let alive = GetExitCodeProcess(process, &mut code) != 0 && code == STILL_ACTIVE as u32;
+        let named =
+            QueryFullProcessImageNameW(process, PROCESS_NAME_WIN32, name.as_mut_ptr(), &mut len)
+                != 0;
+        CloseHandle(process);
+        (alive, named)
+    };
+    let image = std::path::PathBuf::from(std::ffi::OsString::from_wide(
+        &name[..(len as usize).min(name.len())],
+    ));
+    let ours = std::env::current_exe().ok();
+    alive
+        && named
+        && image.file_name().is_some_and(|n| {
+            ours.as_ref()
+                .and_then(|p| p.file_name())
+                .is_some_and(|o| o.eq_ignore_ascii_case(n))
+        })
 }
 
 /// Reads a state file.

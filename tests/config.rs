@@ -1,5 +1,6 @@
 //! Every config error of R1: exit code 1 and one clear message on stderr naming the file,
 //! the key and the fix; warnings for unknown keys and a config others can read.
+#![cfg(unix)]
 
 mod common;
 

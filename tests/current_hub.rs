@@ -1,6 +1,7 @@
 //! The sidecar against the hub as it is deployed today (the dev hub models it): the faults a
 //! fleet sees every day, each ending with the task done once — counted by a recording agent
 //! that logs every start — and no violation at the hub.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The dev hub against a real WebSocket client (awc): the session protocol, the test controls
 //! (send, close, kill, stop) and TLS.
+#![cfg(unix)]
 
 mod devhub_support;
 

@@ -1,5 +1,6 @@
 //! The dev hub's HTTP side against a real client (awc): push-task, `/api/events`,
 //! `/health` and `/api/agents`, registration, and the `dev-hub` subcommand's flags.
+#![cfg(unix)]
 
 mod devhub_support;
 

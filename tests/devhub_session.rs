@@ -1,6 +1,7 @@
 //! The dev hub's session rules against real WebSocket clients: validation and the violation
 //! lockout with its cooldowns, rate limits, the half-open session defect and its recovery,
 //! the idle timeout, presence broadcasts and the reaper.
+#![cfg(unix)]
 
 mod devhub_support;
 

@@ -3,6 +3,7 @@
 //! identify re-creates), silence past the stuck threshold (doubled while working; progress,
 //! state reports keep a task), `complete_by`; the re-push that overtakes the answer to
 //! `task_recovering`; a hub restart; the TTL of queued tasks.
+#![cfg(unix)]
 
 mod devhub_support;
 

@@ -1,6 +1,7 @@
 //! The dev hub's task queue against real WebSocket clients: submit and assignment (every
 //! field of `task_assign`, generations), the answers to each report and each refusal, retries
 //! to the dead letters, recovery and state reports, cancel, restart, the HTTP task API.
+#![cfg(unix)]
 
 mod devhub_support;
 

@@ -2,6 +2,7 @@
 //! passes `systemd-analyze verify` and keeps the single unit's settings; the pm2 example
 //! starts one sidecar per agent; the `x86_64-unknown-linux-musl` build is static and starts.
 //! Each test that needs a tool the machine lacks says so and passes without it.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Hostile and odd frames from the hub: each is logged precisely, the sidecar stays up, and
 //! the session survives unless the frame is over `max_frame_bytes`.
+#![cfg(unix)]
 
 mod common;
 

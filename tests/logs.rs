@@ -1,6 +1,7 @@
 //! The JSON-lines log: every line well formed and free of the token, a human line per event
 //! on stdout, no line lost in a burst, and an unwritable log file that falls back to stderr
 //! without stopping the sidecar.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Losing the hub and coming back: backoff with jitter and its reset rule, refused
 //! identify, the hub's cooldown, connect timeouts, and a dead session found by heartbeat.
+#![cfg(unix)]
 
 mod common;
 

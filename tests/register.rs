@@ -2,6 +2,7 @@
 //! (mode 600) with which the sidecar identifies and reports; an id taken (409), a hub that
 //! is down, an untrusted TLS certificate and an existing config are each one clear message,
 //! exit code 1 and nothing written.
+#![cfg(unix)]
 
 mod common;
 

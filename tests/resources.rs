@@ -1,6 +1,7 @@
 //! The ResourceActor in the real binary against the dev hub: `resource_report` frames at
 //! the configured interval, with sane numbers, that the hub's validation accepts; none with
 //! the interval set to 0.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Running as a service: systemd's notify protocol on a real datagram socket,
 //! `check-config`, log rotation under a flood, `status` through the process's life, and the
 //! metrics endpoint over real HTTP.
+#![cfg(unix)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The hub session against the real dev hub: identify, heartbeat, WebSocket control frames,
 //! and coming back after a hub restart.
+#![cfg(unix)]
 
 mod common;
 

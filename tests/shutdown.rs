@@ -1,5 +1,6 @@
 //! Signals: orderly stop with close code 1000 and exit 0, a second signal that exits at
 //! once, a hub that never answers the close, and SIGHUP reopening the log.
+#![cfg(unix)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //!
 //! The real actor system runs in this process (`runtime::run_with`) with the standard
 //! children plus the faulty one, so the fault is one only a test build can trigger.
+#![cfg(unix)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,5 +1,6 @@
 //! Tasks end to end against the dev hub, with real wake commands (`sh -c`), real result
 //! files and real process kills: accept, persist, wake, watch, report — and lose nothing.
+#![cfg(unix)]
 
 mod common;
 
@@ -537,6 +538,7 @@ fn sigkill_while_the_wake_command_runs_then_reassign_releases_the_task_after_its
     assert_eq!(recovering["last_status"], "waking");
     // The hub never had this task (a raw push): it answers task_reassign.
     sidecar.wait_event("recovery_reassigned");
+    // Removed one after the other: wait for the last of them.
     eventually("its files removed once its window passed", || {
         !sidecar.dir.path().join("tasks/t-gone.json").exists()
             && !sidecar.dir.path().join("tasks/t-gone.wake.log").exists()

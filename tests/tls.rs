@@ -1,5 +1,6 @@
 //! `wss://` against the dev hub serving TLS with a certificate from a private test CA:
 //! trusted through `ca_file`, refused (and retried, not crashed) without it.
+#![cfg(unix)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! credential in `$CREDENTIALS_DIRECTORY`), in the real binary against the dev hub; exactly
 //! one of `token` and `token_file`; a clear message for every unusable file; the token never
 //! shown.
+#![cfg(unix)]
 
 mod common;
 

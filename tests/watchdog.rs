@@ -2,6 +2,7 @@
 //! blocks the event loop for a while, and no `WATCHDOG=1` may arrive during it (a timer on
 //! a side thread would keep pinging). In-process, in its own test binary, because it sets
 //! `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` for the whole process.
+#![cfg(unix)]
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};

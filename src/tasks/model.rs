@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 /// The queue file's format version written by this release.
 pub const VERSION: u32 = 2;
 
-/// Task ids become file names: `^[A-Za-z0-9._-]{1,128}$`, and not `.` or `..`.
+/// Task ids become file names: `^[A-Za-z0-9._-]{1,128}$`, and not `.` or `..`; on Windows
+/// also not a name Windows reserves for a device ([`is_windows_device_name`]).
 pub fn valid_task_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id != "."
@@ -19,6 +20,21 @@ pub fn valid_task_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !(cfg!(windows) && is_windows_device_name(id))
+}
+
+/// Whether Windows would take a file named `<id>.<anything>` for a device: `CON`, `PRN`,
+/// `AUX`, `NUL`, `COM0`–`COM9` or `LPT0`–`LPT9` before the first dot, in any letter case
+/// (`nul.json` is the null device, and `con.json` the console, which would block a read).
+pub fn is_windows_device_name(id: &str) -> bool {
+    let stem = id.split('.').next().unwrap_or(id).to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        s if s.len() == 4 && (s.starts_with("COM") || s.starts_with("LPT")) => {
+            s.as_bytes()[3].is_ascii_digit()
+        }
+        _ => false,
+    }
 }
 
 /// Who the task belongs to now, as far as the sidecar knows.
@@ -433,6 +449,28 @@ mod tests {
         for good in ["task-abc", "T.1_2-3", "..x", &"a".repeat(128)] {
             assert!(valid_task_id(good), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn windows_device_names_are_recognised_before_the_first_dot_in_any_case() {
+        for device in [
+            "CON",
+            "nul",
+            "Aux.x",
+            "prn.tar.gz",
+            "COM1",
+            "lpt9.json",
+            "com0",
+        ] {
+            assert!(is_windows_device_name(device), "{device}");
+        }
+        for name in [
+            "CONS", "nul-1", "COM", "COM10", "LPTX", "xcon", "a.CON", "task-1",
+        ] {
+            assert!(!is_windows_device_name(name), "{name}");
+        }
+        // Refused as task ids on Windows only.
+        assert_eq!(valid_task_id("NUL"), !cfg!(windows));
     }
 
     #[test]
