@@ -312,9 +312,11 @@ fn task_ids_that_are_not_safe_file_names_are_refused_and_nothing_runs() {
 fn a_result_written_in_pieces_is_read_once_complete_and_a_rename_at_once() {
     let hub = hub();
     let sidecar = start(&hub, CONFIRM_ONLY, json!({"result_settle_ms": 2000}));
-    assign(&hub, json!({"task_id": "t-pieces"}));
+    // Tasks from the hub's queue: their reports are acknowledged (a raw push's would be
+    // refused, and the re-identify that follows makes the hub abort the next raw push).
+    let pieces = submit(&hub, json!({"description": "written in pieces"}));
     sidecar.wait_event("confirmation_received");
-    let result = sidecar.results_dir().join("t-pieces.json");
+    let result = sidecar.results_dir().join(format!("{pieces}.json"));
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&result).unwrap();
@@ -324,22 +326,33 @@ fn a_result_written_in_pieces_is_read_once_complete_and_a_rename_at_once() {
         std::thread::sleep(Duration::from_millis(150));
         f.write_all(br#"ess","output":{"lines":[1,2,3]}}"#).unwrap();
     }
-    let complete = wait_task_frame(&hub, "task_complete", "t-pieces", 1);
+    let complete = wait_task_frame(&hub, "task_complete", &pieces, 1);
     assert_eq!(complete["result"]["output"], json!({"lines": [1, 2, 3]}));
+    wait_status(&hub, &pieces, "completed");
 
-    assign(&hub, json!({"task_id": "t-rename"}));
-    wait_task_frame(&hub, "task_accepted", "t-rename", 1);
+    let rename = submit(&hub, json!({"description": "renamed into place"}));
+    wait_task_frame(&hub, "task_accepted", &rename, 1);
     let tmp = sidecar.results_dir().join("writing.tmp");
     std::fs::write(
         &tmp,
         r#"{"status":"failure","reason":"tests_failed","error":"3 tests failed"}"#,
     )
     .unwrap();
-    std::fs::rename(&tmp, sidecar.results_dir().join("t-rename.json")).unwrap();
-    let failed = wait_task_frame(&hub, "task_failed", "t-rename", 1);
+    std::fs::rename(&tmp, sidecar.results_dir().join(format!("{rename}.json"))).unwrap();
+    let failed = wait_task_frame(&hub, "task_failed", &rename, 1);
     assert_eq!(
         (failed["reason"].as_str(), failed["error"].as_str()),
         (Some("tests_failed"), Some("3 tests failed"))
+    );
+    assert_eq!(task_frames(&hub, "task_complete", &pieces).len(), 1);
+    assert!(
+        task_frames(&hub, "task_failed", &pieces).is_empty(),
+        "the half-written file was never taken for an invalid result"
+    );
+    assert_eq!(
+        sidecar.events("wake_attempt").len(),
+        2,
+        "one start per task"
     );
 }
 

@@ -284,6 +284,10 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the sidecar did: the assertion alone rarely says why.
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
     }
 }
 
