@@ -28,9 +28,8 @@ use super::queue::{AnnounceTasks, TaskEnded, TasksChanged};
 use super::supervisor::{ActorRestarted, CheckAlive, ChildrenStarted, ShutdownBegun};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
-use crate::log::{LINES_LOST, LINES_TO_STDERR};
 use crate::log_event;
-use crate::status::{ActiveTask, Restarts, Status};
+use crate::status::{ActiveTask, LogCounters, Restarts, Status};
 
 /// At most one state-file write per this interval.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -93,8 +92,7 @@ impl StatusActor {
     fn update(&mut self, ctx: &mut Context<Self>, change: impl FnOnce(&mut Status)) {
         if let Ok(mut status) = self.status.write() {
             change(&mut status);
-            status.log.lines_to_stderr = LINES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed);
-            status.log.lines_lost = LINES_LOST.load(std::sync::atomic::Ordering::Relaxed);
+            status.log = LogCounters::current();
         }
         self.notify_status();
         self.schedule_write(ctx);
@@ -311,6 +309,7 @@ impl Handler<Stop> for StatusActor {
         // The last word, written synchronously: the process is about to end.
         let mut status = self.snapshot();
         status.session.state = "stopping".into();
+        status.log = LogCounters::current();
         status.updated_at = now();
         status.stopped_at = Some(now());
         if let Ok(bytes) = serde_json::to_vec_pretty(&status) {

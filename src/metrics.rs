@@ -57,7 +57,15 @@ async fn readyz(status: Shared) -> HttpResponse {
 }
 
 async fn metrics(status: Shared) -> HttpResponse {
-    let text = status.read().map(|s| s.prometheus()).unwrap_or_default();
+    // The log counters move without a status change: read them as they are now.
+    let text = status
+        .read()
+        .map(|s| {
+            let mut s = s.clone();
+            s.log = crate::status::LogCounters::current();
+            s.prometheus()
+        })
+        .unwrap_or_default();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

@@ -85,9 +85,24 @@ pub struct RefusedReport {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LogCounters {
     pub lines_to_stderr: u64,
     pub lines_lost: u64,
+    /// Human lines stdout did not take (a stdout nobody reads); the log file has them all.
+    pub stdout_lines_dropped: u64,
+}
+
+impl LogCounters {
+    /// The process's log counters as they are now.
+    pub fn current() -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        LogCounters {
+            lines_to_stderr: crate::log::LINES_TO_STDERR.load(Relaxed),
+            lines_lost: crate::log::LINES_LOST.load(Relaxed),
+            stdout_lines_dropped: crate::log::STDOUT_LINES_DROPPED.load(Relaxed),
+        }
+    }
 }
 
 impl Status {
@@ -192,8 +207,8 @@ impl Status {
         let _ = writeln!(out, "  finished:   {ended}");
         let _ = writeln!(
             out,
-            "  log:        {} lines to stderr, {} lost",
-            self.log.lines_to_stderr, self.log.lines_lost
+            "  log:        {} lines to stderr, {} lost, {} not printed on stdout",
+            self.log.lines_to_stderr, self.log.lines_lost, self.log.stdout_lines_dropped
         );
         let _ = writeln!(
             out,
@@ -311,6 +326,12 @@ impl Status {
             "counter",
             "Log lines written nowhere (log file and stderr both failed).",
             &[(String::new(), self.log.lines_lost as f64)],
+        );
+        metric(
+            "stdout_lines_dropped_total",
+            "counter",
+            "Human lines not printed because stdout did not take them (the log file has them).",
+            &[(String::new(), self.log.stdout_lines_dropped as f64)],
         );
         out
     }

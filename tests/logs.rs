@@ -323,6 +323,14 @@ fn a_stdout_nobody_reads_loses_no_log_file_line_and_shutdown_keeps_its_deadline(
     let dropped = last["stdout_lines_dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "{last}");
     assert!(last.get("log_lines_lost").is_none(), "{last}");
+    // The state file's last word counts them too (what `status` and `/metrics` show).
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("status.json")).unwrap()).unwrap();
+    assert!(status["stopped_at"].is_string(), "{status}");
+    assert!(
+        status["log"]["stdout_lines_dropped"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
 }
 
 #[test]

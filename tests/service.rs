@@ -358,6 +358,7 @@ fn metrics_health_and_readiness_over_real_http() {
         "agentcom_sidecar_outbox_length 0",
         "agentcom_sidecar_tasks_total{outcome=\"complete\"} 0",
         "agentcom_sidecar_log_lines_dropped_total 0",
+        "agentcom_sidecar_stdout_lines_dropped_total 0",
     ] {
         assert!(text.contains(metric), "no {metric:?} in\n{text}");
     }
