@@ -160,7 +160,7 @@ impl Handler<ActorRestarted> for HeartbeatActor {
     fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
         // The hub actor died with its session: nothing to ping until the next one (its pings
         // would be held for the new hub actor, and time out on a session that is gone).
-        if msg.actor == "hub" {
+        if msg.actor == super::hub::CHILD_NAME {
             self.forget();
             if let Some(ticker) = self.ticker.take() {
                 ctx.cancel_future(ticker);

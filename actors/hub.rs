@@ -63,6 +63,9 @@ pub struct Reidentify {
     pub reason: &'static str,
 }
 
+/// The HubActor's name among the Supervisor's children (and in `actor_restarted`).
+pub const CHILD_NAME: &str = "hub";
+
 /// Identifies again no more often than this (the hub allows 10 identifies a minute).
 pub const REIDENTIFY_MIN_GAP: Duration = Duration::from_secs(10);
 

@@ -33,7 +33,7 @@ pub fn children() -> Vec<ChildSpec> {
         ChildSpec::new("shutdown", shutdown::ShutdownActor::new),
         ChildSpec::new("status", status::StatusActor::new),
         ChildSpec::new("heartbeat", heartbeat::HeartbeatActor::new),
-        ChildSpec::new("hub", hub::HubActor::new),
+        ChildSpec::new(hub::CHILD_NAME, hub::HubActor::new),
         ChildSpec::new("results", results::ResultsActor::new),
         ChildSpec::new("waker", waker::WakerActor::new),
         ChildSpec::new("queue", queue::QueueActor::new),
