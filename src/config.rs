@@ -324,17 +324,7 @@ pub fn locate(cli: Option<&Path>) -> PathBuf {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ConfigError::NotFound {
-                path: shown.clone(),
-            },
-            _ => ConfigError::Unreadable {
-                path: shown.clone(),
-                reason: e.to_string(),
-            },
-        })?;
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let (text, abs) = read_file(path)?;
         let mut config = Config::from_json(&text, &abs)?;
         if let Some(w) = permission_warning(path) {
             config.warnings.push(w);
@@ -342,29 +332,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Only the `status_file` of the config file at `path`: what `status` needs, read
+    /// without the token (a `token_file` may be readable by the service's user alone).
+    pub fn status_file_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let (text, abs) = read_file(path)?;
+        with_raw(&text, &abs, |raw| {
+            raw.path_or("status_file", "./status.json")
+        })
+    }
+
     /// Validates config text as if it came from the file `path` (relative paths in it are
     /// resolved against that file's directory).
     pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::InvalidJson {
-            path: shown.clone(),
-            reason: json_reason(&e),
-            line: e.line(),
-            column: e.column(),
-        })?;
-        let Value::Object(map) = value else {
-            return Err(ConfigError::NotAnObject {
-                path: shown,
-                found: kind_of(&value),
-            });
-        };
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Raw {
-            map: &map,
-            path: &shown,
-            base: &base,
-        }
-        .validate(path)
+        with_raw(text, path, |raw| raw.validate(path))
     }
 
     /// Where the sidecar keeps a task's own files: beside the queue file, in `tasks/`.
@@ -433,6 +413,49 @@ impl Config {
             "resource_report_interval_ms": ms(self.resource_report_interval.unwrap_or_default()),
         })
     }
+}
+
+/// The text of the config file at `path`, and the file's absolute path.
+fn read_file(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ConfigError::NotFound {
+            path: shown.clone(),
+        },
+        _ => ConfigError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok((text, abs))
+}
+
+/// Parses config text that came from the file `path` into its key map and reads it with `f`.
+fn with_raw<T>(
+    text: &str,
+    path: &Path,
+    f: impl FnOnce(&Raw) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let shown = path.display().to_string();
+    let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::InvalidJson {
+        path: shown.clone(),
+        reason: json_reason(&e),
+        line: e.line(),
+        column: e.column(),
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ConfigError::NotAnObject {
+            path: shown,
+            found: kind_of(&value),
+        });
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    f(&Raw {
+        map: &map,
+        path: &shown,
+        base: &base,
+    })
 }
 
 /// The raw key → value map of one file, read key by key with precise errors.

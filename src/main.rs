@@ -260,11 +260,17 @@ fn check_config(config: Option<PathBuf>) -> i32 {
 }
 
 fn status(config: Option<PathBuf>, json: bool) -> i32 {
-    let config = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // Only the state file's name: the token (perhaps in a file only the service's user can
+    // read) is not needed to say how the sidecar is doing.
+    let path = config::locate(config.as_deref());
+    let status_file = match Config::status_file_of(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: error: {e}", env!("CARGO_PKG_NAME"));
+            return 1;
+        }
     };
-    let state = match agentcom_sidecar::status::read(&config.status_file) {
+    let state = match agentcom_sidecar::status::read(&status_file) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));

@@ -197,3 +197,49 @@ fn a_token_file_readable_by_others_gets_a_warning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn status_needs_only_the_state_file_not_the_token() {
+    let hub = hub();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("agent.token");
+    write_private(&token, TOKEN);
+    write_config(
+        &dir.path().join("config.json"),
+        &file_config(&hub.ws_url(), "agent.token"),
+    );
+    let mut sidecar = Sidecar::start_in(dir, &["--config", "config.json"]);
+    wait_identified(&hub, 1);
+    // The operator asking may not be able to read the token (a file only the service's user
+    // or root can read): here it is gone altogether.
+    std::fs::remove_file(&token).unwrap();
+    let status = || {
+        Command::new(bin())
+            .args(["status", "--config", "config.json"])
+            .current_dir(sidecar.dir.path())
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("binary runs")
+    };
+    eventually("status to show the identified session", || {
+        let out = status();
+        out.status.code() == Some(0) && text(&out.stdout).contains("identified to ws://")
+    });
+    let out = status();
+    assert!(!text(&out.stdout).contains(TOKEN) && !text(&out.stderr).contains(TOKEN));
+    // check-config, which validates everything, still names the missing file.
+    let out = Command::new(bin())
+        .args(["check-config", "--config", "config.json"])
+        .current_dir(sidecar.dir.path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("token_file"),
+        "{}",
+        text(&out.stderr)
+    );
+    sidecar.signal(SIGTERM);
+    assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+}
