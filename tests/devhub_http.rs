@@ -297,26 +297,36 @@ fn dev_hub_subcommand_flags_apply() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("three values"));
 
-    let mut child = Command::new(bin)
-        .args([
-            "dev-hub",
-            "--listen",
-            "127.0.0.1:0",
-            "--acceptance-timeout-ms",
-            "100",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dev hub starts");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line").expect("text");
+    let mut child = HubProcess(
+        Command::new(bin)
+            .args([
+                "dev-hub",
+                "--listen",
+                "127.0.0.1:0",
+                "--acceptance-timeout-ms",
+                "100",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dev hub starts"),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(lines.next());
+        lines.for_each(drop);
+    });
+    let first = rx
+        .recv_timeout(WAIT)
+        .expect("the dev hub's first line in time")
+        .expect("a line")
+        .expect("text");
     let ws_url = first
         .split_whitespace()
         .find(|w| w.starts_with("ws://"))
         .expect("the ws URL")
         .to_string();
     let http_url = ws_url.replace("ws://", "http://").replace("/ws", "");
-    std::thread::spawn(move || lines.for_each(drop));
     run(async {
         let client = awc::Client::new();
         let mut ws = connect(&client, &ws_url).await;
@@ -341,8 +351,31 @@ fn dev_hub_subcommand_flags_apply() {
         );
     });
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().expect("exits").success());
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("waitable") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dev hub still runs {WAIT:?} after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// A `dev-hub` process, killed if the test ends before it does.
+struct HubProcess(std::process::Child);
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A task body larger than actix's default payload limit (256 kB) is taken, as the hub's

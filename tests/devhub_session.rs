@@ -67,7 +67,12 @@ fn violations_lock_the_agent_out_with_growing_cooldowns() {
             (1008, "cooldown active: retry in 1s".to_string())
         );
         // After it, welcome back; the next lockout lasts longer.
+        let deadline = std::time::Instant::now() + WAIT;
         let mut a1 = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still refused {WAIT:?} after a 1 s cooldown"
+            );
             let mut attempt = Agent::open(&hub, "a1").await;
             let identify = attempt.identify_frame();
             attempt.send(identify).await;

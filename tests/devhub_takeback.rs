@@ -140,7 +140,12 @@ fn silence_past_the_stuck_threshold_loses_a_task_unless_reported() {
         // a1 works silently; a3 is silent; a2 reports progress, a4 state reports, a5 wake
         // results.
         let silent_working = tasks[0].clone();
+        let deadline = std::time::Instant::now() + WAIT;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the silent task not taken back within {WAIT:?}"
+            );
             if hub
                 .wait_for(Duration::ZERO, taken_back(&silent_working))
                 .is_some()

@@ -81,38 +81,69 @@ fn run_with_faulty<const MODE: usize>(extra: Value) -> (i32, Vec<Value>) {
 
 /// As [`run_with_faulty`], plus the state file the run left behind.
 fn run_with_faulty_status<const MODE: usize>(extra: Value) -> (i32, Vec<Value>, Value) {
+    let run = run_children(extra, || {
+        vec![ChildSpec::new("faulty", Faulty::<MODE>::new)]
+    });
+    (run.code, run.lines, run.status)
+}
+
+/// What a run of the real children plus test ones left: its exit code, its log and its
+/// state file.
+struct Run {
+    code: i32,
+    lines: Vec<Value>,
+    status: Value,
+}
+
+/// Runs the sidecar's children plus `extra_children` in this process, with `config` over a
+/// base config whose hub is unreachable (it just retries). A run that has not ended within
+/// a minute fails the test instead of hanging it.
+fn run_children(
+    config: Value,
+    extra_children: impl FnOnce() -> Vec<ChildSpec> + Send + 'static,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut config = json!({
+    let mut full = json!({
         "agent_id": "a1",
         "token": "t",
         "hub_url": format!("ws://127.0.0.1:{port}/ws"),
         "restart_delay_ms": 10,
         "reconnect_initial_ms": 1000,
     });
-    config
-        .as_object_mut()
+    full.as_object_mut()
         .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
+        .extend(config.as_object().unwrap().clone());
+    let config = Config::from_json(&full.to_string(), &dir.path().join("config.json")).unwrap();
     let log_file = config.log_file.clone();
     let status_file = config.status_file.clone();
-    let code = run_with(config, || {
-        let mut list = children();
-        list.push(ChildSpec::new("faulty", Faulty::<MODE>::new));
-        list
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let code = run_with(config, || {
+            let mut list = children();
+            list.extend(extra_children());
+            list
+        });
+        let _ = tx.send(code);
     });
-    let log = std::fs::read_to_string(log_file).unwrap();
-    let lines = log
+    let code = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run ended within a minute");
+    let lines = std::fs::read_to_string(log_file)
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     let status = serde_json::from_str(&std::fs::read_to_string(status_file).unwrap()).unwrap();
-    (code, lines, status)
+    Run {
+        code,
+        lines,
+        status,
+    }
 }
 
 fn events<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
@@ -259,25 +290,13 @@ fn a_restarted_child_learns_the_current_session_without_a_reconnect() {
         ..DevHubOptions::default()
     })
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        json!({"agent_id": "a1", "token": "t", "hub_url": hub.ws_url(), "restart_delay_ms": 10});
-    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
-    let log_file = config.log_file.clone();
-    let code = run_with(config, || {
-        let mut list = children();
-        list.push(ChildSpec::new("listener", |env| SessionListener {
+    let Run { code, lines, .. } = run_children(json!({"hub_url": hub.ws_url()}), || {
+        vec![ChildSpec::new("listener", |env| SessionListener {
             env: env.clone(),
             incarnation: 0,
-        }));
-        list
+        })]
     });
     assert_eq!(code, 0);
-    let log = std::fs::read_to_string(log_file).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let restarted = events(&lines, "actor_restarted");
     assert_eq!(restarted.len(), 1);
     assert_eq!(
@@ -381,24 +400,19 @@ fn a_re_announced_session_does_not_make_the_heartbeat_ping_again() {
         ..DevHubOptions::default()
     })
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // One ping at identify; the next would be a minute later, long after the run.
     let config = json!({
-        "agent_id": "a1", "token": "t", "hub_url": hub.ws_url(), "restart_delay_ms": 10,
+        "hub_url": hub.ws_url(),
         "heartbeat_interval_ms": 60000, "heartbeat_timeout_ms": 30000,
     });
-    let config = Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
-    let log_file = config.log_file.clone();
-    let code = run_with(config, || {
-        let mut list = children();
-        list.push(ChildSpec::new("reannouncer", |env| Reannouncer {
+    let Run { code, lines, .. } = run_children(config, || {
+        vec![ChildSpec::new("reannouncer", |env| Reannouncer {
             env: env.clone(),
             incarnation: 0,
-        }));
-        list
+        })]
     });
     assert_eq!(code, 0);
-    let log = std::fs::read_to_string(log_file).unwrap();
+    let log = format!("{lines:#?}");
     assert_eq!(REANNOUNCER_STARTS.load(Ordering::SeqCst), 2, "{log}");
     assert_eq!(REANNOUNCEMENTS_SEEN.load(Ordering::SeqCst), 2, "{log}");
     let pings = hub
@@ -537,37 +551,12 @@ impl Child for NoteSender {
 fn messages_sent_while_a_child_restarts_are_held_and_delivered_in_order() {
     // A restart delay long enough that the notes surely go out while the receiver is away
     // (checked below, not assumed).
-    let (code, lines) = {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = json!({
-            "agent_id": "a1", "token": "t", "hub_url": format!("ws://127.0.0.1:{port}/ws"),
-            "restart_delay_ms": 300, "reconnect_initial_ms": 1000,
-        });
-        let config =
-            Config::from_json(&config.to_string(), &dir.path().join("config.json")).unwrap();
-        let log_file = config.log_file.clone();
-        let code = run_with(config, || {
-            let mut list = children();
-            list.push(ChildSpec::new("sender", |env| NoteSender {
-                env: env.clone(),
-            }));
-            list.push(ChildSpec::new("receiver", |env| NoteReceiver {
-                env: env.clone(),
-            }));
-            list
-        });
-        let lines: Vec<Value> = std::fs::read_to_string(log_file)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (code, lines)
-    };
+    let Run { code, lines, .. } = run_children(json!({"restart_delay_ms": 300}), || {
+        vec![
+            ChildSpec::new("sender", |env| NoteSender { env: env.clone() }),
+            ChildSpec::new("receiver", |env| NoteReceiver { env: env.clone() }),
+        ]
+    });
     assert_eq!(code, 0);
     let (away, answers) = SENDS.lock().unwrap().clone().expect("the sender ran");
     assert!(away, "the notes went out while the receiver was away");

@@ -456,6 +456,12 @@ fn a_result_that_lands_while_the_hub_is_down_is_delivered_after_reconnect() {
             .as_array()
             .is_some_and(|o| o.is_empty())
     });
+    assert_eq!(
+        wake_attempts(&sidecar, "t-offline"),
+        1,
+        "{}",
+        sidecar.dump()
+    );
 }
 
 #[test]
@@ -501,6 +507,7 @@ fn unacknowledged_reports_are_sent_again_in_order_after_every_identify() {
         q["outbox"].as_array().is_some_and(|o| o.is_empty())
             && q["tasks"].as_array().is_some_and(|t| t.is_empty())
     });
+    assert_eq!(wake_attempts(&sidecar, "t-ack"), 1, "{}", sidecar.dump());
 }
 
 #[test]
@@ -561,6 +568,8 @@ fn sigkill_while_the_wake_command_runs_then_reassign_releases_the_task_after_its
             .as_array()
             .is_some_and(|t| t.is_empty())
     });
+    // Its one attempt was given its window, not made again.
+    assert_eq!(wake_attempts(&sidecar, "t-gone"), 1, "{}", sidecar.dump());
     // Free for new work.
     assign(&hub, json!({"task_id": "t-new"}));
     wait_task_frame(&hub, "task_accepted", "t-new", 1);
@@ -648,6 +657,12 @@ fn the_agent_started_by_the_wake_command_outlives_a_sidecar_restart() {
     sidecar.restart();
     wait_task_frame(&hub, "task_recovering", "t-survive", 1);
     sidecar.kill();
+    assert_eq!(
+        wake_attempts(&sidecar, "t-survive"),
+        1,
+        "the restart started a second agent\n{}",
+        sidecar.dump()
+    );
     assert!(alive(pid), "SIGKILL of the sidecar killed the agent");
     // SAFETY: kill(2) on the agent this test started; no memory is touched.
     unsafe { libc::kill(pid, SIGKILL) };
@@ -700,6 +715,18 @@ fn cancel_and_assign_again_in_one_burst_keeps_the_new_task_file() {
         "the new task's TASK_FILE was removed"
     );
     assert!(task_frames(&hub, "task_failed", "t-again").is_empty());
+    // The first generation may have been woken before its cancel; after the cancel, one
+    // agent in all.
+    let lines = sidecar.lines();
+    let cancel = lines
+        .iter()
+        .position(|l| l["event"] == "task_cancelled")
+        .expect("the cancel logged");
+    let after = lines[cancel..]
+        .iter()
+        .filter(|l| l["event"] == "wake_attempt" && l["task_id"] == "t-again")
+        .count();
+    assert_eq!(after, 1, "{}", sidecar.dump());
 }
 
 #[test]

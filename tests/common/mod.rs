@@ -474,6 +474,16 @@ pub fn starts_of(sidecar: &Sidecar, task_id: &str) -> usize {
     starts(sidecar).iter().filter(|s| s[0] == task_id).count()
 }
 
+/// How many wake commands the sidecar ran for `task_id`, across its restarts (the log file
+/// is appended to): for tests whose wake command is not the recording agent.
+pub fn wake_attempts(sidecar: &Sidecar, task_id: &str) -> usize {
+    sidecar
+        .events("wake_attempt")
+        .iter()
+        .filter(|e| e["task_id"] == task_id)
+        .count()
+}
+
 /// Lets the recording agent of `task_id` write `result` as its result.
 pub fn release(sidecar: &Sidecar, task_id: &str, result: &Value) {
     let dir = sidecar.dir.path();
