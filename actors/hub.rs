@@ -32,7 +32,7 @@ use crate::bus::Bus;
 use crate::hubconn::{self, Reassembly};
 use crate::log_event;
 use crate::outbound::{Outbound, Sent};
-use crate::protocol::{Incoming, Outgoing, TaskIdField};
+use crate::protocol::{Incoming, Outgoing};
 use crate::tasks::{Answer, Assign, Event, ReportKind};
 
 /// Send a frame to the hub. With `session: Some(id)` only on that session (a frame for a
@@ -455,26 +455,13 @@ fn report_event(sent: &Sent, incoming: &Incoming) -> Option<Event> {
     })
 }
 
-/// A `task_assign` as the task machine takes it (`None`: not usable, logged by the caller).
-fn assign_event(a: &crate::protocol::TaskAssign) -> Option<Event> {
-    let task_id = match &a.task_id {
-        Some(TaskIdField::Str(id)) => id.clone(),
-        _ => return None,
-    };
-    Some(Event::Assign(Assign {
-        task_id,
+/// A `task_assign` with the string `task_id` it carries, as the task machine takes it.
+fn assign_event(task_id: &str, a: &crate::protocol::TaskAssign) -> Event {
+    Event::Assign(Assign {
+        task_id: task_id.to_string(),
         generation: a.generation,
         raw: a.raw.clone(),
         target_type: a.target_type.clone(),
         model: a.model.clone(),
-    }))
-}
-
-/// Whether a text frame was a binary or text message, for logs.
-fn message_kind(text: bool) -> &'static str {
-    if text {
-        "text"
-    } else {
-        "binary"
-    }
+    })
 }

@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::config::RateLimits;
 use crate::protocol::{Incoming, Outgoing};
 
 /// The hub's rate-limit tiers.
@@ -108,7 +109,8 @@ pub enum Attribution {
     Unmatched,
 }
 
-/// Frames per minute per tier the sidecar allows itself (the hub allows 120, 60, 10).
+/// Frames per minute per tier the sidecar allows itself (below the hub's, see
+/// [`Pacing::below`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     pub light: u32,
@@ -118,19 +120,20 @@ pub struct Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing::below(120, 60, 10)
+        Pacing::below(RateLimits::default())
     }
 }
 
 impl Pacing {
-    /// A little below what the hub allows per tier (five sixths, at least one a minute), so
-    /// that a clock drift or a frame the hub counted that we did not never tips it over.
-    pub fn below(light: u32, normal: u32, heavy: u32) -> Pacing {
-        let under = |n: u32| (n - n / 6).max(1);
+    /// Five sixths of what the hub allows per tier (at least one a minute: 100, 50 and 8
+    /// against the hub's 120, 60 and 10), so that a clock drift or a frame the hub counted
+    /// that we did not never tips it over.
+    pub fn below(hub: RateLimits) -> Pacing {
+        let under = |n: u32| (n.saturating_mul(5) / 6).max(1);
         Pacing {
-            light: under(light),
-            normal: under(normal),
-            heavy: under(heavy),
+            light: under(hub.light),
+            normal: under(hub.normal),
+            heavy: under(hub.heavy),
         }
     }
 }
@@ -207,17 +210,43 @@ impl Outbound {
 
     /// Queues a frame; [`Outbound::poll`] says when it goes.
     pub fn submit(&mut self, frame: Outgoing) {
-        // Progress is a state, not a history: a newer `task_progress` replaces one of the same
-        // task still waiting (keeping its place in line), so a chatty agent never builds a
-        // backlog in front of its reports.
-        if let Outgoing::TaskProgress { task_id, .. } = &frame {
-            let waiting = self.waiting.iter_mut().find(
-                |w| matches!(&w.frame, Outgoing::TaskProgress { task_id: t, .. } if t == task_id),
-            );
-            if let Some(w) = waiting {
-                w.frame = frame;
-                return;
+        // Progress is a state, not a history: a newer `task_progress` is merged into one of
+        // the same task still waiting (keeping its place in line), so a chatty agent never
+        // builds a backlog in front of its reports. What the newer one leaves out (the
+        // keep-alive carries no event) is kept from the older one.
+        if let Outgoing::TaskProgress {
+            task_id,
+            progress,
+            execution_event,
+        } = frame
+        {
+            let waiting = self.waiting.iter_mut().find_map(|w| match &mut w.frame {
+                Outgoing::TaskProgress {
+                    task_id: t,
+                    progress,
+                    execution_event,
+                } if *t == task_id => Some((progress, execution_event)),
+                _ => None,
+            });
+            match waiting {
+                Some((old_progress, old_event)) => {
+                    if progress.is_some() {
+                        *old_progress = progress;
+                    }
+                    if execution_event.is_some() {
+                        *old_event = execution_event;
+                    }
+                }
+                None => self.waiting.push_back(Waiting {
+                    frame: Outgoing::TaskProgress {
+                        task_id,
+                        progress,
+                        execution_event,
+                    },
+                    not_before: None,
+                }),
             }
+            return;
         }
         self.waiting.push_back(Waiting {
             frame,
@@ -252,9 +281,12 @@ impl Outbound {
                 || (!heartbeat && self.paused[t].is_some_and(|p| p > now))
                 || w.not_before.is_some_and(|nb| nb > now)
                 || !self.isolated(tier, expect);
-            // A silent frame takes a light token too, for the ping that settles it.
-            let fence_ok =
-                expect != Expect::Nothing || self.buckets[Tier::Light.index()].available(now, 1.0);
+            // A silent frame takes a light token too, for the ping that settles it (which
+            // waits out a light-tier pause like any other ping but the heartbeat).
+            let light = Tier::Light.index();
+            let fence_ok = expect != Expect::Nothing
+                || (self.buckets[light].available(now, 1.0)
+                    && self.paused[light].is_none_or(|p| p <= now));
             let paced = heartbeat || self.buckets[t].available(now, 1.0);
             if blocked || !fence_ok || !paced {
                 held[t] = true;
@@ -306,17 +338,22 @@ impl Outbound {
             earliest = Some(earliest.map_or(t, |e| e.min(t)));
         };
         for w in &self.waiting {
-            let tier = Tier::of(w.frame.kind()).index();
             if let Some(nb) = w.not_before.filter(|nb| *nb > now) {
                 consider(nb);
             }
-            if let Some(p) = self.paused[tier].filter(|p| *p > now) {
-                consider(p);
+            // Its own tier, and the light tier of its fence ping if it gets one (as `poll`).
+            let mut tiers = vec![Tier::of(w.frame.kind()).index()];
+            if Expect::of(&w.frame) == Expect::Nothing {
+                tiers.push(Tier::Light.index());
             }
-            let b = &self.buckets[tier];
-            let mut probe = b.clone();
-            if !probe.available(now, 1.0) {
-                consider(probe.ready_at(1.0));
+            for tier in tiers {
+                if let Some(p) = self.paused[tier].filter(|p| *p > now) {
+                    consider(p);
+                }
+                let mut probe = self.buckets[tier].clone();
+                if !probe.available(now, 1.0) {
+                    consider(probe.ready_at(1.0));
+                }
             }
         }
         earliest
@@ -432,7 +469,7 @@ pub fn frame_task_id(frame: &Outgoing) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
+    use serde_json::{json, Map, Value};
 
     fn complete(id: &str) -> Outgoing {
         Outgoing::TaskComplete {
@@ -578,6 +615,29 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_frame_waiting_for_its_fence_pings_token_has_a_time_to_poll_again() {
+        let now = Instant::now();
+        let mut o = Outbound::new(
+            Pacing {
+                light: 1,
+                normal: 60,
+                heavy: 10,
+            },
+            now,
+        );
+        // The heartbeat takes the one light token of the minute.
+        o.submit(Outgoing::Ping);
+        assert_eq!(kinds(&o.poll(now)), ["ping"]);
+        o.attribute(&Incoming::Pong { timestamp: None }, now);
+        // Progress is silent: it needs a light token for its fence ping.
+        o.submit(progress("a"));
+        assert!(o.poll(now).is_empty());
+        let next = o.next_poll(now).expect("a time to look again");
+        assert_eq!(next, now + Duration::from_secs(60));
+        assert_eq!(kinds(&o.poll(next)), ["task_progress", "ping"]);
+    }
+
+    #[test]
     fn a_newer_progress_replaces_one_still_waiting() {
         let now = Instant::now();
         let mut o = Outbound::new(Pacing::default(), now);
@@ -607,6 +667,60 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn pacing_stays_a_sixth_below_the_hubs_limits() {
+        let p = Pacing::default();
+        assert_eq!((p.light, p.normal, p.heavy), (100, 50, 8));
+        let p = Pacing::below(RateLimits {
+            light: 1,
+            normal: 0,
+            heavy: u32::MAX,
+        });
+        assert_eq!((p.light, p.normal), (1, 1));
+        assert!(p.heavy > 0);
+    }
+
+    #[test]
+    fn a_keep_alive_progress_does_not_wipe_the_agents_event_still_waiting() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        let event: Map<String, Value> = [("event_type".to_string(), json!("tool_call"))]
+            .into_iter()
+            .collect();
+        o.submit(Outgoing::TaskProgress {
+            task_id: "a".into(),
+            progress: Some(40),
+            execution_event: Some(event.clone()),
+        });
+        o.submit(Outgoing::TaskProgress {
+            task_id: "a".into(),
+            progress: None,
+            execution_event: None,
+        });
+        assert_eq!(o.waiting(), 2);
+        o.poll(now);
+        o.attribute(
+            &Incoming::TaskAck {
+                task_id: "a".into(),
+                status: "complete".into(),
+            },
+            now,
+        );
+        let sent = o.poll(now);
+        match &sent[0] {
+            Outgoing::TaskProgress {
+                progress,
+                execution_event,
+                ..
+            } => {
+                assert_eq!(*progress, Some(40));
+                assert_eq!(execution_event.as_ref(), Some(&event));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -349,11 +349,10 @@ fn a_result_written_in_pieces_is_read_once_complete_and_a_rename_at_once() {
         task_frames(&hub, "task_failed", &pieces).is_empty(),
         "the half-written file was never taken for an invalid result"
     );
-    assert_eq!(
-        sidecar.events("wake_attempt").len(),
-        2,
-        "one start per task"
-    );
+    // One start for the first; at most one for the second, whose result may be there
+    // before its agent was woken (then none is needed).
+    assert_eq!(wake_attempts(&sidecar, &pieces), 1, "{}", sidecar.dump());
+    assert!(wake_attempts(&sidecar, &rename) <= 1, "{}", sidecar.dump());
 }
 
 #[test]

@@ -109,7 +109,7 @@ impl HubActor {
             conn: id,
             id: 0,
             outgoing,
-            outbound: Outbound::new(self.pacing(), now),
+            outbound: Outbound::new(Pacing::below(self.env.config.hub_rate_limits), now),
             poll_timer: None,
             reader,
             writer,
@@ -122,12 +122,6 @@ impl HubActor {
             fragments: Default::default(),
         }));
         self.send_identify(ctx);
-    }
-
-    /// The pacing of frames: below the hub's limits as the config gives them.
-    fn pacing(&self) -> Pacing {
-        let l = self.env.config.hub_rate_limits;
-        Pacing::below(l.light, l.normal, l.heavy)
     }
 
     pub(super) fn send_identify(&mut self, ctx: &mut Context<Self>) {
@@ -155,7 +149,7 @@ impl HubActor {
         );
     }
 
-    fn on_connect_deadline(&mut self, id: u64, ctx: &mut Context<Self>) {
+    pub(super) fn on_connect_deadline(&mut self, id: u64, ctx: &mut Context<Self>) {
         let stage = match &self.state {
             State::Connecting {
                 id: current,

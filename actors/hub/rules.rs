@@ -7,8 +7,8 @@ use actix_http::ws::CloseCode;
 use bytes::Bytes;
 
 use super::{
-    assign_event, message_kind, report_event, HubActor, HubRestartRequested, HubState,
-    PongReceived, SessionIdentified, State,
+    assign_event, report_event, HubActor, HubRestartRequested, HubState, PongReceived,
+    SessionIdentified, State,
 };
 use crate::log_event;
 use crate::outbound::{frame_task_id, Attribution};
@@ -23,7 +23,7 @@ impl HubActor {
                 Warn,
                 "frame_rejected",
                 reason = "binary message (the hub protocol is JSON text)",
-                kind = message_kind(text),
+                kind = "binary",
                 bytes = data.len()
             );
             return;
@@ -61,7 +61,7 @@ impl HubActor {
         let session = s.id;
         match (&incoming, &attribution) {
             (Incoming::Identified, _) => return self.on_identified(ctx),
-            (Incoming::Pong { timestamp }, _) => {
+            (Incoming::Pong { timestamp }, attribution) => {
                 if identified {
                     let first = self
                         .session()
@@ -70,10 +70,14 @@ impl HubActor {
                         // Identified and answering: this session has proved itself.
                         self.backoff.reset();
                     }
-                    let _ = self.env.bus.send(PongReceived {
-                        session,
-                        hub_timestamp: *timestamp,
-                    });
+                    // A fence ping's pong is nobody's: the heartbeat times its own.
+                    let fence = matches!(attribution, Attribution::Answer(s) if s.fence);
+                    if !fence {
+                        let _ = self.env.bus.send(PongReceived {
+                            session,
+                            hub_timestamp: *timestamp,
+                        });
+                    }
                 }
             }
             (_, Attribution::Dropped { sent, retry_after }) => {
@@ -193,17 +197,27 @@ impl HubActor {
                     task_id: task_id.clone(),
                 },
             ),
-            (Incoming::TaskAssign(a), _) => match (&a.task_id, assign_event(a)) {
-                // Also while identifying again on the same connection: the hub still has it.
-                (_, Some(event)) if identified || session != 0 => self.task_event(session, event),
-                (None, _) => log_event!(
+            (Incoming::TaskAssign(a), _) => match &a.task_id {
+                // Also while identifying again on the same connection (the hub still has
+                // it): any session that was identified once.
+                Some(TaskIdField::Str(id)) if session != 0 => {
+                    self.task_event(session, assign_event(id, a))
+                }
+                Some(TaskIdField::Str(id)) => log_event!(
+                    self.env.log,
+                    Warn,
+                    "frame_ignored",
+                    task_id = id,
+                    reason = "task_assign before the first identify: the hub takes it back after its acceptance timeout"
+                ),
+                None => log_event!(
                     self.env.log,
                     Warn,
                     "frame_rejected",
                     reason = "task_assign without task_id: ignored",
                     bytes = a.raw.len()
                 ),
-                (Some(TaskIdField::NotAString(id)), _) => log_event!(
+                Some(TaskIdField::NotAString(id)) => log_event!(
                     self.env.log,
                     Warn,
                     "task_rejected",
@@ -211,7 +225,6 @@ impl HubActor {
                     reason = "invalid_task_id",
                     sent = "nothing: a task_id that is not a string cannot be answered; the hub takes the task back after its acceptance timeout"
                 ),
-                _ => {}
             },
             (Incoming::RestartSidecar { reason }, _) => {
                 log_event!(self.env.log, Warn, "restart_requested", reason = reason);
@@ -299,13 +312,9 @@ impl HubActor {
             s.identified = false;
         }
         self.send_identify(ctx);
-        let timeout = self.env.config.connect_timeout;
-        ctx.run_later(timeout, move |act, ctx| {
-            let waiting = matches!(&act.state, State::Open(s) if s.conn == conn && !s.identified && !s.closing);
-            if waiting {
-                log_event!(act.env.log, Warn, "ws_error", stage = "reidentify", error = "no identify reply within connect_timeout_ms");
-                act.drop_session(ctx);
-            }
+        // The same deadline as the first identify on this connection.
+        ctx.run_later(self.env.config.connect_timeout, move |act, ctx| {
+            act.on_connect_deadline(conn, ctx)
         });
     }
 
