@@ -94,7 +94,8 @@ pub struct ResultsActor {
     look_again: HashMap<String, Trigger>,
     /// Progress files: bytes consumed so far.
     progress: HashMap<String, u64>,
-    progress_reading: HashSet<String>,
+    /// Progress files being read, and whether they changed meanwhile (read again after).
+    progress_reading: HashMap<String, bool>,
 }
 
 /// What made us look at a result file.
@@ -138,7 +139,7 @@ impl ResultsActor {
             reading: HashSet::new(),
             look_again: HashMap::new(),
             progress: HashMap::new(),
-            progress_reading: HashSet::new(),
+            progress_reading: HashMap::new(),
         }
     }
 
@@ -329,9 +330,12 @@ impl ResultsActor {
 
     /// Reads the new complete lines of `<task_id>.progress` (off the event loop).
     fn read_progress(&mut self, task_id: String, ctx: &mut Context<Self>) {
-        if !self.progress_reading.insert(task_id.clone()) {
+        if let Some(again) = self.progress_reading.get_mut(&task_id) {
+            // Lines appended after that read reached the end: read again once it is done.
+            *again = true;
             return;
         }
+        self.progress_reading.insert(task_id.clone(), false);
         let path = self
             .env
             .config
@@ -340,14 +344,16 @@ impl ResultsActor {
         let offset = self.progress.get(&task_id).copied().unwrap_or(0);
         let read = actix_rt::task::spawn_blocking(move || read_lines(&path, offset));
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(read).map(move |result, act, _| {
-                act.progress_reading.remove(&task_id);
-                let Ok(Ok((consumed, lines))) = result else {
-                    return;
-                };
-                act.progress.insert(task_id.clone(), consumed);
-                for line in lines {
-                    act.publish_progress(&task_id, line);
+            actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
+                let again = act.progress_reading.remove(&task_id) == Some(true);
+                if let Ok(Ok((consumed, lines))) = result {
+                    act.progress.insert(task_id.clone(), consumed);
+                    for line in lines {
+                        act.publish_progress(&task_id, line);
+                    }
+                }
+                if again {
+                    act.read_progress(task_id, ctx);
                 }
             }),
         );
@@ -384,7 +390,9 @@ impl ResultsActor {
 }
 
 /// The complete lines after `offset` (a line over the limit comes as its length); returns
-/// the offset after the last complete line. Blocking.
+/// the offset after the last complete line. An unfinished line already over the limit is
+/// given up at once (as its length so far), so that it never holds back the lines after it;
+/// the rest of it, once its newline comes, is one more line that is not valid. Blocking.
 #[allow(clippy::type_complexity)]
 fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<u8>, usize>>)> {
     use std::io::{Read, Seek, SeekFrom};
@@ -407,6 +415,11 @@ fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<
             lines.push(Ok(line.to_vec()));
         }
         consumed += end + 1;
+    }
+    let tail = buf.len() - consumed;
+    if tail > PROGRESS_LINE_MAX {
+        lines.push(Err(tail));
+        consumed = buf.len();
     }
     Ok((start + consumed as u64, lines))
 }
@@ -526,5 +539,85 @@ impl Handler<FsChanged> for ResultsActor {
         for path in paths {
             self.on_path(path, trigger, ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(read: &[Result<Vec<u8>, usize>]) -> Vec<Result<String, usize>> {
+        read.iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .map_err(|n| *n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn complete_lines_are_read_and_an_unfinished_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.progress");
+        std::fs::write(&path, "{\"a\":1}\n\n{\"b\":2}\n{\"c\":").unwrap();
+        let (offset, read) = read_lines(&path, 0).unwrap();
+        assert_eq!(
+            lines_of(&read),
+            [Ok("{\"a\":1}".into()), Ok("{\"b\":2}".into())]
+        );
+        assert_eq!(offset, 17);
+        // The rest of the unfinished line comes.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("3}\n");
+        std::fs::write(&path, text).unwrap();
+        let (offset, read) = read_lines(&path, offset).unwrap();
+        assert_eq!(lines_of(&read), [Ok("{\"c\":3}".into())]);
+        assert_eq!(offset, 25);
+        // Nothing new: nothing read, the offset stays.
+        assert_eq!(read_lines(&path, offset).unwrap(), (offset, Vec::new()));
+    }
+
+    #[test]
+    fn a_truncated_file_is_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.progress");
+        std::fs::write(&path, "{\"new\":1}\n").unwrap();
+        let (offset, read) = read_lines(&path, 500).unwrap();
+        assert_eq!(lines_of(&read), [Ok("{\"new\":1}".into())]);
+        assert_eq!(offset, 10);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_that_keeps_the_offset_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_lines(&dir.path().join("none.progress"), 7).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn an_over_long_line_comes_as_its_length_and_never_holds_back_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.progress");
+        let long = "x".repeat(PROGRESS_LINE_MAX + 1);
+        std::fs::write(&path, format!("{long}\n{{\"after\":1}}\n")).unwrap();
+        let (_, read) = read_lines(&path, 0).unwrap();
+        assert_eq!(
+            lines_of(&read),
+            [Err(PROGRESS_LINE_MAX + 1), Ok("{\"after\":1}".into())]
+        );
+
+        // Unfinished and already over the limit (here larger than one read): given up at
+        // once, then what follows its newline is read.
+        let huge = "y".repeat(5 * 1024 * 1024);
+        std::fs::write(&path, &huge).unwrap();
+        let (offset, read) = read_lines(&path, 0).unwrap();
+        assert_eq!(lines_of(&read), [Err(4 * 1024 * 1024)]);
+        let (offset, read) = read_lines(&path, offset).unwrap();
+        assert_eq!(lines_of(&read), [Err(1024 * 1024)]);
+        assert_eq!(offset, huge.len() as u64);
+        std::fs::write(&path, format!("{huge}\n{{\"next\":2}}\n")).unwrap();
+        let (_, read) = read_lines(&path, offset).unwrap();
+        assert_eq!(lines_of(&read), [Ok("{\"next\":2}".into())]);
     }
 }
