@@ -54,9 +54,10 @@ pub fn check(config: &Config) -> Vec<Problem> {
     problems
 }
 
-/// Creates the directory if needed and proves a file can be created in it.
-fn writable_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Creates the directory if needed (private, as every directory the sidecar makes) and
+/// proves a file can be created in it.
+pub(crate) fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    crate::fsx::create_private_dir(dir)?;
     let probe = dir.join(format!(".agentcom-sidecar-check-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)

@@ -336,9 +336,7 @@ impl Config {
     /// without the token (a `token_file` may be readable by the service's user alone).
     pub fn status_file_of(path: &Path) -> Result<PathBuf, ConfigError> {
         let (text, abs) = read_file(path)?;
-        with_raw(&text, &abs, |raw| {
-            raw.path_or("status_file", "./status.json")
-        })
+        with_raw(&text, &abs, |raw| raw.status_file())
     }
 
     /// Validates config text as if it came from the file `path` (relative paths in it are
@@ -471,20 +469,13 @@ impl Raw<'_> {
         let agent_id = self.required_str("agent_id", "the agent's id as registered on the hub")?;
         self.max_chars("agent_id", &agent_id, AGENT_ID_MAX)?;
         let (token, token_file) = self.token(&mut warnings)?;
-        if token.expose().chars().count() > TOKEN_MAX {
-            let key = if token_file.is_some() {
-                "token_file"
-            } else {
-                "token"
-            };
-            return Err(self.invalid(
-                key,
-                &format!(
-                    "a token of at most {TOKEN_MAX} characters (the hub refuses a longer one)"
-                ),
-                &format!("{} characters", token.expose().chars().count()),
-            ));
-        }
+        // (The message names the length, never the token.)
+        let key = if token_file.is_some() {
+            "token_file"
+        } else {
+            "token"
+        };
+        self.max_chars(key, token.expose(), TOKEN_MAX)?;
         let url = self.required_str(
             "hub_url",
             "the hub's WebSocket URL, e.g. ws://hub-host:4000/ws",
@@ -586,7 +577,7 @@ impl Raw<'_> {
             log_level,
             log_max_bytes: self.int("log_max_bytes", 10 * 1024 * 1024, 0, 1 << 40)?,
             log_keep: self.int("log_keep", 5, 0, 1000)? as u32,
-            status_file: self.path_or("status_file", "./status.json")?,
+            status_file: self.status_file()?,
             metrics_listen,
             metrics_public,
             queue_file: self.path_or("queue_file", "./queue.json")?,
@@ -612,6 +603,11 @@ impl Raw<'_> {
     }
 
     /// A limit the hub puts on a text field.
+    /// `status_file`, also read alone by `status` ([`Config::status_file_of`]).
+    fn status_file(&self) -> Result<PathBuf, ConfigError> {
+        self.path_or("status_file", "./status.json")
+    }
+
     fn max_chars(&self, key: &'static str, value: &str, max: usize) -> Result<(), ConfigError> {
         let n = value.chars().count();
         if n > max {
@@ -980,7 +976,8 @@ impl Raw<'_> {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// How a JSON value is named in messages ("a string", "a list", …).
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -1001,13 +998,19 @@ fn json_reason(e: &serde_json::Error) -> String {
 }
 
 /// ssh-style warning: the file holds the token, so nobody but its owner should read it.
-#[cfg(unix)]
 fn permission_warning(path: &Path) -> Option<String> {
+    private_file_warning(path, "config file", " and holds the token")
+}
+
+/// ssh-style warning for a file that holds the token (`what` names it; `why` follows the
+/// mode) when others than its owner can reach it.
+#[cfg(unix)]
+pub(crate) fn private_file_warning(path: &Path, what: &str, why: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "config file {} is accessible by other users (mode {:03o}) and holds the token; run: chmod 600 {}",
+            "{what} {} is accessible by other users (mode {:03o}){why}; run: chmod 600 {}",
             path.display(),
             mode & 0o777,
             path.display()
@@ -1016,7 +1019,7 @@ fn permission_warning(path: &Path) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn permission_warning(_: &Path) -> Option<String> {
+pub(crate) fn private_file_warning(_: &Path, _: &str, _: &str) -> Option<String> {
     None
 }
 

@@ -145,19 +145,40 @@ pub fn open_untrusted(path: &Path) -> io::Result<Option<File>> {
 /// most `max + 1` bytes are read (a file that grows without end, or `/dev/zero` behind the
 /// name, cannot exhaust memory).
 pub fn read_untrusted(path: &Path, max: u64) -> io::Result<Untrusted> {
-    let Some(file) = open_untrusted(path)? else {
-        return Ok(Untrusted::NotRegular);
-    };
-    let meta = file.metadata()?;
-    if meta.len() > max {
-        return Ok(Untrusted::TooLarge(meta.len()));
+    match open_untrusted(path)? {
+        Some(file) => read_limited(file, max),
+        None => Ok(Untrusted::NotRegular),
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+}
+
+/// Reads an open file of at most `max` bytes: never more than `max + 1` bytes are read, so a
+/// file that grows without end cannot exhaust memory.
+pub fn read_limited(file: File, max: u64) -> io::Result<Untrusted> {
+    let len = file.metadata()?.len();
+    if len > max {
+        return Ok(Untrusted::TooLarge(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Ok(Untrusted::TooLarge(bytes.len() as u64));
     }
     Ok(Untrusted::Bytes(bytes))
+}
+
+/// Opens a file the operator named (links are followed: a mounted secret often is one)
+/// without blocking on it (O_NONBLOCK on Unix: a FIFO cannot hang the reader); `None` when
+/// it is not a regular file.
+pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    );
+    let file = options.open(path)?;
+    Ok(file.metadata()?.is_file().then_some(file))
 }
 
 #[cfg(all(test, unix))]

@@ -45,20 +45,9 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, String> {
         Ok(Value::Object(object)) => Ok(object),
         Ok(other) => Err(format!(
             "result file is JSON but not an object: it holds {}",
-            kind_of(&other)
+            crate::config::kind_of(&other)
         )),
         Err(e) => Err(format!("result file is not valid JSON: {e}")),
-    }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -8,7 +8,6 @@
 //! one of them), and it never shows the token: every message names the file, not its
 //! content, and the token leaves here only as a [`Secret`].
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::config::Secret;
@@ -81,44 +80,27 @@ pub fn parse(bytes: &[u8]) -> Result<Secret, &'static str> {
 /// Reads and checks the token file at `path`. The error says what is wrong with the file,
 /// in words that can follow its path.
 pub fn read(path: &Path) -> Result<Secret, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot be read ({e})"))?;
-    if meta.is_dir() {
+    use crate::fsx::Untrusted;
+    let unreadable = |e: std::io::Error| format!("cannot be read ({e})");
+    if path.is_dir() {
         return Err("is a directory, not a file".into());
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot be read ({e})"))?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(format!(
+    let Some(file) = crate::fsx::open_regular(path).map_err(unreadable)? else {
+        return Err("is not a regular file (a FIFO or a device?)".into());
+    };
+    match crate::fsx::read_limited(file, MAX_TOKEN_FILE_BYTES).map_err(unreadable)? {
+        Untrusted::Bytes(bytes) => parse(&bytes).map_err(str::to_string),
+        Untrusted::TooLarge(_) => Err(format!(
             "is larger than {MAX_TOKEN_FILE_BYTES} bytes; it must hold only the token"
-        ));
+        )),
+        Untrusted::NotRegular => Err("is not a regular file".into()),
     }
-    parse(&bytes).map_err(str::to_string)
 }
 
 /// ssh-style warning, as for the config file: the file holds the token, so nobody but its
 /// owner should be able to read it.
-#[cfg(unix)]
 pub fn permission_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "token_file {} is accessible by other users (mode {:03o}); run: chmod 600 {}",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )
-    })
-}
-
-#[cfg(not(unix))]
-pub fn permission_warning(_: &Path) -> Option<String> {
-    None
+    crate::config::private_file_warning(path, "token_file", "")
 }
 
 #[cfg(test)]

@@ -83,7 +83,16 @@ pub fn refuse(command: &WakeCommand, base: &Path, path: &[PathBuf]) -> Option<St
         }
     }?;
     let script = locate(batch, base, path, |p| p.is_file())?;
-    let text = read_script(&script)?;
+    let text = match read_script(&script) {
+        Ok(text) => text,
+        // Not checked is not accepted.
+        Err(why) => {
+            return Some(format!(
+                "the batch file {} {why}, so it cannot be checked for task-data variables",
+                script.display()
+            ))
+        }
+    };
     task_data_named(&text).map(|name| {
         format!(
             "the batch file {} naming {name} (cmd.exe pastes %{name}% into its lines before \
@@ -178,16 +187,18 @@ pub fn locate(
 }
 
 /// A batch file's text (lossy: batch files are often in an OEM code page; the names looked
-/// for are ASCII), at most [`SCRIPT_MAX`] bytes.
-fn read_script(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(SCRIPT_MAX)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+/// for are ASCII), at most [`SCRIPT_MAX`] bytes; the error says why it was not read.
+fn read_script(path: &Path) -> Result<String, String> {
+    use crate::fsx::Untrusted;
+    let unreadable = |e: std::io::Error| format!("cannot be read ({e})");
+    let Some(file) = crate::fsx::open_regular(path).map_err(unreadable)? else {
+        return Err("is not a regular file".into());
+    };
+    match crate::fsx::read_limited(file, SCRIPT_MAX).map_err(unreadable)? {
+        Untrusted::Bytes(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Untrusted::TooLarge(n) => Err(format!("is {n} bytes, over {SCRIPT_MAX}")),
+        Untrusted::NotRegular => Err("is not a regular file".into()),
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +311,15 @@ mod tests {
         assert!(refuse(&shell(&quoted), Path::new("/"), &[]).is_some());
         assert_eq!(refuse(&argv(&["./safe.CMD"]), base, &[]), None);
         assert_eq!(refuse(&argv(&["./missing.bat"]), base, &[]), None);
+        // One too large to be checked whole is refused, not taken on trust.
+        let mut big = "rem padding\r\n".repeat((SCRIPT_MAX / 13 + 1) as usize);
+        big.push_str("agent.exe %TASK_JSON%\r\n");
+        std::fs::write(dir.path().join("big.bat"), big).unwrap();
+        let why = refuse(&argv(&["./big.bat"]), base, &[]).unwrap();
+        assert!(
+            why.contains("big.bat") && why.contains("cannot be checked"),
+            "{why}"
+        );
     }
 
     #[test]

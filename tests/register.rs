@@ -133,6 +133,8 @@ fn with_token_file_the_token_goes_to_its_own_file() {
     let token_path = dir.path().join("etc/a7.token");
     assert_eq!(mode(&config_path), 0o600);
     assert_eq!(mode(&token_path), 0o600);
+    // The directory it made for them is private too.
+    assert_eq!(mode(&dir.path().join("etc")), 0o700);
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     assert!(config.get("token").is_none(), "{config}");

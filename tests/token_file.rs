@@ -175,6 +175,29 @@ fn unusable_token_files_are_named_in_the_error() {
     }
     let out = check_config(dir.path(), &file_config(url, ""), &[]);
     assert!(text(&out.stderr).contains("\"token_file\" must be a non-empty path"));
+
+    // A FIFO nobody writes to, a directory and a file that is too large: each named, none
+    // read (the FIFO would hang a plain open).
+    let fifo = dir.path().join("fifo.token");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(dir.path().join("dir.token")).unwrap();
+    std::fs::write(dir.path().join("big.token"), vec![b'x'; 64 * 1024 + 1]).unwrap();
+    set_mode(&dir.path().join("big.token"), 0o600);
+    for (name, why) in [
+        ("fifo.token", "not a regular file"),
+        ("dir.token", "is a directory"),
+        ("big.token", "is larger than"),
+    ] {
+        let out = check_config(dir.path(), &file_config(url, name), &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(why),
+            "{name}: {stderr}"
+        );
+    }
 }
 
 #[test]

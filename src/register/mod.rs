@@ -111,7 +111,10 @@ pub fn register(options: &Options) -> Result<String, Failure> {
         why,
     })?;
     let id = &options.agent_id;
-    if id.trim().is_empty() || id.chars().count() > 128 || id.chars().any(char::is_control) {
+    if id.trim().is_empty()
+        || id.chars().count() > crate::config::AGENT_ID_MAX
+        || id.chars().any(char::is_control)
+    {
         return Err(Failure::BadAgentId);
     }
     if options
@@ -188,14 +191,10 @@ fn prepare(path: &Path, force: bool) -> Result<(), Failure> {
         return Err(Failure::Exists { path: shown });
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let probe = dir.join(format!(".agentcom-sidecar-register-{}", std::process::id()));
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| Failure::NotWritable {
-            path: shown,
-            reason: e.to_string(),
-        })
+    crate::check::writable_dir(dir).map_err(|e| Failure::NotWritable {
+        path: shown,
+        reason: e.to_string(),
+    })
 }
 
 fn absolute(path: &Path) -> PathBuf {
