@@ -86,7 +86,6 @@ pub struct QueueActor {
     machine: Option<Machine>,
     /// Events that came while the queue was loading.
     early: Vec<Event>,
-    session: Option<u64>,
 }
 
 impl QueueActor {
@@ -97,7 +96,6 @@ impl QueueActor {
             epoch: 0,
             machine: None,
             early: Vec::new(),
-            session: None,
         }
     }
 
@@ -280,23 +278,14 @@ impl QueueActor {
     }
 
     fn wake(&mut self, order: WakeOrder, ctx: &mut Context<Self>) {
-        let config = &self.env.config;
-        let description = match serde_json::from_str::<serde_json::Value>(&order.raw)
-            .ok()
-            .and_then(|v| v.get("description").cloned())
-        {
-            Some(serde_json::Value::String(s)) => s,
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(other) => other.to_string(),
-        };
         let task = WakeTask {
             wake_id: order.wake_id,
             attempt: order.attempt,
-            task_file: config.task_file(&order.task_id),
-            output_file: config.wake_output_file(&order.task_id),
+            task_file: order.task_file,
+            output_file: order.output_file,
             task_id: order.task_id,
             raw: order.raw,
-            description,
+            description: order.description,
             target_type: order.target_type,
             model: order.model,
         };
@@ -408,7 +397,6 @@ impl Handler<TaskEventFromHub> for QueueActor {
 impl Handler<SessionIdentified> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: SessionIdentified, ctx: &mut Context<Self>) {
-        self.session = Some(msg.session);
         self.handle_event(
             Event::SessionUp {
                 session: msg.session,
@@ -421,9 +409,6 @@ impl Handler<SessionIdentified> for QueueActor {
 impl Handler<SessionLost> for QueueActor {
     type Result = ();
     fn handle(&mut self, msg: SessionLost, ctx: &mut Context<Self>) {
-        if self.session == Some(msg.session) {
-            self.session = None;
-        }
         self.handle_event(
             Event::SessionDown {
                 session: msg.session,
@@ -495,7 +480,11 @@ impl Handler<HubRestartRequested> for QueueActor {
             .restart
             .borrow_mut()
             .get_or_insert_with(|| msg.reason.clone());
-        self.handle_event(Event::RestartRequested { reason: msg.reason }, ctx);
+        // While the queue loads, the kept request is replayed once it has (not also as an
+        // early event).
+        if self.machine.is_some() {
+            self.handle_event(Event::RestartRequested { reason: msg.reason }, ctx);
+        }
     }
 }
 

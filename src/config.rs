@@ -353,16 +353,6 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("tasks"))
     }
 
-    /// `TASK_FILE`: the task JSON exactly as the hub sent it, kept until the task ends.
-    pub fn task_file(&self, task_id: &str) -> PathBuf {
-        self.tasks_dir().join(format!("{task_id}.json"))
-    }
-
-    /// Where the wake command's stdout and stderr go.
-    pub fn wake_output_file(&self, task_id: &str) -> PathBuf {
-        self.tasks_dir().join(format!("{task_id}.wake.log"))
-    }
-
     /// Every key and its effective value, token redacted: for `check-config` and the
     /// `startup` log line.
     pub fn effective(&self) -> Value {

@@ -79,6 +79,9 @@ impl Machine {
             attempt,
             task_id: task_id.to_string(),
             raw: task.raw.clone(),
+            description: task.description(),
+            task_file: self.cfg.task_file(task_id),
+            output_file: self.cfg.wake_log(task_id),
             target_type: task.target_type.clone(),
             model: task.model.clone(),
         };
@@ -379,7 +382,8 @@ impl Machine {
         let due = marks
             .event_sent_at
             .is_none_or(|t| now.saturating_sub(t) >= gap);
-        if due && !marks.event_timer {
+        // An event already waits for its timer: this newer one takes its place.
+        if due && marks.event_waiting.is_none() {
             marks.event_sent_at = Some(now);
             let progress = marks.progress;
             self.send(Outgoing::TaskProgress {
@@ -389,9 +393,7 @@ impl Machine {
             });
         } else {
             // Paced: the latest waits for the gap (earlier ones it replaces are not sent).
-            marks.event_waiting = Some(event);
-            if !marks.event_timer {
-                marks.event_timer = true;
+            if marks.event_waiting.replace(event).is_none() {
                 let wait =
                     gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
                 self.out.push(Effect::Arm {

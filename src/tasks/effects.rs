@@ -199,6 +199,11 @@ pub struct WakeOrder {
     pub attempt: u32,
     pub task_id: String,
     pub raw: String,
+    /// The task's `description` as text (empty when there is none).
+    pub description: String,
+    /// `TASK_FILE`, and where the command's output goes.
+    pub task_file: std::path::PathBuf,
+    pub output_file: std::path::PathBuf,
     pub target_type: Option<String>,
     pub model: Option<String>,
 }

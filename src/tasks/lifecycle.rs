@@ -403,12 +403,12 @@ impl Machine {
         generation: u64,
         answer: Answer,
     ) {
-        let Some(index) = self
+        let waiting = self
             .state
             .outbox
             .iter()
-            .position(|e| e.task_id == task_id && e.kind == kind && e.generation == generation)
-        else {
+            .any(|e| e.task_id == task_id && e.kind == kind && e.generation == generation);
+        if !waiting {
             self.note(
                 LogLevel::Debug,
                 "report_answer_ignored",
@@ -423,7 +423,7 @@ impl Machine {
                 ],
             );
             return;
-        };
+        }
         match answer {
             Answer::Acked { status } => {
                 let fits = match kind {
@@ -462,7 +462,6 @@ impl Machine {
                 let Some(outcome) = task.outcome.clone() else {
                     return;
                 };
-                let _ = index;
                 self.note(
                     LogLevel::Error,
                     "report_refused",

@@ -69,9 +69,11 @@ impl WakeTargets {
 }
 
 impl Settings {
+    /// `TASK_FILE`: the task JSON exactly as the hub sent it, kept until the task ends.
     pub fn task_file(&self, task_id: &str) -> PathBuf {
         self.tasks_dir.join(format!("{task_id}.json"))
     }
+    /// Where the wake command's stdout and stderr go.
     pub fn wake_log(&self, task_id: &str) -> PathBuf {
         self.tasks_dir.join(format!("{task_id}.wake.log"))
     }
@@ -112,8 +114,8 @@ pub(super) struct Marks {
     /// Last progress value the agent reported, and pacing of its events.
     pub progress: Option<i64>,
     pub event_sent_at: Option<u64>,
+    /// The latest event held back by the pacing (its timer is armed while there is one).
     pub event_waiting: Option<serde_json::Map<String, Value>>,
-    pub event_timer: bool,
 }
 
 /// Per outbox entry (same order): when it became due, and the session it was sent on.
@@ -129,6 +131,20 @@ pub(super) enum Deferred {
     Wake { task_id: String, wake_id: u64 },
 }
 
+/// The queue file's write: one in flight (its file work kept for a retry), or a failed one
+/// waiting for its retry timer.
+#[derive(Debug)]
+pub(super) enum Writing {
+    InFlight {
+        seq: u64,
+        before: Vec<FileOp>,
+        after: Vec<FileOp>,
+    },
+    RetryWait {
+        seq: u64,
+    },
+}
+
 pub struct Machine {
     pub(super) cfg: Settings,
     pub(super) state: QueueState,
@@ -137,8 +153,8 @@ pub struct Machine {
     /// The latest change and the latest one known to be on disk.
     pub(super) change: u64,
     pub(super) durable: u64,
-    /// The write in flight (its sequence number and its file work, kept for a retry).
-    pub(super) writing: Option<(u64, Vec<FileOp>, Vec<FileOp>)>,
+    /// The write in flight, or the wait before a failed one goes again.
+    pub(super) writing: Option<Writing>,
     pub(super) before: Vec<FileOp>,
     pub(super) after: Vec<FileOp>,
     pub(super) write_failures: u32,
@@ -149,7 +165,6 @@ pub struct Machine {
     pub(super) spawned: BTreeSet<u64>,
     /// A new task pushed while busy, kept until the busy task's `state_report` is answered.
     pub(super) undecided: Option<Assign>,
-    pub(super) progress_timer_for: Option<u64>,
     pub(super) shutting_down: bool,
     /// A restart the hub asked for, waiting for the task in progress.
     pub(super) restart: Option<String>,
@@ -187,7 +202,6 @@ impl Machine {
             outbox_marks,
             spawned: running,
             undecided: None,
-            progress_timer_for: None,
             shutting_down: false,
             restart: None,
             out: Vec::new(),
@@ -340,7 +354,11 @@ impl Machine {
         if self.writing.is_none() && self.change > self.durable {
             let before = std::mem::take(&mut self.before);
             let after = std::mem::take(&mut self.after);
-            self.writing = Some((self.change, before.clone(), after.clone()));
+            self.writing = Some(Writing::InFlight {
+                seq: self.change,
+                before: before.clone(),
+                after: after.clone(),
+            });
             self.out.push(Effect::Persist(Persist {
                 seq: self.change,
                 state: self.state.clone(),
@@ -352,7 +370,7 @@ impl Machine {
     }
 
     fn on_persisted(&mut self, seq: u64) {
-        if self.writing.as_ref().is_none_or(|(s, _, _)| *s != seq) {
+        if !matches!(&self.writing, Some(Writing::InFlight { seq: s, .. }) if *s == seq) {
             return;
         }
         self.writing = None;
@@ -361,13 +379,17 @@ impl Machine {
     }
 
     fn on_persist_failed(&mut self, seq: u64, error: &str) {
-        let Some((s, before, after)) = self.writing.take() else {
-            return;
+        let (before, after) = match self.writing.take() {
+            Some(Writing::InFlight {
+                seq: s,
+                before,
+                after,
+            }) if s == seq => (before, after),
+            other => {
+                self.writing = other;
+                return;
+            }
         };
-        if s != seq {
-            self.writing = Some((s, before, after));
-            return;
-        }
         // The file work goes again with the retry, ahead of anything newer.
         let newer_before = std::mem::replace(&mut self.before, before);
         let newer_after = std::mem::replace(&mut self.after, after);
@@ -387,7 +409,7 @@ impl Machine {
             self.give_back_unsaved();
         }
         // Nothing is written until the retry: the change counter stays ahead of `durable`.
-        self.writing = Some((seq, Vec::new(), Vec::new()));
+        self.writing = Some(Writing::RetryWait { seq });
         self.out.push(Effect::Arm {
             timer: Timer::WriteRetry { seq },
             after: self.cfg.write_retry,
@@ -395,7 +417,7 @@ impl Machine {
     }
 
     pub(super) fn on_write_retry(&mut self, seq: u64) {
-        if matches!(&self.writing, Some((s, b, a)) if *s == seq && b.is_empty() && a.is_empty()) {
+        if matches!(&self.writing, Some(Writing::RetryWait { seq: s }) if *s == seq) {
             self.writing = None;
         }
     }

@@ -131,11 +131,7 @@ impl Outcome {
         if result.get("status").and_then(Value::as_str) == Some("success") {
             return Outcome::Complete { result };
         }
-        let text = |k: &str| match result.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            None | Some(Value::Null) => None,
-            Some(other) => Some(other.to_string()),
-        };
+        let text = |k: &str| result.get(k).and_then(value_text);
         let reason = text("reason")
             .or_else(|| text("error"))
             .unwrap_or_else(|| "agent_reported_failure".into());
@@ -190,6 +186,14 @@ impl TaskRecord {
     /// The frame's fields (the raw text was a JSON object when it was accepted).
     pub fn fields(&self) -> Map<String, Value> {
         serde_json::from_str(&self.raw).unwrap_or_default()
+    }
+
+    /// The task's `description` as text (empty when there is none).
+    pub fn description(&self) -> String {
+        self.fields()
+            .get("description")
+            .and_then(value_text)
+            .unwrap_or_default()
     }
 
     /// Held and not finished: the task the agent slot is busy with.
@@ -423,6 +427,15 @@ mod v1 {
             }
             state
         }
+    }
+}
+
+/// A JSON value as text: a string as it is, null as nothing, anything else as JSON.
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
     }
 }
 

@@ -90,7 +90,6 @@ impl Machine {
             marks.state_report_due = task.in_progress();
             marks.state_report_pending = None;
         }
-        self.progress_timer_for = Some(session);
         self.out.push(Effect::Arm {
             timer: Timer::Progress { session },
             after: self.cfg.progress_interval,
@@ -102,7 +101,6 @@ impl Machine {
             return;
         }
         self.session = None;
-        self.progress_timer_for = None;
         for marks in self.marks.values_mut() {
             marks.state_report_pending = None;
         }
@@ -113,7 +111,7 @@ impl Machine {
     }
 
     pub(super) fn on_progress_timer(&mut self, session: u64) {
-        if self.session != Some(session) || self.progress_timer_for != Some(session) {
+        if self.session != Some(session) {
             return;
         }
         let frames: Vec<Outgoing> = self

@@ -72,7 +72,6 @@ impl Machine {
                 let Some(marks) = self.marks.get_mut(&task_id) else {
                     return;
                 };
-                marks.event_timer = false;
                 let Some(event) = marks.event_waiting.take() else {
                     return;
                 };
