@@ -14,11 +14,14 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// The hub's timings, with its sweeps fast enough for tests.
+/// The hub's timings, with its sweeps fast enough for tests, and an acceptance timeout
+/// short enough to fire within a test when a `task_accepted` (also the one said again after
+/// every identify) is late or missing.
 fn timings() -> HubTimings {
     HubTimings {
         stuck_sweep_interval: ms(100),
         overdue_sweep_interval: ms(100),
+        acceptance_timeout: ms(2000),
         ..HubTimings::default()
     }
 }
@@ -27,7 +30,8 @@ fn success() -> Value {
     json!({"status": "success", "output": "done"})
 }
 
-/// The task is done once, by one agent start, with no violation at the hub.
+/// The task is done once, by one agent start, with no violation at the hub, and the hub
+/// never had to take it back for want of a `task_accepted`.
 fn done_once(hub: &DevHub, sidecar: &Sidecar, task_id: &str) {
     wait_status(hub, task_id, "completed");
     assert_eq!(
@@ -37,6 +41,12 @@ fn done_once(hub: &DevHub, sidecar: &Sidecar, task_id: &str) {
         sidecar.dump()
     );
     assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
+    let unaccepted: Vec<_> = hub
+        .take_backs()
+        .into_iter()
+        .filter(|t| t.task_id == task_id && t.reason == TakeBackReason::AcceptanceTimeout)
+        .collect();
+    assert!(unaccepted.is_empty(), "{unaccepted:?}\n{}", sidecar.dump());
 }
 
 /// A task accepted and confirmed by the recording agent.
@@ -53,7 +63,15 @@ fn working(hub: &DevHub, sidecar: &Sidecar, body: Value) -> String {
 
 #[test]
 fn sigkill_mid_task_and_a_restart_while_the_hub_pushes_the_task_again_before_answering_recovery() {
-    let hub = hub_with(timings(), HubLimits::default());
+    // The identify's scheduling waits for the sidecar's task_recovering (however slow the
+    // machine), so the re-push surely comes before the answer.
+    let hub = hub_with(
+        HubTimings {
+            join_schedule_delay: ms(10_000),
+            ..timings()
+        },
+        HubLimits::default(),
+    );
     let mut sidecar = recording_sidecar(&hub, json!({}));
     let task_id = working(&hub, &sidecar, json!({"description": "long job"}));
     sidecar.kill();
@@ -66,16 +84,11 @@ fn sigkill_mid_task_and_a_restart_while_the_hub_pushes_the_task_again_before_ans
     let accepted = eventually_frame(&hub, "task_accepted", &task_id, |f| {
         f["generation"].as_u64() > Some(1)
     });
-    // However the hub answers task_recovering (reassign; or continue, had it assigned the
-    // task again first), the answer no longer applies to the adopted task.
+    // The hub answers task_recovering with task_reassign after the re-push: the answer no
+    // longer applies to the adopted task.
     sidecar
-        .wait_for(WAIT, |l| {
-            matches!(
-                l["event"].as_str(),
-                Some("task_reassign_ignored" | "task_continue_ignored" | "recovery_continued")
-            )
-        })
-        .unwrap_or_else(|| panic!("the recovery answer handled\n{}", sidecar.dump()));
+        .wait_for(WAIT, |l| l["event"] == "task_reassign_ignored")
+        .unwrap_or_else(|| panic!("the late reassign ignored\n{}", sidecar.dump()));
     release(&sidecar, &task_id, &success());
     done_once(&hub, &sidecar, &task_id);
     let complete = agent_frames(&hub, "task_complete", &task_id);
@@ -448,4 +461,77 @@ fn a_task_pushed_while_busy_is_refused_without_a_violation_and_the_hub_requeues_
     });
     release(&sidecar, &second, &success());
     done_once(&hub, &sidecar, &second);
+}
+
+/// Another client, identified as [`AGENT`], has the hub lock the agent out: three frames
+/// the hub refuses, a 1008 close, and the agent's identify cooldown begins.
+fn lock_out(hub: &DevHub) {
+    use awc::ws::{Frame, Message};
+    use futures_util::{SinkExt, StreamExt};
+    actix_rt::System::new().block_on(async {
+        let (_, mut ws) = awc::Client::new()
+            .ws(hub.ws_url())
+            .connect()
+            .await
+            .expect("connects");
+        let identify = json!({"type": "identify", "agent_id": AGENT, "token": TOKEN,
+            "name": AGENT, "status": "idle", "capabilities": [], "client_type": "sidecar",
+            "protocol_version": 1});
+        let mut frames = vec![identify];
+        frames.extend((0..3).map(|_| json!({"type": "task_rejected"})));
+        for frame in frames {
+            ws.send(Message::Text(frame.to_string().into()))
+                .await
+                .expect("sent");
+        }
+        loop {
+            match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Frame::Close(reason)))) => {
+                    let reason = reason.expect("a close reason");
+                    assert_eq!(u16::from(reason.code), 1008);
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close from the hub: {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn a_lockout_is_waited_out_once_and_then_work_goes_on() {
+    let cooldown = ms(3000);
+    let hub = hub_with(
+        timings(),
+        HubLimits {
+            violation_threshold: 3,
+            cooldowns: [cooldown, cooldown * 2, cooldown * 4],
+            ..HubLimits::default()
+        },
+    );
+    lock_out(&hub);
+    assert_eq!(hub.violations(AGENT), 3);
+    let locked_at = std::time::Instant::now();
+    // Reconnecting every 50 ms would meet the cooldown again and again (each one more
+    // refused identify); the sidecar waits out what the hub's close said.
+    let sidecar = recording_sidecar(&hub, json!({}));
+    let lockouts = sidecar.events("hub_lockout");
+    assert_eq!(lockouts.len(), 1, "{}", sidecar.dump());
+    assert!(
+        lockouts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("cooldown active: retry in")),
+        "{}",
+        lockouts[0]
+    );
+    assert!(
+        locked_at.elapsed() >= cooldown - ms(1000),
+        "identified {:?} after a {cooldown:?} lockout",
+        locked_at.elapsed()
+    );
+    let task_id = working(&hub, &sidecar, json!({"description": "after the lockout"}));
+    release(&sidecar, &task_id, &success());
+    wait_status(&hub, &task_id, "completed");
+    assert_eq!(starts_of(&sidecar, &task_id), 1, "{}", sidecar.dump());
+    assert_eq!(hub.violations(AGENT), 3, "none from the sidecar");
 }

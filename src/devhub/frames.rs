@@ -92,10 +92,13 @@ impl Core {
             Err(Invalid::Errors(errors)) => return self.violation(id, &frame, errors, now),
         }
         // The scheduling an earlier identify left for after this frame (not this one's own).
-        let pending = self
-            .sessions
-            .get(&id)
-            .is_some_and(|s| s.join_schedule.is_some());
+        // A heartbeat or a resource report, which touch no task, leave it for the next one.
+        let housekeeping = matches!(kind.as_str(), "ping" | "resource_report");
+        let pending = !housekeeping
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.join_schedule.is_some());
         let mut reply = self.rate_gate(id, &kind, &frame, behaviour, now);
         let session = self.sessions.get_mut(&id);
         let pending = pending && session.and_then(|s| s.join_schedule.take()).is_some();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use agentcom_sidecar::devhub::{
-    Behaviour, DevHub, DevHubOptions, HubEvent, HubEventKind, RawFrame,
+    Behaviour, DevHub, DevHubOptions, HubEvent, HubEventKind, RawFrame, TakeBackReason,
 };
 
 /// Generous: tests wait for events, so a slow machine only makes them slower, not red.
