@@ -230,8 +230,8 @@ impl QueueActor {
                         act.handle_event(Event::Timer(timer), ctx)
                     });
                 }
-                Effect::Rescan => {
-                    let _ = self.env.bus.send(RescanResults);
+                Effect::Rescan { task_id } => {
+                    let _ = self.env.bus.send(RescanResults { task_id });
                 }
                 Effect::Log(note) => self.env.log.emit(note.level, note.event, note.fields),
                 Effect::Changed => self.publish_tasks(),

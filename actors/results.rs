@@ -16,10 +16,12 @@
 //!
 //! Files are read untrusted (see [`crate::fsx::read_untrusted`]): no symlink followed, no
 //! blocking open (a FIFO cannot hang the reader), regular files only, at most
-//! `max_result_bytes`. Reading happens on the blocking pool, never on the event loop. The
+//! `max_result_bytes`. Reading and listing the directory happen on the blocking pool; on the
+//! event loop there is only a stat per file to tell a change. The
 //! directory is watched with inotify (the `notify` crate), or polled every second when
 //! inotify cannot be used (watch limit reached, no inotify); it is scanned in full at
-//! start-up and on [`RescanResults`]. The actor decides nothing about tasks. It fails (and
+//! start-up, after a watch error, and on a [`RescanResults`] without a task id (one with a
+//! task id looks at that task's files only). The actor decides nothing about tasks. It fails (and
 //! is restarted) only if `results_dir` cannot be created or watched at all.
 
 use std::collections::{HashMap, HashSet};
@@ -37,11 +39,14 @@ use crate::log_event;
 use crate::tasks::store::{self, ResultRead};
 use crate::tasks::valid_task_id;
 
-/// Scan the whole results directory again and report every file, including ones reported
-/// before (the QueueActor now cares about a task it ignored).
-#[derive(Debug, Clone, Copy, Message)]
+/// Look again at one task's files (`<id>.started`, `<id>.json`, `<id>.progress`), or with
+/// no task id at the whole results directory, and report them, including what was reported
+/// before (the QueueActor now cares about a task it ignored, or was restarted).
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct RescanResults;
+pub struct RescanResults {
+    pub task_id: Option<String>,
+}
 
 /// Published: `<task_id>.started` exists.
 #[derive(Debug, Clone, Message)]
@@ -208,25 +213,41 @@ impl ResultsActor {
         self.progress.clear();
     }
 
+    /// Lists the results directory off the event loop (it may hold many files), then looks
+    /// at each.
     fn scan(&mut self, ctx: &mut Context<Self>) {
-        let dir = &self.env.config.results_dir;
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                log_event!(
-                    self.env.log,
+        let dir = self.env.config.results_dir.clone();
+        let list = actix_rt::task::spawn_blocking(move || {
+            std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .collect::<Vec<PathBuf>>()
+                })
+                .map_err(|e| (dir, e))
+        });
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(list).map(|listed, act, ctx| match listed {
+                Ok(Ok(paths)) => {
+                    for path in paths {
+                        act.on_path(&path, Trigger::Scan, ctx);
+                    }
+                }
+                Ok(Err((dir, e))) => log_event!(
+                    act.env.log,
                     Error,
                     "results_scan_failed",
                     dir = dir,
                     error = e.to_string()
-                );
-                return;
-            }
-        };
-        let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        for path in paths {
-            self.on_path(&path, Trigger::Scan, ctx);
-        }
+                ),
+                Err(e) => log_event!(
+                    act.env.log,
+                    Error,
+                    "results_scan_failed",
+                    error = e.to_string()
+                ),
+            }),
+        );
     }
 
     fn on_path(&mut self, path: &Path, trigger: Trigger, ctx: &mut Context<Self>) {
@@ -479,10 +500,22 @@ impl Handler<Stop> for ResultsActor {
 
 impl Handler<RescanResults> for ResultsActor {
     type Result = ();
-    fn handle(&mut self, _: RescanResults, ctx: &mut Context<Self>) {
-        self.reported.clear();
-        self.started.clear();
-        self.scan(ctx);
+    fn handle(&mut self, msg: RescanResults, ctx: &mut Context<Self>) {
+        let Some(task_id) = msg.task_id else {
+            self.reported.clear();
+            self.started.clear();
+            return self.scan(ctx);
+        };
+        self.reported.remove(&task_id);
+        self.started.remove(&task_id);
+        let dir = self.env.config.results_dir.clone();
+        for name in [
+            format!("{task_id}.started"),
+            format!("{task_id}.json"),
+            format!("{task_id}.progress"),
+        ] {
+            self.on_path(&dir.join(name), Trigger::Scan, ctx);
+        }
     }
 }
 

@@ -137,9 +137,6 @@ impl WakerActor {
             of = config.wake_retry_delays.len() + 1,
             target_type = task.target_type
         );
-        let offset = std::fs::metadata(&task.output_file)
-            .map(|m| m.len())
-            .unwrap_or(0);
         let large = [
             ("TASK_JSON", &task.raw),
             ("TASK_DESCRIPTION", &task.description),
@@ -157,7 +154,12 @@ impl WakerActor {
                 );
             }
         }
-        let spawned = output_stdio(&task.output_file).and_then(|(out, err)| {
+        // Opening the output file stays beside the spawn, on the event loop (one local open,
+        // like the fork itself): the attempt is in `running` as soon as it exists, so a cancel
+        // can never miss it. Where this attempt's output begins comes from the open file.
+        let mut offset = 0;
+        let spawned = output_stdio(&task.output_file).and_then(|(out, err, at)| {
+            offset = at;
             let mut cmd = match &command {
                 WakeCommand::Shell(text) => proctree::shell(text),
                 WakeCommand::Argv(argv) => {
@@ -246,16 +248,24 @@ impl WakerActor {
                 ))))
             }
         };
+        // What the attempt wrote is read off the event loop once it has ended.
+        let output_file = task.output_file.clone();
+        let ended = async move {
+            let ended = wait.await;
+            let output = actix_rt::task::spawn_blocking(move || read_output(&output_file, offset))
+                .await
+                .unwrap_or_default();
+            (ended, output)
+        };
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(wait)
-                .map(move |ended, act, _| act.attempt_done(task, offset, ended)),
+            actix::fut::wrap_future::<_, Self>(ended)
+                .map(move |(ended, output), act, _| act.attempt_done(task, output, ended)),
         );
     }
 
-    fn attempt_done(&mut self, task: WakeTask, offset: u64, ended: Ended) {
+    fn attempt_done(&mut self, task: WakeTask, output: String, ended: Ended) {
         let was = self.running.remove(&task.wake_id);
         let confirmed = was.as_ref().is_some_and(|r| r.confirmed.get());
-        let output = read_output(&task.output_file, offset);
         let outcome = match ended {
             Ended::Exited(status) if status.success() => WakeOutcome::Success,
             Ended::Exited(status) => WakeOutcome::Failed(describe_exit(status)),
@@ -309,10 +319,12 @@ fn fits_env(value: &str) -> bool {
     value.len() <= ENV_VALUE_MAX && !value.contains('\0')
 }
 
-/// The same private file for stdout and stderr, appended to.
-fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio)> {
+/// The same private file for stdout and stderr, appended to, and its length before this
+/// attempt.
+fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio, u64)> {
     let file = crate::fsx::open_private_append(path)?;
-    Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+    let len = file.metadata()?.len();
+    Ok((Stdio::from(file.try_clone()?), Stdio::from(file), len))
 }
 
 /// What this attempt wrote, from `offset`, at most [`OUTPUT_LOGGED`] bytes.

@@ -31,13 +31,17 @@ impl Machine {
                     self.start_wake(task_id, 1);
                 } else {
                     // The agent starts by itself: look for its files.
-                    self.out.push(Effect::Rescan);
+                    self.out.push(Effect::Rescan {
+                        task_id: Some(task_id.to_string()),
+                    });
                 }
             }
             Agent::WakeFailed {
                 wake_id, attempt, ..
             } => self.after_failed_attempt(task_id, wake_id, attempt),
-            Agent::Confirmed => self.out.push(Effect::Rescan),
+            Agent::Confirmed => self.out.push(Effect::Rescan {
+                task_id: Some(task_id.to_string()),
+            }),
             // An attempt is under way or its confirmation window runs: wait for it.
             Agent::Waking { .. } | Agent::Woken { .. } => {}
             Agent::GaveUp => {}
@@ -88,7 +92,9 @@ impl Machine {
         self.spawned.insert(wake_id);
         self.out.push(Effect::Wake(order));
         // The agent may confirm (or even finish) before its wake command returns.
-        self.out.push(Effect::Rescan);
+        self.out.push(Effect::Rescan {
+            task_id: Some(task_id.to_string()),
+        });
     }
 
     pub(super) fn on_wake_exited(

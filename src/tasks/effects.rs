@@ -244,8 +244,11 @@ pub enum Effect {
         timer: Timer,
         after: Duration,
     },
-    /// Look at the results directory again (files there may matter now).
-    Rescan,
+    /// Look at the results directory again (files there may matter now): one task's files,
+    /// or all of them.
+    Rescan {
+        task_id: Option<String>,
+    },
     Log(Note),
     /// The task list changed (for status and metrics).
     Changed,

@@ -212,7 +212,8 @@ impl World {
                     }
                 }
                 Effect::Arm { timer, .. } => self.timers.push(timer),
-                Effect::Rescan => rescan = true,
+                // (The world re-reports every file either way.)
+                Effect::Rescan { .. } => rescan = true,
                 _ => {}
             }
         }

@@ -138,6 +138,6 @@ impl Machine {
             self.rearm(&id);
         }
         self.prune();
-        self.out.push(Effect::Rescan);
+        self.out.push(Effect::Rescan { task_id: None });
     }
 }
