@@ -348,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn past_the_limit_messages_come_back_and_are_reported() {
+    fn past_the_limit_messages_come_back_to_the_sender_and_the_held_ones_are_delivered() {
         run(async {
             let bus = Bus::new();
             bus.register(dead());

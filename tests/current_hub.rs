@@ -267,7 +267,16 @@ fn a_report_refused_as_stale_is_kept_and_never_sent_again() {
     sidecar.wait_event("reidentify");
     // A new session: the refused report is not sent again.
     hub.kill_connections(AGENT);
-    wait_identified(&hub, 3);
+    let third = wait_identified(&hub, 3);
+    // Past the moment a re-sent outbox would go (right after identify): two heartbeats on
+    // the new connection.
+    eventually("two pings on the new connection", || {
+        hub.events()
+            .iter()
+            .filter(|e| e.conn == third.conn && e.frame_type() == Some("ping"))
+            .count()
+            >= 2
+    });
     assert_eq!(agent_frames(&hub, "task_complete", &task_id).len(), 1);
     assert_eq!(sidecar.queue()["refused"][0]["task_id"], task_id.as_str());
     assert_eq!(starts_of(&sidecar, &task_id), 1);
@@ -321,6 +330,21 @@ fn a_frame_the_hub_rate_limits_is_sent_again_after_its_wait() {
         "the hub dropped nothing: the test proves nothing"
     );
     sidecar.wait_event("frame_rate_limited");
+    // Every frame the hub dropped went again: a frame of its type reached the hub after it.
+    let events = hub.events();
+    for (i, dropped) in events.iter().enumerate() {
+        let HubEventKind::RateLimited { frame_type, .. } = &dropped.kind else {
+            continue;
+        };
+        eventually(
+            &format!("{frame_type} sent again after it was dropped"),
+            || {
+                hub.events()[i + 1..]
+                    .iter()
+                    .any(|e| e.frame_type() == Some(frame_type.as_str()))
+            },
+        );
+    }
 }
 
 #[test]

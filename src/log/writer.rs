@@ -390,10 +390,13 @@ mod tests {
         // A directory where the file should be: opening it for writing fails.
         let path = dir.path().join("is-a-dir");
         std::fs::create_dir(&path).unwrap();
+        let before = crate::log::LINES_TO_STDERR.load(Ordering::Relaxed);
         let mut w = LogWriter::start(&path, NO_ROTATION, "a1", false);
         w.write_blocking(record(vec![]));
         assert!(w.finish(Duration::from_secs(10)));
         assert!(path.is_dir());
+        // The line went to stderr instead, and was counted there.
+        assert!(crate::log::LINES_TO_STDERR.load(Ordering::Relaxed) > before);
     }
 
     #[test]
