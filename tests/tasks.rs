@@ -10,32 +10,16 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// A config whose wake command runs `script` (a file in the sidecar's directory).
-fn task_config(hub: &DevHub, dir: &Path, script: &str, extra: Value) -> Value {
-    let script_path = dir.join("agent.sh");
-    std::fs::write(&script_path, script).unwrap();
-    let base = with(
-        fast_config(&hub.ws_url()),
-        json!({
-            "wake_command": format!("sh {}", script_path.display()),
-            "wake_retry_delays_ms": [50, 50],
-            "wake_timeout_ms": 5000,
-            "confirmation_timeout_ms": 5000,
-            "result_settle_ms": 300,
-        }),
-    );
-    with(base, extra)
-}
-
-/// Starts a sidecar in a fresh directory with a wake script; waits for identify.
+/// A sidecar whose wake command runs `script`, with this file's timings and `extra`; waits
+/// for identify.
 fn start(hub: &DevHub, script: &str, extra: Value) -> Sidecar {
-    let dir = tempfile::tempdir().unwrap();
-    let config = task_config(hub, dir.path(), script, extra);
-    let path = dir.path().join("config.json");
-    write_config(&path, &config);
-    let sidecar = Sidecar::start_in(dir, &["--config", path.to_str().unwrap()]);
-    wait_identified(hub, 1);
-    sidecar
+    let timings = json!({
+        "wake_retry_delays_ms": [50, 50],
+        "wake_timeout_ms": 5000,
+        "confirmation_timeout_ms": 5000,
+        "result_settle_ms": 300,
+    });
+    sidecar_with_script(hub, script, with(timings, extra))
 }
 
 /// An agent that records its environment, confirms, and writes a result by rename.
