@@ -209,6 +209,8 @@ impl QueueActor {
     }
 
     fn run(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        // One step may change the task list several times: it is published once, at the end.
+        let mut changed = false;
         for effect in effects {
             match effect {
                 Effect::Persist(p) => self.persist(p, ctx),
@@ -234,7 +236,7 @@ impl QueueActor {
                     let _ = self.env.bus.send(RescanResults { task_id });
                 }
                 Effect::Log(note) => self.env.log.emit(note.level, note.event, note.fields),
-                Effect::Changed => self.publish_tasks(),
+                Effect::Changed => changed = true,
                 Effect::Ended { task_id, outcome } => {
                     let _ = self.env.bus.send(TaskEnded { task_id, outcome });
                 }
@@ -246,6 +248,9 @@ impl QueueActor {
                     let _ = self.env.bus.send(Reidentify { session, reason });
                 }
             }
+        }
+        if changed {
+            self.publish_tasks();
         }
     }
 
