@@ -538,3 +538,61 @@ fn a_restart_the_hub_asks_for_waits_for_the_report_to_be_answered() {
         "idle: at once"
     );
 }
+
+#[test]
+fn a_waker_restart_leaves_a_running_attempt_its_window_and_wakes_no_second_agent() {
+    let mut h = H::new();
+    h.up(1);
+    let e = h.assign("t", 1);
+    assert_eq!(wakes(&e).len(), 1);
+    // The waker died with the attempt's command perhaps still running.
+    let e = h.ev(Event::WakerRestarted);
+    assert!(notes(&e).contains(&"wake_outcome_lost"), "{e:?}");
+    assert!(wakes(&e).is_empty(), "no second agent at once");
+    // The agent it started confirms: the task works on, still without a second start.
+    let e = h.ev(Event::StartedSeen {
+        task_id: "t".into(),
+    });
+    assert!(wakes(&e).is_empty());
+    assert_eq!(h.agent("t"), Agent::Confirmed);
+    assert_eq!(wakes(&h.log).len(), 1);
+}
+
+#[test]
+fn an_ack_that_does_not_fit_the_report_changes_nothing() {
+    let mut h = working();
+    h.ev(success());
+    assert_eq!(h.state().outbox.len(), 1);
+    let e = h.ev(acked("t", ReportKind::Complete, 1, "failed"));
+    assert!(notes(&e).contains(&"task_ack_unexpected"), "{e:?}");
+    assert_eq!(h.state().outbox.len(), 1, "the report still waits");
+    let e = h.ev(acked("t", ReportKind::Complete, 1, "complete"));
+    assert!(notes(&e).contains(&"task_ack"), "{e:?}");
+    assert!(h.state().outbox.is_empty());
+}
+
+#[test]
+fn released_tasks_past_keep_released_are_forgotten_oldest_first() {
+    let mut h = H::new();
+    h.up(1);
+    // Cancelled while their wake commands run: released, but remembered (an agent may run).
+    for i in 0..10 {
+        let id = format!("t{i}");
+        h.assign(&id, 1);
+        h.ev(Event::Cancelled { task_id: id });
+    }
+    let released: Vec<&str> = h
+        .state()
+        .tasks
+        .iter()
+        .filter(|t| t.role == Role::Released)
+        .map(|t| t.task_id.as_str())
+        .collect();
+    assert_eq!(released, ["t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"]);
+    let forgotten = h
+        .log
+        .iter()
+        .filter(|e| matches!(e, Effect::Log(n) if n.event == "task_forgotten"))
+        .count();
+    assert_eq!(forgotten, 2);
+}
