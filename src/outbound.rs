@@ -637,6 +637,19 @@ mod tests {
         assert_eq!(kinds(&o.poll(next)), ["task_progress", "ping"]);
     }
 
+    /// Sends what may go (a's report first), answers a's report, and returns what goes next.
+    fn behind_acked_complete(o: &mut Outbound, now: Instant) -> Vec<Outgoing> {
+        o.poll(now);
+        o.attribute(
+            &Incoming::TaskAck {
+                task_id: "a".into(),
+                status: "complete".into(),
+            },
+            now,
+        );
+        o.poll(now)
+    }
+
     #[test]
     fn a_newer_progress_replaces_one_still_waiting() {
         let now = Instant::now();
@@ -651,15 +664,7 @@ mod tests {
         }
         o.submit(progress("b"));
         assert_eq!(o.waiting(), 3);
-        o.poll(now);
-        o.attribute(
-            &Incoming::TaskAck {
-                task_id: "a".into(),
-                status: "complete".into(),
-            },
-            now,
-        );
-        let sent = o.poll(now);
+        let sent = behind_acked_complete(&mut o, now);
         assert!(matches!(
             &sent[0],
             Outgoing::TaskProgress {
@@ -701,15 +706,7 @@ mod tests {
             execution_event: None,
         });
         assert_eq!(o.waiting(), 2);
-        o.poll(now);
-        o.attribute(
-            &Incoming::TaskAck {
-                task_id: "a".into(),
-                status: "complete".into(),
-            },
-            now,
-        );
-        let sent = o.poll(now);
+        let sent = behind_acked_complete(&mut o, now);
         match &sent[0] {
             Outgoing::TaskProgress {
                 progress,
