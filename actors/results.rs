@@ -84,6 +84,9 @@ type Fingerprint = (u64, Option<SystemTime>);
 
 /// Longest progress line read; a longer one is skipped.
 const PROGRESS_LINE_MAX: usize = 64 * 1024;
+/// How soon a result file that could not be read for a passing reason (out of descriptors or
+/// memory) is read again.
+const TRANSIENT_RETRY: Duration = Duration::from_secs(1);
 
 pub struct ResultsActor {
     env: Env,
@@ -324,6 +327,22 @@ impl ResultsActor {
         read: ResultRead,
         ctx: &mut Context<Self>,
     ) {
+        if let ResultRead::Transient(why) = &read {
+            // Out of descriptors or memory for a moment: the file is read again, whatever it
+            // holds, and nothing is decided until a read succeeds.
+            log_event!(
+                self.env.log,
+                Warn,
+                "result_read_deferred",
+                task_id = task_id,
+                error = why,
+                retry_ms = TRANSIENT_RETRY.as_millis() as u64
+            );
+            ctx.run_later(TRANSIENT_RETRY, move |act, ctx| {
+                act.check(task_id, trigger, ctx);
+            });
+            return;
+        }
         if let ResultRead::Partial(_) = read {
             match (trigger, self.polling) {
                 (Trigger::Final, _) => {}

@@ -45,6 +45,8 @@ pub struct StatusActor {
     stopping: bool,
     systemd_status: String,
     server: Option<actix_web::dev::ServerHandle>,
+    /// The previous state file is being read (see `restore`): nothing is written until then.
+    restoring: bool,
 }
 
 fn now() -> String {
@@ -54,11 +56,11 @@ fn now() -> String {
 impl StatusActor {
     pub fn new(env: &Env) -> Self {
         let config = &env.config;
-        let mut status = Status {
+        let status = Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             agent_id: config.agent_id.clone(),
-            hub_url: config.hub_url.to_string(),
+            hub_url: crate::config::redact_url_secrets(config.hub_url.as_str()),
             started_at: now(),
             session: crate::status::Session {
                 state: "starting".into(),
@@ -66,16 +68,6 @@ impl StatusActor {
             },
             ..Status::default()
         };
-        // A restart of this actor alone keeps the process's counters: they are in the state
-        // file it wrote itself.
-        if let Ok(previous) = crate::status::read(&config.status_file) {
-            if previous.pid == status.pid && previous.stopped_at.is_none() {
-                status.started_at = previous.started_at;
-                status.reconnects = previous.reconnects;
-                status.restarts = previous.restarts;
-                status.tasks.ended = previous.tasks.ended;
-            }
-        }
         StatusActor {
             env: env.clone(),
             status: Arc::new(RwLock::new(status)),
@@ -85,7 +77,36 @@ impl StatusActor {
             stopping: false,
             systemd_status: String::new(),
             server: None,
+            restoring: true,
         }
+    }
+
+    /// A restart of this actor alone keeps the process's counters: they are in the state file
+    /// it wrote itself, read off the event loop (as an untrusted file: see
+    /// [`crate::status::read`]). No state file is written until that read is done.
+    fn restore(&mut self, ctx: &mut Context<Self>) {
+        let path = self.env.config.status_file.clone();
+        let read = actix_rt::task::spawn_blocking(move || crate::status::read(&path));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(read).map(|previous, act, ctx| {
+                act.restoring = false;
+                if let Ok(Ok(previous)) = previous {
+                    if let Ok(mut status) = act.status.write() {
+                        if previous.pid == status.pid && previous.stopped_at.is_none() {
+                            status.started_at = previous.started_at;
+                            status.reconnects += previous.reconnects;
+                            for (actor, restarts) in previous.restarts {
+                                status.restarts.entry(actor).or_insert(restarts);
+                            }
+                            for (outcome, n) in previous.tasks.ended {
+                                *status.tasks.ended.entry(outcome).or_default() += n;
+                            }
+                        }
+                    }
+                }
+                act.schedule_write(ctx);
+            }),
+        );
     }
 
     /// Applies a change, then reports it (state file soon, systemd status now).
@@ -131,7 +152,8 @@ impl StatusActor {
     }
 
     fn write(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping {
+        if self.stopping || self.restoring {
+            // While restoring, the write follows the read.
             return;
         }
         if self.writing {
@@ -275,7 +297,7 @@ impl Actor for StatusActor {
         // After a restart of this actor alone: learn the present from the others.
         let _ = self.env.bus.send(AnnounceSession);
         let _ = self.env.bus.send(AnnounceTasks);
-        self.schedule_write(ctx);
+        self.restore(ctx);
     }
 }
 

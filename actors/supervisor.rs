@@ -393,6 +393,15 @@ impl Supervisor {
             config_file = config.path,
             config = config.effective(),
         );
+        if let Some((before, now)) = crate::process::fd_limit_raised() {
+            log_event!(
+                self.env.log,
+                Debug,
+                "fd_limit_raised",
+                from = before,
+                to = now
+            );
+        }
         for warning in &config.warnings {
             log_event!(self.env.log, Warn, "config_warning", message = warning);
         }

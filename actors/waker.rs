@@ -193,12 +193,18 @@ impl WakerActor {
                 .stderr(err)
                 .kill_on_drop(false);
             proctree::detach(&mut cmd);
-            cmd.spawn()
+            // No service-manager or credential variable, no inherited descriptor.
+            crate::process::confine(&mut cmd);
+            let mut guard = crate::process::spawn_guard();
+            let child = cmd.spawn()?;
+            crate::process::own_child(&mut guard, child.id());
+            Ok(child)
         });
         let timeout = config.wake_timeout;
         let confirmed = Rc::new(Cell::new(false));
         let wait = match spawned {
             Ok(mut child) => {
+                let pid = child.id();
                 let (tree, unkillable) = Tree::adopt(&child);
                 if let Some(error) = unkillable {
                     log_event!(
@@ -221,7 +227,7 @@ impl WakerActor {
                     },
                 );
                 futures_util::future::Either::Left(async move {
-                    match tokio::time::timeout(timeout, child.wait()).await {
+                    let ended = match tokio::time::timeout(timeout, child.wait()).await {
                         Ok(Ok(status)) => Ended::Exited(status),
                         Ok(Err(e)) => Ended::Failed(format!("waiting for the wake command: {e}")),
                         // A confirmed agent runs inside its wake command: let it.
@@ -234,7 +240,9 @@ impl WakerActor {
                             let _ = child.wait().await;
                             Ended::TimedOut
                         }
-                    }
+                    };
+                    crate::process::child_done(pid);
+                    ended
                 })
             }
             Err(e) => {

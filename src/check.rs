@@ -14,23 +14,15 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Checks what a valid config cannot promise by itself.
+/// Checks what a valid config cannot promise by itself. Nothing is created or changed: a
+/// missing directory is reported as one the sidecar will create (see [`notes`]).
 pub fn check(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut dir = |key: &'static str, dir: Option<&Path>| {
-        if let Some(dir) = dir {
-            if let Err(e) = writable_dir(dir) {
-                problems.push(Problem {
-                    key,
-                    message: format!("{} is not a writable directory: {e}", dir.display()),
-                });
-            }
+    for (key, dir) in state_dirs(config) {
+        if let Err(message) = dir_usable(dir) {
+            problems.push(Problem { key, message });
         }
-    };
-    dir("results_dir", Some(&config.results_dir));
-    dir("log_file", config.log_file.parent());
-    dir("queue_file", config.queue_file.parent());
-    dir("status_file", config.status_file.parent());
+    }
     let commands = config
         .wake_command
         .iter()
@@ -54,13 +46,131 @@ pub fn check(config: &Config) -> Vec<Problem> {
     problems
 }
 
+/// The directories the sidecar writes to, by the key that names them.
+pub fn state_dirs(config: &Config) -> Vec<(&'static str, &Path)> {
+    let mut dirs = vec![("results_dir", config.results_dir.as_path())];
+    for (key, file) in [
+        ("log_file", &config.log_file),
+        ("queue_file", &config.queue_file),
+        ("status_file", &config.status_file),
+    ] {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            dirs.push((key, dir));
+        }
+    }
+    dirs
+}
+
+/// What an operator should know about the state directories that is no error: the ones
+/// that do not exist yet (the sidecar creates them, mode 700, at start) and whether their
+/// nearest existing parent lets this user create them, and the ones others can write to.
+pub fn notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut seen: Vec<&Path> = Vec::new();
+    for (key, dir) in state_dirs(config) {
+        if seen.contains(&dir) {
+            continue;
+        }
+        seen.push(dir);
+        if dir.is_dir() {
+            notes.extend(crate::fsx::writable_by_others(dir).map(|w| format!("{key}: {w}")));
+            continue;
+        }
+        let Some(parent) = dir.ancestors().skip(1).find(|a| a.is_dir()) else {
+            continue;
+        };
+        let who = if is_root() {
+            " (this check runs as root: the service's own user must be able to write there, or the directory must be created for it, e.g. by systemd's StateDirectory=)"
+        } else {
+            ""
+        };
+        let can = if may_write(parent) {
+            "this user can create it there"
+        } else {
+            "this user cannot create it there"
+        };
+        notes.push(format!(
+            "{key}: {} does not exist yet; the sidecar creates it (mode 700) when it starts, under {} ({}){who}",
+            dir.display(),
+            parent.display(),
+            can
+        ));
+    }
+    notes
+}
+
+/// An existing directory is usable if a file can be created in it (a probe created new,
+/// never through a link, and removed at once); a missing one if its nearest existing parent
+/// is a directory this user may write to. Nothing is created for a missing directory.
+fn dir_usable(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) if dir.is_dir() => {
+            probe(dir).map_err(|e| format!("{} is not a writable directory: {e}", dir.display()))
+        }
+        Ok(_) => Err(format!("{} exists and is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match dir.ancestors().skip(1).find(|a| a.exists()) {
+                Some(parent) if !parent.is_dir() => Err(format!(
+                    "{} cannot be created: {} is not a directory",
+                    dir.display(),
+                    parent.display()
+                )),
+                Some(parent) if !may_write(parent) => Err(format!(
+                    "{} cannot be created: {} is not writable by this user",
+                    dir.display(),
+                    parent.display()
+                )),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(format!("{} cannot be examined: {e}", dir.display())),
+    }
+}
+
 /// Creates the directory if needed (private, as every directory the sidecar makes) and
-/// proves a file can be created in it.
+/// proves a file can be created in it (`register`, which writes there next).
 pub(crate) fn writable_dir(dir: &Path) -> std::io::Result<()> {
     crate::fsx::create_private_dir(dir)?;
-    let probe = dir.join(format!(".agentcom-sidecar-check-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
+    probe(dir)
+}
+
+/// Creates a new empty file in `dir` and removes it: never an existing file, never through
+/// a link planted at the probe's name.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(
+        ".agentcom-sidecar-check-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    drop(crate::fsx::create_new_private(&probe)?);
     std::fs::remove_file(&probe)
+}
+
+/// Whether this process's user may create entries in `dir` (access(2): the real user).
+fn may_write(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: access(2) with a valid NUL-terminated path.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
+    }
+}
+
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid(2) has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+    #[cfg(not(unix))]
+    false
 }
 
 /// Shell words that run the next word rather than being the program themselves.

@@ -96,6 +96,105 @@ impl HubUrl {
     pub fn is_tls(&self) -> bool {
         self.tls
     }
+
+    /// A warning when the token would cross a network in clear text: `ws://` to a host that
+    /// is not loopback.
+    pub fn cleartext_warning(&self) -> Option<String> {
+        cleartext_warning(&self.url, self.tls)
+    }
+}
+
+/// Whether a URL's host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The warning for a hub reached without TLS over a network, if `url` is one.
+pub fn cleartext_warning(url: &str, tls: bool) -> Option<String> {
+    let uri: awc::http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    (!tls && !is_loopback_host(host)).then(|| {
+        format!(
+            "{} is not encrypted and {host} is not this machine: the hub token and every task cross the network in clear text; use wss:// (https://) unless the network itself is trusted",
+            redact_url_secrets(url)
+        )
+    })
+}
+
+/// `text` with credentials in URLs replaced by `***`: the user information of any
+/// `scheme://user:password@host`, and the values of query parameters whose name says they
+/// are secret (`token`, `key`, `password`, `secret`, `auth`, `signature`, and names ending
+/// so, such as `api_key` or `access_token`).
+pub fn redact_url_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The URL runs to the next white space or quote.
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(after.len());
+        let (url, tail) = after.split_at(end);
+        out.push_str(&redact_one(url));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One URL after its `scheme://`.
+fn redact_one(url: &str) -> String {
+    let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+    let (authority, path) = url.split_at(authority_end);
+    let mut out = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let Some(q) = path.find('?') else {
+        out.push_str(path);
+        return out;
+    };
+    out.push_str(&path[..=q]);
+    let query = &path[q + 1..];
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret_name(name) => format!("{name}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    out.push_str(&pairs.join("&"));
+    out.push_str(fragment);
+    out
+}
+
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "password",
+        "passwd",
+        "secret",
+        "auth",
+        "signature",
+        "sig",
+        "credential",
+        "credentials",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!("_{s}")) || name.ends_with(&format!("-{s}")))
+        || name.ends_with("token")
+        || name.ends_with("apikey")
 }
 
 impl fmt::Display for HubUrl {
@@ -125,10 +224,15 @@ impl WakeCommand {
         }
     }
 
+    /// As shown in `check-config` and the startup line: credentials in URLs redacted.
     fn to_json(&self) -> Value {
         match self {
-            WakeCommand::Shell(text) => Value::from(text.as_str()),
-            WakeCommand::Argv(argv) => Value::from(argv.clone()),
+            WakeCommand::Shell(text) => Value::from(redact_url_secrets(text)),
+            WakeCommand::Argv(argv) => Value::from(
+                argv.iter()
+                    .map(|a| redact_url_secrets(a))
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 }
@@ -361,12 +465,12 @@ impl Config {
             "agent_id": self.agent_id,
             "token": self.token.to_string(),
             "token_file": self.token_file,
-            "hub_url": self.hub_url.as_str(),
+            "hub_url": redact_url_secrets(self.hub_url.as_str()),
             "name": self.name,
             "capabilities": self.capabilities,
             "wake_command": self.wake_command.as_ref().map(WakeCommand::to_json),
             "wake_commands": self.wake_commands.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<Map<String, Value>>(),
-            "ollama_url": self.ollama_url,
+            "ollama_url": self.ollama_url.as_deref().map(redact_url_secrets),
             "confirmation_timeout_ms": ms(self.confirmation_timeout),
             "progress_interval_ms": ms(self.progress_interval),
             "agent_progress_min_ms": ms(self.agent_progress_min),
@@ -537,6 +641,11 @@ impl Raw<'_> {
             }
         };
         let (metrics_listen, metrics_public) = self.metrics_listen()?;
+        warnings.extend(
+            hub_url
+                .cleartext_warning()
+                .map(|w| format!("{}: hub_url {w}", self.path)),
+        );
         if ca_file.is_some() && !hub_url.is_tls() {
             warnings.push(format!(
                 "{}: ca_file is set but hub_url {} is not wss://; ca_file is unused",
@@ -1039,7 +1148,9 @@ mod tests {
         assert_eq!(c.results_dir, PathBuf::from("/etc/sidecar/results"));
         assert_eq!(c.queue_file, PathBuf::from("/etc/sidecar/queue.json"));
         assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
-        assert!(c.warnings.is_empty());
+        // ws:// to another machine: the one warning.
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("clear text"), "{:?}", c.warnings);
     }
 
     #[test]
@@ -1166,5 +1277,47 @@ mod tests {
         assert!(e.contains("line 3, column 3"), "{e}");
         let e = load("[1]").unwrap_err().to_string();
         assert!(e.contains("JSON object"), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted_wherever_they_stand() {
+        assert_eq!(
+            redact_url_secrets("curl https://bob:pw@models.example/v1?model=x&api_key=abc&n=2#f"),
+            "curl https://***@models.example/v1?model=x&api_key=***&n=2#f"
+        );
+        assert_eq!(
+            redact_url_secrets("agent --hub 'wss://h/ws?token=s3cret' --key=v"),
+            "agent --hub 'wss://h/ws?token=***' --key=v"
+        );
+        assert_eq!(
+            redact_url_secrets("http://localhost:11434"),
+            "http://localhost:11434"
+        );
+        assert_eq!(redact_url_secrets("no url here"), "no url here");
+        assert_eq!(
+            redact_url_secrets("x://a@b?AccessToken=1&sig=2&keyboard=3"),
+            "x://***@b?AccessToken=***&sig=***&keyboard=3"
+        );
+    }
+
+    #[test]
+    fn a_cleartext_hub_off_this_machine_is_warned_about() {
+        for url in ["ws://hub.example:4000/ws", "ws://10.0.0.5/ws"] {
+            assert!(
+                HubUrl::parse(url).unwrap().cleartext_warning().is_some(),
+                "{url}"
+            );
+        }
+        for url in [
+            "wss://hub.example/ws",
+            "ws://127.0.0.1:4000/ws",
+            "ws://localhost/ws",
+            "ws://[::1]:4000/ws",
+        ] {
+            assert!(
+                HubUrl::parse(url).unwrap().cleartext_warning().is_none(),
+                "{url}"
+            );
+        }
     }
 }

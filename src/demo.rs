@@ -51,8 +51,7 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
         ..DevHubOptions::default()
     })
     .map_err(|e| format!("dev hub: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("agentcom-sidecar-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = private_temp_dir().map_err(|e| format!("a directory for the demo: {e}"))?;
     let mut config = serde_json::json!({
         "agent_id": AGENT,
         "token": token,
@@ -134,10 +133,38 @@ fn http_post(
     Ok(response)
 }
 
+/// A new directory in the temporary directory, mode 0700, with a random name: never one
+/// that existed (whoever made it could have put their own script where the demo's agent
+/// goes).
+fn private_temp_dir() -> std::io::Result<PathBuf> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let mut last = None;
+    for _ in 0..16 {
+        let dir =
+            std::env::temp_dir().join(format!("agentcom-sidecar-demo-{:016x}", fastrand::u64(..)));
+        // Not recursive: an existing directory (or link) at the name is an error, not reused.
+        match builder.create(&dir) {
+            Ok(()) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+                }
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
+}
+
 /// Writes a file only its owner can read (it holds a token).
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(text.as_bytes())

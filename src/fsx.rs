@@ -74,18 +74,165 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens a file for appending, creating it mode 0600 (a wake command's output log).
+/// Opens a file for appending, creating it mode 0600 (a wake command's output log); see
+/// [`open_private`].
 pub fn open_private_append(path: &Path) -> io::Result<File> {
+    open_private(path, Access::Append)
+}
+
+/// How [`open_private`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Written at its end only (logs).
+    Append,
+    /// Read and written in place (the queue's lock file); never truncated on open.
+    ReadWrite,
+}
+
+/// Opens a file the sidecar keeps in one of its own directories, creating it mode 0600 (and
+/// its directory 0700) if missing. A link planted at the name is never followed (O_NOFOLLOW:
+/// the open fails with a message that says so, and the link's target is untouched), nor is
+/// anything but a regular file used (a FIFO cannot hang the open: O_NONBLOCK). An existing
+/// file is made private too.
+pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
+    options.create(true);
+    match access {
+        Access::Append => options.append(true),
+        Access::ReadWrite => options.read(true).write(true).truncate(false),
+    };
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(path)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT,
+    );
+    let file = options.open(path).map_err(|e| refused_link(path, e))?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file; refusing to use it",
+            path.display()
+        )));
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::MetadataExt;
+        use windows_sys::Win32::Storage::FileSystem::FILE_ATTRIBUTE_REPARSE_POINT;
+        if file.metadata()?.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+            return Err(io::Error::other(format!(
+                "{} is a link; refusing to follow it",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(unix)]
+    {
+        // Back to blocking writes: O_NONBLOCK only kept the open itself from waiting.
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl(2) on a descriptor this function owns.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
     set_private(&file)?;
     Ok(file)
+}
+
+/// Creates a new empty file mode 0600, never one that exists and never through a link (the
+/// probe that proves a directory writable).
+pub fn create_new_private(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path).map_err(|e| refused_link(path, e))
+}
+
+/// The error of an open that met a link where O_NOFOLLOW forbids one, in words.
+fn refused_link(path: &Path, e: io::Error) -> io::Error {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return io::Error::other(format!(
+            "{} is a symbolic link; refusing to follow it (someone else may have planted it)",
+            path.display()
+        ));
+    }
+    let _ = path;
+    e
+}
+
+/// Why a directory the sidecar keeps state in is unsafe, if it is: writable by users other
+/// than its owner (group or others), who could plant links or files in it. `None` where it
+/// is safe, missing, or on a platform without modes. A directory with the sticky bit that
+/// only others can write (like `/tmp`) is still reported: files in it can be planted.
+pub fn writable_by_others(dir: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        if mode & 0o022 != 0 {
+            let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                (true, true) => "its group and all users",
+                (true, false) => "its group",
+                _ => "all users",
+            };
+            return Some(format!(
+                "{} (mode {:o}) is writable by {who}: anyone who can write there can plant links and files in the sidecar's state; make it private (chmod 700) or move the state elsewhere",
+                dir.display(),
+                mode & 0o7777
+            ));
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Whether an I/O error is a passing shortage or interruption (out of descriptors, out of
+/// memory, interrupted, would block) rather than something about the file itself: the read
+/// or write is tried again later and is never the task's outcome.
+pub fn is_transient(e: &io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::EINTR
+                    | libc::EAGAIN
+                    | libc::ENOBUFS
+            )
+        )
+    }
+    #[cfg(not(unix))]
+    false
 }
 
 /// What reading an untrusted file found.
@@ -249,5 +396,53 @@ mod tests {
             read_untrusted(Path::new("/dev/zero"), 100).unwrap(),
             Untrusted::NotRegular
         ));
+    }
+
+    #[test]
+    fn private_opens_and_probes_never_write_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        for name in ["lock", "log", "probe"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        let e = open_private(&dir.path().join("lock"), Access::ReadWrite).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = open_private(&dir.path().join("log"), Access::Append).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(create_new_private(&dir.path().join("probe")).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = open_private(&fifo, Access::Append).unwrap_err();
+        assert!(
+            e.to_string().contains("not a regular file") || e.raw_os_error() == Some(libc::ENXIO),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_passing_shortages_are_transient() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EINTR,
+            libc::EAGAIN,
+        ] {
+            assert!(
+                is_transient(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [libc::EACCES, libc::ENOENT, libc::EISDIR, libc::EIO] {
+            assert!(
+                !is_transient(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
     }
 }

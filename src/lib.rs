@@ -19,6 +19,8 @@
 //! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
 //! - [`result_file`] — the agent's result file parsed: the object, or why it is not one.
 //! - [`proctree`] — a wake command's process tree: started apart from the sidecar, killed whole.
+//! - [`process`] — the process itself: descriptor limit and inheritance, the agent's
+//!   environment, reaping orphans as PID 1.
 //!
 //! The kit every actor uses: [`bus`], [`log`], [`backoff`], [`tls`] and [`fsx`] (the one
 //! atomic write, private files, untrusted reads).
@@ -43,6 +45,7 @@ pub mod hubconn;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
+pub mod process;
 pub mod proctree;
 pub mod protocol;
 pub mod register;

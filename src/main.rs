@@ -40,6 +40,10 @@ struct DevHubArgs {
     /// JSON file {"agent_id": "token", …}; without it any token is accepted
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Allow --listen on an address other than loopback without --tokens (an open hub:
+    /// anyone who can reach it can push tasks to its agents)
+    #[arg(long)]
+    open: bool,
     /// PEM certificate chain: serve wss:// (needs --tls-key)
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -88,6 +92,12 @@ struct DevHubArgs {
 impl DevHubArgs {
     /// The options these flags ask for, or the error message.
     fn options(self) -> Result<devhub::DevHubOptions, String> {
+        if !self.listen.ip().is_loopback() && self.tokens.is_none() && !self.open {
+            return Err(format!(
+                "--listen {} is reachable from other machines, and without --tokens the dev hub accepts any token: anyone who reaches it can push tasks to its agents. Pass --tokens FILE, listen on 127.0.0.1, or pass --open if an open hub is meant",
+                self.listen
+            ));
+        }
         let tokens = self.tokens.map(|p| devhub::load_tokens(&p)).transpose()?;
         let ms = std::time::Duration::from_millis;
         let mut timings = devhub::HubTimings::default();
@@ -241,6 +251,9 @@ fn check_config(config: Option<PathBuf>) -> i32 {
     );
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
+    }
+    for note in check::notes(&config) {
+        eprintln!("note: {note}");
     }
     let problems = check::check(&config);
     for p in &problems {

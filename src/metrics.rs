@@ -5,12 +5,18 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
 use crate::status::Status;
 
 type Shared = web::Data<Arc<RwLock<Status>>>;
+
+/// Connections the endpoint holds open at once (a scraper needs one).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Connections the kernel queues beyond those before it refuses more.
+const BACKLOG: u32 = 16;
 
 /// Binds and starts serving on the current actix System; the handle stops it.
 pub fn serve(
@@ -26,6 +32,14 @@ pub fn serve(
             .route("/metrics", web::get().to(metrics))
     })
     .workers(1)
+    // A flood of connections must not take the descriptors the sidecar's real work needs:
+    // at most this many are open at once; further ones wait in a short kernel backlog (or
+    // are refused there), idle ones are closed after a few seconds.
+    .max_connections(MAX_CONNECTIONS)
+    .backlog(BACKLOG)
+    .keep_alive(Duration::from_secs(5))
+    .client_request_timeout(Duration::from_secs(2))
+    .client_disconnect_timeout(Duration::from_secs(1))
     // The sidecar's own ShutdownActor handles signals.
     .disable_signals()
     .shutdown_timeout(1)

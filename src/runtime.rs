@@ -21,7 +21,19 @@ pub fn run(config: Config) -> i32 {
 }
 
 /// Runs the sidecar with the children `make_children` returns (called inside the System).
-pub fn run_with(config: Config, make_children: impl FnOnce() -> Vec<ChildSpec>) -> i32 {
+pub fn run_with(mut config: Config, make_children: impl FnOnce() -> Vec<ChildSpec>) -> i32 {
+    crate::process::prepare();
+    // State directories others can write to are said loudly (with the config's warnings).
+    let mut unsafe_dirs: Vec<String> = Vec::new();
+    for (key, dir) in crate::check::state_dirs(&config) {
+        if let Some(w) = crate::fsx::writable_by_others(dir) {
+            let w = format!("{key}: {w}");
+            if !unsafe_dirs.contains(&w) {
+                unsafe_dirs.push(w);
+            }
+        }
+    }
+    config.warnings.extend(unsafe_dirs);
     // Held until the process ends (the kernel releases it even on SIGKILL).
     let _lock = match lock_queue(&config.queue_file) {
         Ok(lock) => lock,
@@ -59,16 +71,10 @@ fn lock_queue(queue_file: &Path) -> Result<std::fs::File, String> {
     let mut name = queue_file.as_os_str().to_os_string();
     name.push(".lock");
     let path = std::path::PathBuf::from(name);
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
     let shown = path.display();
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
+    // Private, in a private directory if it makes one; a link planted at the name is refused
+    // (its target would get the pid).
+    let mut file = crate::fsx::open_private(&path, crate::fsx::Access::ReadWrite)
         .map_err(|e| format!("cannot open {shown}: {e}"))?;
     if let Err(e) = file.try_lock() {
         if let std::fs::TryLockError::Error(e) = e {

@@ -422,16 +422,37 @@ fn process_is_ours(pid: u32) -> bool {
         })
 }
 
-/// Reads a state file.
+/// Largest state file read (one is a few KiB; the task list is bounded).
+const MAX_STATE_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a state file, as any file others could have put there: a regular file only (a FIFO
+/// or a device at the name cannot hang the reader), of bounded size. Blocking: off the
+/// event loop.
 pub fn read(path: &Path) -> Result<Status, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!(
-            "no state file at {}: the sidecar has not run with this config",
-            path.display()
-        ),
-        _ => format!("{}: {e}", path.display()),
+    use crate::fsx::Untrusted;
+    let shown = path.display();
+    let file = crate::fsx::open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("no state file at {shown}: the sidecar has not run with this config")
+        }
+        _ => format!("{shown}: {e}"),
     })?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: not a state file: {e}", path.display()))
+    let Some(file) = file else {
+        return Err(format!("{shown}: not a regular file; refusing to read it"));
+    };
+    let bytes = match crate::fsx::read_limited(file, MAX_STATE_FILE_BYTES) {
+        Ok(Untrusted::Bytes(b)) => b,
+        Ok(Untrusted::TooLarge(n)) => {
+            return Err(format!(
+            "{shown}: {n} bytes or more, larger than a state file can be ({MAX_STATE_FILE_BYTES})"
+        ))
+        }
+        Ok(Untrusted::NotRegular) => {
+            return Err(format!("{shown}: not a regular file; refusing to read it"))
+        }
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("{shown}: not a state file: {e}"))
 }
 
 fn human_ms(ms: u64) -> String {

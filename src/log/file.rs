@@ -6,7 +6,7 @@
 //! [`LINES_TO_STDERR`], or in [`LINES_LOST`] if stderr fails too). It knows nothing of the
 //! records' content, of stdout, or of the LoggerActor.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,14 +59,8 @@ impl FileSink {
     }
 
     fn open(&mut self) {
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
-        match options.open(&self.path) {
+        // Private like every file the sidecar makes; a link planted at the name is refused.
+        match crate::fsx::open_private(&self.path, crate::fsx::Access::Append) {
             Ok(mut f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 // A process killed in the middle of a line left it unfinished: the next line

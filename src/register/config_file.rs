@@ -122,14 +122,14 @@ mod tests {
 
     #[test]
     fn the_written_config_loads_with_the_defaults_of_a_minimal_one() {
-        let hub = HubAddress::parse("http://hub:4000").unwrap();
+        let hub = HubAddress::parse("http://127.0.0.1:4000").unwrap();
         let secret = Secret::new("s3cret");
         let path = Path::new("/etc/agentcom-sidecar/a1.json");
         let text = config_text(&options(None), &hub, TokenPlace::Inline(&secret));
         let written = Config::from_json(&text, path).unwrap();
         assert!(written.warnings.is_empty(), "{:?}", written.warnings);
         let minimal = Config::from_json(
-            r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://hub:4000/ws"}"#,
+            r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#,
             path,
         )
         .unwrap();

@@ -68,6 +68,11 @@ impl HubAddress {
     pub(super) fn is_tls(&self) -> bool {
         self.api.starts_with("https://")
     }
+
+    /// A warning when the token would come back over a network in clear text.
+    pub fn cleartext_warning(&self) -> Option<String> {
+        crate::config::cleartext_warning(&self.api, self.is_tls())
+    }
 }
 /// `POST /api/onboard/register`; the token of a 201.
 pub(super) fn request(
@@ -82,9 +87,13 @@ pub(super) fn request(
         .handshake_timeout(REQUEST_TIMEOUT);
     let answer =
         actix_rt::System::new().block_on(async {
+            // No redirects: the request and its answer (the token) would follow the hub's
+            // word anywhere, https:// to http:// included. A 3xx is an error that names where
+            // it pointed.
             let client = awc::Client::builder()
                 .connector(connector)
                 .timeout(REQUEST_TIMEOUT)
+                .disable_redirects()
                 .finish();
             let mut response = client
                 .post(&url)
@@ -96,6 +105,17 @@ pub(super) fn request(
                 .await
                 .map_err(|e| unreachable(hub, &e))?;
             let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| short(&String::from_utf8_lossy(l.as_bytes())));
+            if (300..400).contains(&status) {
+                return Err(Failure::Redirected {
+                    hub: hub.api.clone(),
+                    status,
+                    location: location.unwrap_or_else(|| "nowhere (no Location header)".into()),
+                });
+            }
             let body = response.body().limit(MAX_ANSWER_BYTES).await.map_err(|e| {
                 Failure::Unreachable {
                     hub: hub.api.clone(),

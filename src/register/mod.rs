@@ -78,6 +78,12 @@ pub enum Failure {
         status: u16,
         detail: String,
     },
+    #[error("the hub at {hub} answered {status}, a redirect to {location}; redirects are not followed (the token would go with it): pass the address it points to as --hub if you trust it")]
+    Redirected {
+        hub: String,
+        status: u16,
+        location: String,
+    },
     #[error("cannot reach the hub at {hub}: {reason}")]
     Unreachable { hub: String, reason: String },
     #[error("TLS with the hub at {hub} failed: {reason}. A hub behind a private CA needs --ca-file PATH (its PEM certificates)")]
@@ -110,6 +116,9 @@ pub fn register(options: &Options) -> Result<String, Failure> {
         given: options.hub.clone(),
         why,
     })?;
+    if let Some(w) = hub.cleartext_warning() {
+        eprintln!("{}: register: warning: {w}", env!("CARGO_PKG_NAME"));
+    }
     let id = &options.agent_id;
     if id.trim().is_empty()
         || id.chars().count() > crate::config::AGENT_ID_MAX

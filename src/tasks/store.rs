@@ -89,7 +89,10 @@ pub fn disk_facts(
         let id = &task.task_id;
         let started = std::fs::symlink_metadata(results_dir.join(format!("{id}.started")))
             .is_ok_and(|m| m.is_file());
+        // A read that failed for want of descriptors or memory says nothing yet: the
+        // results watcher reads the file again.
         let result = read_result(&results_dir.join(format!("{id}.json")), max_result_bytes)
+            .filter(|r| !matches!(r, ResultRead::Transient(_)))
             .map(ResultRead::into_result);
         if started || result.is_some() {
             facts.insert(id.clone(), DiskFacts { started, result });
@@ -107,6 +110,9 @@ pub enum ResultRead {
     Partial(String),
     /// Never a result, however long one waits (a link, a FIFO, too large, unreadable).
     Invalid(String),
+    /// Not read this time for a passing reason of the sidecar's own (out of descriptors or
+    /// memory, interrupted): read again later, never the task's outcome.
+    Transient(String),
 }
 
 impl ResultRead {
@@ -114,7 +120,9 @@ impl ResultRead {
     pub fn into_result(self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         match self {
             ResultRead::Object(o) => Ok(o),
-            ResultRead::Partial(why) | ResultRead::Invalid(why) => Err(why),
+            ResultRead::Partial(why) | ResultRead::Invalid(why) | ResultRead::Transient(why) => {
+                Err(why)
+            }
         }
     }
 }
@@ -123,6 +131,9 @@ impl ResultRead {
 pub fn read_result(path: &Path, max: u64) -> Option<ResultRead> {
     match fsx::read_untrusted(path, max) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) if fsx::is_transient(&e) => Some(ResultRead::Transient(format!(
+            "result file cannot be read now: {e}"
+        ))),
         Err(e) => Some(ResultRead::Invalid(format!(
             "result file cannot be read: {e}"
         ))),

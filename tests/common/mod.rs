@@ -62,6 +62,8 @@ pub fn with(mut base: Value, extra: Value) -> Value {
 
 pub struct Sidecar {
     pub child: Child,
+    /// Programs the binary runs under (e.g. `sh -c 'ulimit …; exec "$@"' sh`), if any.
+    wrapper: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
@@ -91,15 +93,28 @@ impl Sidecar {
         args: &[&str],
         env: &[(&str, String)],
     ) -> Sidecar {
+        Self::start_via(dir, &[], args, env)
+    }
+
+    /// Starts the binary under `wrapper` (programs and arguments that end by running the
+    /// binary's path and arguments appended to them), in `dir`.
+    pub fn start_via(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Sidecar {
+        let wrapper: Vec<String> = wrapper.iter().map(|a| a.to_string()).collect();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let (child, stdout, stderr) = spawn(dir.path(), &args, &env);
+        let (child, stdout, stderr) = spawn(dir.path(), &wrapper, &args, &env);
         let log_path = dir.path().join("sidecar.log");
         Sidecar {
             child,
+            wrapper,
             args,
             env,
             dir,
@@ -125,7 +140,7 @@ impl Sidecar {
 
     /// Starts the process again in the same directory with the same arguments.
     pub fn restart(&mut self) {
-        let (child, stdout, stderr) = spawn(self.dir.path(), &self.args, &self.env);
+        let (child, stdout, stderr) = spawn(self.dir.path(), &self.wrapper, &self.args, &self.env);
         self.child = child;
         self.stdout = stdout;
         self.stderr = stderr;
@@ -293,10 +308,19 @@ impl Drop for Sidecar {
 
 fn spawn(
     dir: &Path,
+    wrapper: &[String],
     args: &[String],
     env: &[(String, String)],
 ) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
-    let mut child = Command::new(bin())
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    let mut child = command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
@@ -545,6 +569,18 @@ pub fn agent_frames(hub: &DevHub, frame_type: &str, task_id: &str) -> Vec<Value>
 /// `agent.sh` there) with `sh`, with test timings and `extra`; waits until the hub has it
 /// identified.
 pub fn sidecar_with_script(hub: &DevHub, script: &str, extra: Value) -> Sidecar {
+    sidecar_with_script_via(hub, script, extra, &[], &[])
+}
+
+/// [`sidecar_with_script`], run under `wrapper` (see [`Sidecar::start_via`]) with extra
+/// environment variables.
+pub fn sidecar_with_script_via(
+    hub: &DevHub,
+    script: &str,
+    extra: Value,
+    wrapper: &[&str],
+    env: &[(&str, String)],
+) -> Sidecar {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sh");
     std::fs::write(&path, script).unwrap();
@@ -558,7 +594,12 @@ pub fn sidecar_with_script(hub: &DevHub, script: &str, extra: Value) -> Sidecar 
     let config_path = dir.path().join("config.json");
     write_config(&config_path, &config);
     let before = identified(hub).len();
-    let sidecar = Sidecar::start_in(dir, &["--config", config_path.to_str().unwrap()]);
+    let sidecar = Sidecar::start_via(
+        dir,
+        wrapper,
+        &["--config", config_path.to_str().unwrap()],
+        env,
+    );
     wait_identified(hub, before + 1);
     sidecar
 }
