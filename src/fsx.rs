@@ -87,13 +87,16 @@ pub enum Access {
     Append,
     /// Read and written in place (the queue's lock file); never truncated on open.
     ReadWrite,
+    /// Written at its end only, and may be a FIFO or a device the operator named (the log:
+    /// a log shipper's pipe); still never a link.
+    LogSink,
 }
 
 /// Opens a file the sidecar keeps in one of its own directories, creating it mode 0600 (and
 /// its directory 0700) if missing. A link planted at the name is never followed (O_NOFOLLOW:
 /// the open fails with a message that says so, and the link's target is untouched), nor is
-/// anything but a regular file used (a FIFO cannot hang the open: O_NONBLOCK). An existing
-/// file is made private too.
+/// anything but a regular file used unless `access` allows it (a FIFO cannot hang the open:
+/// O_NONBLOCK). An existing file is made private too.
 pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
@@ -101,7 +104,7 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.create(true);
     match access {
-        Access::Append => options.append(true),
+        Access::Append | Access::LogSink => options.append(true),
         Access::ReadWrite => options.read(true).write(true).truncate(false),
     };
     #[cfg(unix)]
@@ -117,7 +120,7 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
         windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT,
     );
     let file = options.open(path).map_err(|e| refused_link(path, e))?;
-    if !file.metadata()?.is_file() {
+    if !file.metadata()?.is_file() && access != Access::LogSink {
         return Err(io::Error::other(format!(
             "{} is not a regular file; refusing to use it",
             path.display()
@@ -147,7 +150,10 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
             }
         }
     }
-    set_private(&file)?;
+    // Only a file of the sidecar's own is made private: never a device such as /dev/null.
+    if file.metadata()?.is_file() {
+        set_private(&file)?;
+    }
     Ok(file)
 }
 

@@ -60,7 +60,7 @@ impl FileSink {
 
     fn open(&mut self) {
         // Private like every file the sidecar makes; a link planted at the name is refused.
-        match crate::fsx::open_private(&self.path, crate::fsx::Access::Append) {
+        match crate::fsx::open_private(&self.path, crate::fsx::Access::LogSink) {
             Ok(mut f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 // A process killed in the middle of a line left it unfinished: the next line
