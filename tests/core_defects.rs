@@ -109,3 +109,54 @@ fn continue_after_a_restart_never_wakes_an_agent_whose_started_file_and_result_a
     let starts = std::fs::read_to_string(sidecar.dir.path().join("starts")).unwrap();
     assert_eq!(starts.lines().count(), 1);
 }
+
+#[test]
+fn a_deeply_nested_result_is_invalid_and_the_queue_file_loads_again_after_a_restart() {
+    let hub = hub();
+    let mut sidecar = with_script(&hub, r#"touch "$RESULTS_DIR/$TASK_ID.started""#, json!({}));
+    assign(&hub, json!({"task_id": "t-deep", "generation": 1}));
+    sidecar.wait_event("confirmation_received");
+    // Taken back: its late result is kept in the queue file, not reported.
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "task_cancelled", "task_id": "t-deep"}).to_string()),
+    );
+    sidecar.wait_event("task_cancelled");
+    // 126 levels: serde_json reads it, but the queue file would hold it 130 levels deep.
+    let deep = format!(
+        "{{\"status\":\"success\",\"d\":{}{{}}{}}}",
+        "{\"d\":".repeat(124),
+        "}".repeat(124)
+    );
+    sidecar.write_result("t-deep", &deep);
+    let kept = sidecar.wait_event("result_kept");
+    let before = identified(&hub).len();
+    sidecar.kill_and_restart();
+    wait_identified(&hub, before + 1);
+    // The task is still known: pushed again, it is adopted (no second agent) and its
+    // outcome reported.
+    assign(&hub, json!({"task_id": "t-deep", "generation": 2}));
+    let accepted = sidecar.wait_count("task_accepted", 2);
+    assert!(
+        sidecar.events("queue_corrupt").is_empty(),
+        "{}",
+        sidecar.dump()
+    );
+    assert_eq!(accepted[1]["again"], true, "{}", sidecar.dump());
+    assert_eq!(kept["reason"], "invalid_result", "{}", sidecar.dump());
+    let failed = wait_task_frame(&hub, "task_failed", "t-deep", 1);
+    assert_eq!(failed["reason"], "invalid_result");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("nests 126 levels deep"),
+        "{failed}"
+    );
+    assert_eq!(starts_of_wake(&sidecar), 1);
+}
+
+/// How many wake attempts the log shows in all.
+fn starts_of_wake(sidecar: &Sidecar) -> usize {
+    sidecar.events("wake_attempt").len()
+}
