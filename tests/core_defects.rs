@@ -160,3 +160,41 @@ fn a_deeply_nested_result_is_invalid_and_the_queue_file_loads_again_after_a_rest
 fn starts_of_wake(sidecar: &Sidecar) -> usize {
     sidecar.events("wake_attempt").len()
 }
+
+#[test]
+fn nothing_is_accepted_or_woken_after_the_shutdown_began() {
+    // A task pushed within milliseconds of SIGTERM: whichever comes first, once
+    // `shutdown phase=begin` is logged no acceptance is decided or sent and no agent starts.
+    let hub = hub();
+    for (round, delay_us) in [0u64, 200, 500, 1000, 2000, 3000, 5000, 8000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut sidecar = with_script(&hub, r#"touch "$RESULTS_DIR/$TASK_ID.started""#, json!({}));
+        assign(
+            &hub,
+            json!({"task_id": format!("t-stop-{round}"), "generation": 1}),
+        );
+        std::thread::sleep(Duration::from_micros(delay_us));
+        sidecar.signal(SIGTERM);
+        assert!(sidecar.wait_exit(WAIT).is_some(), "{}", sidecar.dump());
+        let lines = sidecar.lines();
+        let begin = lines
+            .iter()
+            .position(|l| l["event"] == "shutdown" && l["phase"] == "begin")
+            .unwrap_or_else(|| panic!("no shutdown begin\n{}", sidecar.dump()));
+        let late: Vec<&serde_json::Value> = lines[begin..]
+            .iter()
+            .filter(|l| {
+                l["event"] == "task_accepted"
+                    || l["event"] == "wake_attempt"
+                    || (l["event"] == "frame_sent" && l["frame"] == "task_accepted")
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "round {round} ({delay_us} µs): after the shutdown began: {late:?}\n{}",
+            sidecar.dump()
+        );
+    }
+}
