@@ -145,6 +145,11 @@ struct WsEvent {
 #[derive(Default)]
 struct Counter(Cell<u64>);
 
+/// The agent's allowance at the hub as the last session left it, kept across sessions and
+/// across restarts of this actor: the hub's rate limits are per agent, not per socket.
+#[derive(Default)]
+struct KeptPacer(std::cell::RefCell<Option<crate::outbound::Pacer>>);
+
 impl Counter {
     fn next(&self) -> u64 {
         self.0.set(self.0.get() + 1);
@@ -157,6 +162,7 @@ pub struct HubActor {
     client: Option<awc::Client>,
     backoff: Backoff,
     counter: std::rc::Rc<Counter>,
+    pacer: std::rc::Rc<KeptPacer>,
     /// The latest connect attempt's number.
     attempts: u64,
     state: State,
@@ -209,6 +215,7 @@ impl HubActor {
             client: None,
             backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
             counter: env.kept.get::<Counter>(),
+            pacer: env.kept.get::<KeptPacer>(),
             attempts: 0,
             state: State::Waiting,
             not_before: None,

@@ -23,7 +23,7 @@ use super::hub::{
     TaskEventFromHub,
 };
 use super::results::{AgentProgressSeen, RescanResults, ResultFileRead, StartedFileSeen};
-use super::supervisor::{RestartRequested, ShutdownBegun};
+use super::supervisor::{RestartRequested, ShutdownBegun, ShutdownFlag};
 use super::waker::{
     CancelWake, GetRunningWakes, WakeConfirmed, WakeExited, WakeTask, WakerStarted,
 };
@@ -86,6 +86,9 @@ pub struct QueueActor {
     machine: Option<Machine>,
     /// Events that came while the queue was loading.
     early: Vec<Event>,
+    shutdown: Rc<ShutdownFlag>,
+    /// Whether the machine has been told that the shutdown began.
+    shutdown_told: bool,
 }
 
 impl QueueActor {
@@ -96,6 +99,8 @@ impl QueueActor {
             epoch: 0,
             machine: None,
             early: Vec::new(),
+            shutdown: env.kept.get::<ShutdownFlag>(),
+            shutdown_told: false,
         }
     }
 
@@ -200,6 +205,13 @@ impl QueueActor {
     }
 
     fn handle_event(&mut self, event: Event, ctx: &mut Context<Self>) {
+        // The shutdown began while this event (a task, say) waited in the mailbox ahead of
+        // the notice: the machine hears of the shutdown first.
+        if matches!(event, Event::ShutdownBegun) {
+            self.shutdown_told = true;
+        } else if self.shutdown.began() && !self.shutdown_told {
+            self.handle_event(Event::ShutdownBegun, ctx);
+        }
         let Some(machine) = &mut self.machine else {
             self.early.push(event);
             return;

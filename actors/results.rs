@@ -401,7 +401,17 @@ impl ResultsActor {
 
     fn publish_progress(&self, task_id: &str, line: Result<Vec<u8>, usize>) {
         let parsed = match line {
-            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()),
+            // The line goes out inside a frame (`execution_event`): as deep as a result may
+            // be at most, so that the hub's parser reads the frame.
+            Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|v| match crate::result_file::depth(&v) {
+                    d if d > crate::result_file::MAX_DEPTH => Err(format!(
+                        "line nests {d} levels deep; at most {} are accepted",
+                        crate::result_file::MAX_DEPTH
+                    )),
+                    _ => Ok(v),
+                }),
             Err(len) => Err(format!("line of {len} bytes is over {PROGRESS_LINE_MAX}")),
         };
         match parsed {

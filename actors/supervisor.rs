@@ -70,6 +70,25 @@ pub struct ChildrenStarted;
 #[rtype(result = "()")]
 pub struct ShutdownBegun;
 
+/// Set (in `Env::kept`, shared by every actor) the moment the orderly shutdown begins,
+/// before `shutdown phase=begin` is logged. [`ShutdownBegun`] travels through mailboxes, so
+/// a task or a wake order already queued ahead of it would be handled after the shutdown
+/// began; the QueueActor and the WakerActor read this flag before they accept a task or
+/// start a wake command. Everything runs on one thread: whatever runs after the flag is set
+/// sees it.
+#[derive(Debug, Default)]
+pub struct ShutdownFlag(std::cell::Cell<bool>);
+
+impl ShutdownFlag {
+    pub fn began(&self) -> bool {
+        self.0.get()
+    }
+
+    fn set(&self) {
+        self.0.set(true);
+    }
+}
+
 /// Published for every restart of a child.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -477,6 +496,7 @@ impl Handler<MessagesDropped> for Supervisor {
 impl Handler<ShutdownRequested> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ShutdownRequested, ctx: &mut Context<Self>) {
+        self.env.kept.get::<ShutdownFlag>().set();
         log_event!(
             self.env.log,
             Info,
@@ -491,6 +511,7 @@ impl Handler<ShutdownRequested> for Supervisor {
 impl Handler<RestartRequested> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: RestartRequested, ctx: &mut Context<Self>) {
+        self.env.kept.get::<ShutdownFlag>().set();
         log_event!(
             self.env.log,
             Warn,

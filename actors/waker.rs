@@ -30,6 +30,7 @@ use std::rc::Rc;
 
 use actix::prelude::*;
 
+use super::supervisor::ShutdownFlag;
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::config::WakeCommand;
@@ -392,6 +393,22 @@ impl Handler<WakeTask> for WakerActor {
     fn handle(&mut self, msg: WakeTask, ctx: &mut Context<Self>) {
         if self.running.contains_key(&msg.wake_id) {
             return;
+        }
+        // Ordered before the shutdown began, arrived after: not started. The attempt counts
+        // as failed; the task is recovered at the next start.
+        if self.env.kept.get::<ShutdownFlag>().began() {
+            log_event!(
+                self.env.log,
+                Info,
+                "wake_not_started",
+                task_id = msg.task_id,
+                attempt = msg.attempt,
+                reason = "shutting_down"
+            );
+            return self.publish(
+                &msg,
+                WakeOutcome::Failed("not started: the shutdown began first".into()),
+            );
         }
         self.run_attempt(msg, ctx);
     }

@@ -16,8 +16,13 @@
 //!   `validation_failed` always belongs to the oldest unsettled frame of its tier.
 //! - **Pacing.** Each tier has a token bucket below the hub's own limits (the hub drops a
 //!   frame over its limit), so the hub's limit is reached only if something else shares the
-//!   agent's bucket. A frame the hub dropped (`rate_limited`) is sent again, first in line,
-//!   after `retry_after_ms`, and its tier waits until then.
+//!   agent's bucket. A frame the hub dropped (`rate_limited`) is sent again after
+//!   `retry_after_ms`, in its original place in line (two dropped frames go again in the
+//!   order they were first sent: an accept before its report), and its tier waits until
+//!   then. The heartbeat, which goes even while its tier waits, does not end the wait.
+//! - **Pacing outlives the connection.** The hub's limits are per agent, not per socket: the
+//!   buckets and the waits the hub asked for are carried to the next session ([`Pacer`]),
+//!   so a reconnect does not start with a full allowance the hub does not give.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -90,6 +95,8 @@ impl Expect {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
     pub frame: Outgoing,
+    /// Its place in line: the order frames were submitted in.
+    pub seq: u64,
     pub tier: Tier,
     pub expect: Expect,
     /// A ping sent only to settle the frames before it (its pong goes to nobody).
@@ -182,23 +189,22 @@ impl Bucket {
 #[derive(Debug, Clone)]
 struct Waiting {
     frame: Outgoing,
+    seq: u64,
     not_before: Option<Instant>,
 }
 
-/// One connection's outgoing side.
+/// The agent's allowance at the hub: a token bucket per tier and the wait the hub asked for
+/// (`rate_limited`) per tier. It belongs to the agent, not to one connection: the HubActor
+/// carries it from one session to the next ([`Outbound::pacer`], [`Outbound::resume`]).
 #[derive(Debug, Clone)]
-pub struct Outbound {
-    waiting: VecDeque<Waiting>,
-    inflight: VecDeque<Sent>,
+pub struct Pacer {
     buckets: [Bucket; 3],
     paused: [Option<Instant>; 3],
 }
 
-impl Outbound {
-    pub fn new(pacing: Pacing, now: Instant) -> Outbound {
-        Outbound {
-            waiting: VecDeque::new(),
-            inflight: VecDeque::new(),
+impl Pacer {
+    pub fn new(pacing: Pacing, now: Instant) -> Pacer {
+        Pacer {
             buckets: [
                 Bucket::new(pacing.light, now),
                 Bucket::new(pacing.normal, now),
@@ -206,6 +212,38 @@ impl Outbound {
             ],
             paused: [None; 3],
         }
+    }
+}
+
+/// One connection's outgoing side.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    waiting: VecDeque<Waiting>,
+    inflight: VecDeque<Sent>,
+    pacer: Pacer,
+    next_seq: u64,
+}
+
+impl Outbound {
+    /// A first session: a full allowance.
+    pub fn new(pacing: Pacing, now: Instant) -> Outbound {
+        Outbound::resume(Pacer::new(pacing, now))
+    }
+
+    /// A later session: the allowance the earlier ones left (tokens refill with time as
+    /// usual; a wait the hub asked for still holds).
+    pub fn resume(pacer: Pacer) -> Outbound {
+        Outbound {
+            waiting: VecDeque::new(),
+            inflight: VecDeque::new(),
+            pacer,
+            next_seq: 0,
+        }
+    }
+
+    /// The allowance as it stands, to carry to the next session.
+    pub fn pacer(&self) -> Pacer {
+        self.pacer.clone()
     }
 
     /// Queues a frame; [`Outbound::poll`] says when it goes.
@@ -237,21 +275,32 @@ impl Outbound {
                         *old_event = execution_event;
                     }
                 }
-                None => self.waiting.push_back(Waiting {
-                    frame: Outgoing::TaskProgress {
-                        task_id,
-                        progress,
-                        execution_event,
-                    },
-                    not_before: None,
-                }),
+                None => {
+                    let seq = self.next_seq();
+                    self.waiting.push_back(Waiting {
+                        frame: Outgoing::TaskProgress {
+                            task_id,
+                            progress,
+                            execution_event,
+                        },
+                        seq,
+                        not_before: None,
+                    })
+                }
             }
             return;
         }
+        let seq = self.next_seq();
         self.waiting.push_back(Waiting {
             frame,
+            seq,
             not_before: None,
         });
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
     }
 
     /// Frames waiting to be sent.
@@ -278,16 +327,16 @@ impl Outbound {
             // would only make the session look dead.
             let heartbeat = matches!(w.frame, Outgoing::Ping);
             let blocked = held[t]
-                || (!heartbeat && self.paused[t].is_some_and(|p| p > now))
+                || (!heartbeat && self.pacer.paused[t].is_some_and(|p| p > now))
                 || w.not_before.is_some_and(|nb| nb > now)
                 || !self.isolated(tier, expect);
             // A silent frame takes a light token too, for the ping that settles it (which
             // waits out a light-tier pause like any other ping but the heartbeat).
             let light = Tier::Light.index();
             let fence_ok = expect != Expect::Nothing
-                || (self.buckets[light].available(now, 1.0)
-                    && self.paused[light].is_none_or(|p| p <= now));
-            let paced = heartbeat || self.buckets[t].available(now, 1.0);
+                || (self.pacer.buckets[light].available(now, 1.0)
+                    && self.pacer.paused[light].is_none_or(|p| p <= now));
+            let paced = heartbeat || self.pacer.buckets[t].available(now, 1.0);
             if blocked || !fence_ok || !paced {
                 held[t] = true;
                 i += 1;
@@ -296,22 +345,27 @@ impl Outbound {
             let Some(w) = self.waiting.remove(i) else {
                 break;
             };
-            if self.buckets[t].available(now, 1.0) {
-                self.buckets[t].take(1.0);
+            if self.pacer.buckets[t].available(now, 1.0) {
+                self.pacer.buckets[t].take(1.0);
             }
-            self.paused[t] = None;
+            // The heartbeat goes through a wait without ending it.
+            if !heartbeat {
+                self.pacer.paused[t] = None;
+            }
             out.push(w.frame.clone());
             self.inflight.push_back(Sent {
                 frame: w.frame,
+                seq: w.seq,
                 tier,
                 expect,
                 fence: false,
             });
             if expect == Expect::Nothing {
-                self.buckets[Tier::Light.index()].take(1.0);
+                self.pacer.buckets[Tier::Light.index()].take(1.0);
                 out.push(Outgoing::Ping);
                 self.inflight.push_back(Sent {
                     frame: Outgoing::Ping,
+                    seq: w.seq,
                     tier: Tier::Light,
                     expect: Expect::Pong,
                     fence: true,
@@ -347,10 +401,10 @@ impl Outbound {
                 tiers.push(Tier::Light.index());
             }
             for tier in tiers {
-                if let Some(p) = self.paused[tier].filter(|p| *p > now) {
+                if let Some(p) = self.pacer.paused[tier].filter(|p| *p > now) {
                     consider(p);
                 }
-                let mut probe = self.buckets[tier].clone();
+                let mut probe = self.pacer.buckets[tier].clone();
                 if !probe.available(now, 1.0) {
                     consider(probe.ready_at(1.0));
                 }
@@ -390,13 +444,24 @@ impl Outbound {
                 let retry_after =
                     Duration::from_millis(retry_after_ms.unwrap_or(1000).min(3_600_000));
                 let until = now + retry_after;
-                self.paused[sent.tier.index()] = Some(until);
-                // A ping is not sent again: the next heartbeat is one.
+                self.pacer.paused[sent.tier.index()] = Some(until);
+                // A ping is not sent again: the next heartbeat is one. Anything else goes
+                // back to its original place in line: before every frame submitted after it
+                // (so also after a frame dropped earlier that was sent before it).
                 if !matches!(sent.frame, Outgoing::Ping) {
-                    self.waiting.push_front(Waiting {
-                        frame: sent.frame.clone(),
-                        not_before: Some(until),
-                    });
+                    let at = self
+                        .waiting
+                        .iter()
+                        .position(|w| w.seq > sent.seq)
+                        .unwrap_or(self.waiting.len());
+                    self.waiting.insert(
+                        at,
+                        Waiting {
+                            frame: sent.frame.clone(),
+                            seq: sent.seq,
+                            not_before: Some(until),
+                        },
+                    );
                 }
                 Attribution::Dropped { sent, retry_after }
             }
@@ -747,5 +812,198 @@ mod tests {
             o.attribute(&Incoming::Pong { timestamp: None }, now),
             Attribution::Unmatched
         );
+    }
+
+    fn accepted(id: &str) -> Outgoing {
+        Outgoing::TaskAccepted {
+            task_id: id.into(),
+            generation: 1,
+        }
+    }
+
+    fn limited(ms: u64, tier: &str) -> Incoming {
+        Incoming::RateLimited {
+            retry_after_ms: Some(ms),
+            tier: Some(tier.into()),
+        }
+    }
+
+    #[test]
+    fn two_dropped_frames_are_sent_again_in_their_original_order() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(accepted("a"));
+        o.submit(complete("a"));
+        assert_eq!(kinds(&o.poll(now)), ["task_accepted", "task_complete"]);
+        o.submit(complete("b"));
+        // The hub drops both, in order; the later report of b waits behind them.
+        for _ in 0..2 {
+            assert!(matches!(
+                o.attribute(&limited(100, "normal"), now),
+                Attribution::Dropped { .. }
+            ));
+        }
+        let later = now + Duration::from_millis(100);
+        let again = o.poll(later);
+        assert_eq!(
+            again
+                .iter()
+                .map(|f| (f.kind(), frame_task_id(f).unwrap()))
+                .collect::<Vec<_>>(),
+            [
+                ("task_accepted", "a"),
+                ("task_complete", "a"),
+                ("task_complete", "b")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_does_not_end_a_wait_the_hub_asked_for() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(Outgoing::Ping);
+        o.poll(now);
+        // The hub dropped that ping: the light tier waits a second.
+        assert!(matches!(
+            o.attribute(&limited(1000, "light"), now),
+            Attribution::Dropped { .. }
+        ));
+        // The next heartbeat goes all the same...
+        o.submit(Outgoing::Ping);
+        assert_eq!(kinds(&o.poll(now)), ["ping"]);
+        o.attribute(&Incoming::Pong { timestamp: None }, now);
+        // ...but a silent frame's fence ping still waits out the light tier's pause.
+        o.submit(progress("a"));
+        assert!(o.poll(now).is_empty());
+        let later = now + Duration::from_millis(1000);
+        assert_eq!(o.next_poll(now), Some(later));
+        assert_eq!(kinds(&o.poll(later)), ["task_progress", "ping"]);
+    }
+
+    #[test]
+    fn the_allowance_and_a_wait_are_carried_to_the_next_session() {
+        let now = Instant::now();
+        let pacing = Pacing {
+            light: 100,
+            normal: 2,
+            heavy: 1,
+        };
+        let mut first = Outbound::new(pacing, now);
+        first.submit(accepted("a"));
+        first.submit(accepted("b"));
+        assert_eq!(first.poll(now).len(), 2);
+        // The connection ends; the next one has no fresh allowance.
+        let mut second = Outbound::resume(first.pacer());
+        second.submit(accepted("c"));
+        assert!(second.poll(now).is_empty());
+        assert_eq!(second.next_poll(now), Some(now + Duration::from_secs(30)));
+        // A wait the hub asked for holds in the next session too.
+        let mut third = Outbound::new(Pacing::default(), now);
+        third.submit(accepted("d"));
+        third.poll(now);
+        third.attribute(&limited(5000, "normal"), now);
+        let mut fourth = Outbound::resume(third.pacer());
+        fourth.submit(accepted("e"));
+        assert!(fourth.poll(now).is_empty());
+        let after = now + Duration::from_millis(5000);
+        assert_eq!(fourth.next_poll(now), Some(after));
+        assert_eq!(fourth.poll(after).len(), 1);
+    }
+
+    mod order {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Submit(u8),
+            Poll(u16),
+            Answer,
+            Limited(bool, u16),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..5).prop_map(Op::Submit),
+                3 => (0u16..400).prop_map(Op::Poll),
+                2 => Just(Op::Answer),
+                2 => (any::<bool>(), 0u16..300).prop_map(|(n, ms)| Op::Limited(n, ms)),
+            ]
+        }
+
+        fn frame(kind: u8, n: usize) -> Outgoing {
+            let id = format!("t{n}");
+            match kind {
+                0 => accepted(&id),
+                1 => complete(&id),
+                2 => progress(&id),
+                3 => Outgoing::TaskFailed {
+                    task_id: id,
+                    generation: 1,
+                    reason: "r".into(),
+                    error: "e".into(),
+                },
+                _ => Outgoing::Ping,
+            }
+        }
+
+        /// The hub's answer to the oldest frame that expects one.
+        fn answer(o: &Outbound) -> Option<Incoming> {
+            let sent = o.inflight.iter().find(|s| s.expect != Expect::Nothing)?;
+            Some(match &sent.frame {
+                Outgoing::Ping => Incoming::Pong { timestamp: None },
+                f => Incoming::TaskAck {
+                    task_id: frame_task_id(f)?.to_string(),
+                    status: match f {
+                        Outgoing::TaskAccepted { .. } => "accepted",
+                        Outgoing::TaskComplete { .. } => "complete",
+                        _ => "failed",
+                    }
+                    .into(),
+                },
+            })
+        }
+
+        proptest! {
+            /// Whatever the hub drops and when, no frame overtakes an older one of its tier
+            /// that still waits to be sent (or sent again), and the line stays in order.
+            #[test]
+            fn no_frame_overtakes_an_older_one_of_its_tier(ops in prop::collection::vec(op(), 1..80)) {
+                let start = Instant::now();
+                let mut now = start;
+                let mut o = Outbound::new(Pacing { light: 100, normal: 6, heavy: 8 }, now);
+                for (n, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Submit(kind) => o.submit(frame(kind, n)),
+                        Op::Poll(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            let before = o.inflight.len();
+                            let sent = o.poll(now);
+                            let new: Vec<Sent> = o.inflight.iter().skip(before).cloned().collect();
+                            prop_assert_eq!(new.len(), sent.len());
+                            for s in new.iter().filter(|s| !s.fence) {
+                                let older = o
+                                    .waiting
+                                    .iter()
+                                    .find(|w| Tier::of(w.frame.kind()) == s.tier && w.seq < s.seq);
+                                prop_assert!(older.is_none(), "{:?} overtook {:?}", s, older);
+                            }
+                        }
+                        Op::Answer => {
+                            if let Some(incoming) = answer(&o) {
+                                o.attribute(&incoming, now);
+                            }
+                        }
+                        Op::Limited(normal, ms) => {
+                            let tier = if normal { "normal" } else { "light" };
+                            o.attribute(&limited(u64::from(ms), tier), now);
+                        }
+                    }
+                    let seqs: Vec<u64> = o.waiting.iter().map(|w| w.seq).collect();
+                    prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{:?}", seqs);
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,26 @@
 
 use serde_json::{Map, Value};
 
+/// The deepest nesting a result may have: the result object itself is level 1, an object or
+/// list inside it level 2, and so on. The result is stored in `queue_file` four levels down
+/// (`{"tasks":[{"outcome":{"result":…}}]}`, and the same under `refused`) and sent one level
+/// down (`{"type":"task_complete","result":…}`), and every reader of those (the next start's
+/// queue load, the hub's frame parser) refuses JSON nested 128 levels or more. A result
+/// deeper than this is `invalid_result` at once, so that whatever an agent writes, the
+/// queue file loads again and the frame parses. The headroom (100 + 4 against 127) leaves
+/// room for wrapping a later format may add.
+pub const MAX_DEPTH: usize = 100;
+
+/// How deeply a JSON value nests: a scalar is 0, an empty object or list 1, and each
+/// object or list inside adds one.
+pub fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// The UTF-8 byte order mark some editors and Windows tools put at the start of a file.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -42,7 +62,16 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     }
     let text = bytes.strip_prefix(BOM).unwrap_or(bytes);
     match serde_json::from_slice::<Value>(text) {
-        Ok(Value::Object(object)) => Ok(object),
+        Ok(Value::Object(object)) => {
+            let levels = 1 + object.values().map(depth).max().unwrap_or(0);
+            if levels > MAX_DEPTH {
+                return Err(format!(
+                    "result file nests {levels} levels deep; at most {MAX_DEPTH} are accepted \
+                     (the queue file and the hub's frame parser must be able to read it back)"
+                ));
+            }
+            Ok(object)
+        }
         Ok(other) => Err(format!(
             "result file is JSON but not an object: it holds {}",
             crate::config::kind_of(&other)
@@ -105,5 +134,40 @@ mod tests {
         // Nesting deeper than serde_json's recursion limit is an error, not a stack overflow.
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(reason(deep.as_bytes()).contains("recursion limit"));
+    }
+
+    /// `{"d":{"d":…{"status":"success"}}}`: an object nested `levels` deep.
+    fn nested(levels: usize) -> String {
+        format!(
+            "{}{{\"status\":\"success\"}}{}",
+            "{\"d\":".repeat(levels - 1),
+            "}".repeat(levels - 1)
+        )
+    }
+
+    #[test]
+    fn a_result_deeper_than_max_depth_is_refused_with_its_depth() {
+        let at_limit = parse(nested(MAX_DEPTH).as_bytes()).unwrap();
+        assert_eq!(depth(&Value::Object(at_limit)), MAX_DEPTH);
+        // Deeper, but still within what serde_json reads: refused by the rule, not the parser.
+        for levels in [MAX_DEPTH + 1, 124, 126] {
+            let why = parse(nested(levels).as_bytes()).unwrap_err();
+            assert!(
+                why.starts_with(&format!("result file nests {levels} levels deep")),
+                "{why}"
+            );
+        }
+        // Lists count as levels too.
+        let list = format!(
+            "{{\"l\":{}1{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(parse(list.as_bytes())
+            .unwrap_err()
+            .contains("nests 101 levels"));
+        assert_eq!(depth(&serde_json::json!(1)), 0);
+        assert_eq!(depth(&serde_json::json!([])), 1);
+        assert_eq!(depth(&serde_json::json!({"a": [{}]})), 3);
     }
 }

@@ -109,3 +109,92 @@ fn continue_after_a_restart_never_wakes_an_agent_whose_started_file_and_result_a
     let starts = std::fs::read_to_string(sidecar.dir.path().join("starts")).unwrap();
     assert_eq!(starts.lines().count(), 1);
 }
+
+#[test]
+fn a_deeply_nested_result_is_invalid_and_the_queue_file_loads_again_after_a_restart() {
+    let hub = hub();
+    let mut sidecar = with_script(&hub, r#"touch "$RESULTS_DIR/$TASK_ID.started""#, json!({}));
+    assign(&hub, json!({"task_id": "t-deep", "generation": 1}));
+    sidecar.wait_event("confirmation_received");
+    // Taken back: its late result is kept in the queue file, not reported.
+    hub.send(
+        AGENT,
+        RawFrame::Text(json!({"type": "task_cancelled", "task_id": "t-deep"}).to_string()),
+    );
+    sidecar.wait_event("task_cancelled");
+    // 126 levels: serde_json reads it, but the queue file would hold it 130 levels deep.
+    let deep = format!(
+        "{{\"status\":\"success\",\"d\":{}{{}}{}}}",
+        "{\"d\":".repeat(124),
+        "}".repeat(124)
+    );
+    sidecar.write_result("t-deep", &deep);
+    let kept = sidecar.wait_event("result_kept");
+    let before = identified(&hub).len();
+    sidecar.kill_and_restart();
+    wait_identified(&hub, before + 1);
+    // The task is still known: pushed again, it is adopted (no second agent) and its
+    // outcome reported.
+    assign(&hub, json!({"task_id": "t-deep", "generation": 2}));
+    let accepted = sidecar.wait_count("task_accepted", 2);
+    assert!(
+        sidecar.events("queue_corrupt").is_empty(),
+        "{}",
+        sidecar.dump()
+    );
+    assert_eq!(accepted[1]["again"], true, "{}", sidecar.dump());
+    assert_eq!(kept["reason"], "invalid_result", "{}", sidecar.dump());
+    let failed = wait_task_frame(&hub, "task_failed", "t-deep", 1);
+    assert_eq!(failed["reason"], "invalid_result");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("nests 126 levels deep"),
+        "{failed}"
+    );
+    assert_eq!(starts_of_wake(&sidecar), 1);
+}
+
+/// How many wake attempts the log shows in all.
+fn starts_of_wake(sidecar: &Sidecar) -> usize {
+    sidecar.events("wake_attempt").len()
+}
+
+#[test]
+fn nothing_is_accepted_or_woken_after_the_shutdown_began() {
+    // A task pushed within milliseconds of SIGTERM: whichever comes first, once
+    // `shutdown phase=begin` is logged no acceptance is decided or sent and no agent starts.
+    let hub = hub();
+    for (round, delay_us) in [0u64, 200, 500, 1000, 2000, 3000, 5000, 8000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut sidecar = with_script(&hub, r#"touch "$RESULTS_DIR/$TASK_ID.started""#, json!({}));
+        assign(
+            &hub,
+            json!({"task_id": format!("t-stop-{round}"), "generation": 1}),
+        );
+        std::thread::sleep(Duration::from_micros(delay_us));
+        sidecar.signal(SIGTERM);
+        assert!(sidecar.wait_exit(WAIT).is_some(), "{}", sidecar.dump());
+        let lines = sidecar.lines();
+        let begin = lines
+            .iter()
+            .position(|l| l["event"] == "shutdown" && l["phase"] == "begin")
+            .unwrap_or_else(|| panic!("no shutdown begin\n{}", sidecar.dump()));
+        let late: Vec<&serde_json::Value> = lines[begin..]
+            .iter()
+            .filter(|l| {
+                l["event"] == "task_accepted"
+                    || l["event"] == "wake_attempt"
+                    || (l["event"] == "frame_sent" && l["frame"] == "task_accepted")
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "round {round} ({delay_us} µs): after the shutdown began: {late:?}\n{}",
+            sidecar.dump()
+        );
+    }
+}

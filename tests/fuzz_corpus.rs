@@ -90,6 +90,7 @@ fn every_result_file_seed_is_an_object_or_a_reason() {
             Ok(object) => {
                 objects += 1;
                 serde_json::to_vec(&object).unwrap();
+                queue_file_loads_with(object);
             }
             Err(reason) => assert!(reason.starts_with("result file "), "{reason}"),
         }
@@ -98,4 +99,38 @@ fn every_result_file_seed_is_an_object_or_a_reason() {
         objects > 0,
         "no seed parses: the corpus lost its valid results"
     );
+}
+
+/// What the queue does with a result: kept in `queue_file` as a task's outcome and in the
+/// refused list. Whatever an agent wrote, that file must load again.
+fn queue_file_loads_with(result: serde_json::Map<String, serde_json::Value>) {
+    use agentcom_sidecar::tasks::model::{
+        Agent, Outcome, QueueState, RefusedReport, ReportKind, Role, TaskRecord,
+    };
+    let outcome = Outcome::Complete { result };
+    let mut state = QueueState::default();
+    state.tasks.push(TaskRecord {
+        task_id: "t".into(),
+        generation: 1,
+        raw: "{}".into(),
+        role: Role::Held,
+        released: None,
+        agent: Agent::Confirmed,
+        outcome: Some(outcome.clone()),
+        target_type: None,
+        model: None,
+        accepted_at_ms: 0,
+        changed_at_ms: 0,
+    });
+    state.refused.push(RefusedReport {
+        task_id: "t".into(),
+        kind: ReportKind::Complete,
+        generation: 1,
+        error: "e".into(),
+        details: None,
+        outcome,
+        at_ms: 0,
+    });
+    let text = serde_json::to_vec(&state).unwrap();
+    assert_eq!(QueueState::from_json(&text).unwrap(), state);
 }

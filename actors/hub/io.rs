@@ -109,7 +109,10 @@ impl HubActor {
             conn: id,
             id: 0,
             outgoing,
-            outbound: Outbound::new(Pacing::below(self.env.config.hub_rate_limits), now),
+            outbound: match self.pacer.0.borrow_mut().take() {
+                Some(pacer) => Outbound::resume(pacer),
+                None => Outbound::new(Pacing::below(self.env.config.hub_rate_limits), now),
+            },
             poll_timer: None,
             reader,
             writer,
@@ -352,6 +355,7 @@ impl HubActor {
             if let Some(timer) = s.poll_timer.take() {
                 ctx.cancel_future(timer);
             }
+            *self.pacer.0.borrow_mut() = Some(s.outbound.pacer());
         }
         self.state = State::Waiting;
         if self.stopping {

@@ -50,6 +50,11 @@ impl Machine {
 
     /// Records attempt `attempt` on disk; it is spawned once that is durable.
     pub(super) fn start_wake(&mut self, task_id: &str, attempt: u32) {
+        // No agent is started once the shutdown began; the task is recovered at the next
+        // start and woken then (on `task_continue`).
+        if self.shutting_down {
+            return;
+        }
         let wake_id = self.state.next_wake_id;
         self.state.next_wake_id += 1;
         let Some(task) = self.task_mut(task_id) else {
@@ -76,6 +81,33 @@ impl Machine {
             return;
         };
         if w != wake_id || task.role != Role::Held || self.spawned.contains(&wake_id) {
+            return;
+        }
+        if self.shutting_down {
+            // Recorded before the shutdown began, on disk only now: never spawned. The
+            // record goes back to what it was before this attempt, so that the next start
+            // wakes the agent (on `task_continue`) instead of waiting for one that never ran.
+            let error = format!("attempt {attempt} not started: the shutdown began first");
+            if let Some(task) = self.task_mut(task_id) {
+                task.agent = match attempt {
+                    0 | 1 => Agent::NotWoken,
+                    n => Agent::WakeFailed {
+                        wake_id,
+                        attempt: n - 1,
+                        error,
+                    },
+                };
+            }
+            self.changed();
+            self.note(
+                LogLevel::Info,
+                "wake_not_started",
+                vec![
+                    ("task_id", task_id.into()),
+                    ("attempt", attempt.into()),
+                    ("reason", "shutting_down".into()),
+                ],
+            );
             return;
         }
         let order = WakeOrder {

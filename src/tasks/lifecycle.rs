@@ -479,7 +479,7 @@ impl Machine {
                     kind,
                     generation,
                     error,
-                    details,
+                    details: details.map(super::model::bounded),
                     outcome,
                     at_ms: self.now_ms,
                 });

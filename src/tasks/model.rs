@@ -430,6 +430,23 @@ mod v1 {
     }
 }
 
+/// How many levels `queue_file` puts around a stored result (`{"tasks":[{"outcome":{"result"`,
+/// and the same under `refused`): a result may nest [`crate::result_file::MAX_DEPTH`] levels,
+/// so the file nests at most that plus this, which must stay below serde_json's limit of 128
+/// for the file to load again (checked by a test below).
+pub const RESULT_WRAPPING: usize = 4;
+
+/// A value the hub sent that is kept in `queue_file` (a refusal's `errors`): kept as it is
+/// when it nests no deeper than a result may, else as its JSON text (a string), so that
+/// nothing the hub sends can make the queue file unreadable.
+pub fn bounded(value: Value) -> Value {
+    if crate::result_file::depth(&value) <= crate::result_file::MAX_DEPTH {
+        value
+    } else {
+        Value::String(value.to_string())
+    }
+}
+
 /// A JSON value as text: a string as it is, null as nothing, anything else as JSON.
 pub fn value_text(v: &Value) -> Option<String> {
     match v {
@@ -537,6 +554,66 @@ mod tests {
         assert_eq!(s.outbox[0].kind, ReportKind::Failed);
         assert!(QueueState::from_json(br#"{"version":9}"#).is_err());
         assert!(QueueState::from_json(b"{\"active\": tru").is_err());
+    }
+
+    /// An object nested `levels` deep.
+    fn nested(levels: usize) -> Map<String, Value> {
+        let mut v = serde_json::json!({"status": "success"});
+        for _ in 1..levels {
+            v = serde_json::json!({ "d": v });
+        }
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn the_deepest_result_an_agent_may_write_loads_again_wherever_it_is_kept() {
+        use crate::result_file::{depth, MAX_DEPTH};
+        const { assert!(MAX_DEPTH + RESULT_WRAPPING < 128) };
+        let result = nested(MAX_DEPTH);
+        assert_eq!(depth(&Value::Object(result.clone())), MAX_DEPTH);
+        let outcome = Outcome::Complete { result };
+        let mut s = QueueState::default();
+        s.tasks.push(TaskRecord {
+            task_id: "t".into(),
+            generation: 1,
+            raw: "{}".into(),
+            role: Role::Released,
+            released: Some(Release::Refused),
+            agent: Agent::Confirmed,
+            outcome: Some(outcome.clone()),
+            target_type: None,
+            model: None,
+            accepted_at_ms: 1,
+            changed_at_ms: 2,
+        });
+        // The hub's `errors` of a refusal may nest as deep as a frame can: kept as text.
+        let deep_details = Value::Object(nested(125));
+        let details = bounded(deep_details.clone());
+        assert_eq!(details, Value::String(deep_details.to_string()));
+        assert_eq!(
+            bounded(Value::Object(nested(MAX_DEPTH))),
+            Value::Object(nested(MAX_DEPTH))
+        );
+        s.refused.push(RefusedReport {
+            task_id: "t".into(),
+            kind: ReportKind::Complete,
+            generation: 1,
+            error: "validation_failed".into(),
+            details: Some(details),
+            outcome,
+            at_ms: 3,
+        });
+        let text = serde_json::to_vec(&s).unwrap();
+        assert_eq!(QueueState::from_json(&text).unwrap(), s);
+        // What the wrapping is: one level more and the file would not load.
+        let mut too_deep = s.clone();
+        too_deep.tasks[0].outcome = Some(Outcome::Complete {
+            result: nested(128 - RESULT_WRAPPING),
+        });
+        let text = serde_json::to_vec(&too_deep).unwrap();
+        assert!(QueueState::from_json(&text)
+            .unwrap_err()
+            .contains("recursion limit"));
     }
 
     #[test]

@@ -551,14 +551,11 @@ impl World {
                 (id, facts)
             })
             .collect();
-        let (m, effects) = Machine::start(
-            settings(),
-            self.durable.clone(),
-            disk,
-            running,
-            process,
-            self.now,
-        );
+        // What the next start reads is the file: whatever it holds must load again.
+        let file = serde_json::to_vec(&self.durable).expect("the state serialises");
+        let loaded = QueueState::from_json(&file).expect("the queue file loads again");
+        assert_eq!(loaded, self.durable);
+        let (m, effects) = Machine::start(settings(), loaded, disk, running, process, self.now);
         self.m = m;
         self.timers.clear();
         self.reports.clear();
@@ -612,15 +609,24 @@ fn task_of(path: &std::path::Path, suffix: &str) -> Option<String> {
     name.strip_suffix(suffix).map(str::to_string)
 }
 
+/// A result as the results watcher hands it over, from a file's bytes: a valid one nests as
+/// deep as a result may ([`crate::result_file::MAX_DEPTH`]); an invalid one is deeper than
+/// that (still within what serde_json reads), so the queue file must hold the deepest
+/// result there is and the refusal of a deeper one.
 fn result_of(valid: bool) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    if valid {
-        Ok(json!({"status": "success", "output": "x"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default())
+    let levels = if valid {
+        crate::result_file::MAX_DEPTH
     } else {
-        Err("result file is not valid JSON".into())
-    }
+        126
+    };
+    let text = format!(
+        "{{\"status\":\"success\",\"output\":{}\"x\"{}}}",
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    );
+    let parsed = crate::result_file::parse(text.as_bytes());
+    assert_eq!(parsed.is_ok(), valid, "{parsed:?}");
+    parsed
 }
 
 fn result_event(task: &str, valid: bool) -> Event {

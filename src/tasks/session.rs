@@ -16,6 +16,9 @@ impl Machine {
     pub(super) fn flush(&mut self) {
         let Some(session) = self.session else { return };
         let durable = self.durable;
+        // Once the shutdown began the session is about to close and the hub takes back what
+        // it assigned: nothing more is accepted (or reported alive) on it.
+        let shutting_down = self.shutting_down;
         let mut frames = Vec::new();
         for task in &self.state.tasks {
             let Some(marks) = self.marks.get_mut(&task.task_id) else {
@@ -33,7 +36,7 @@ impl Machine {
                         last_status: task.status(),
                     });
                 }
-                Role::Held => {
+                Role::Held if !shutting_down => {
                     if marks.accept_sent != Some(session) {
                         marks.accept_sent = Some(session);
                         frames.push(Outgoing::TaskAccepted {

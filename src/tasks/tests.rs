@@ -518,6 +518,34 @@ fn no_new_task_is_taken_after_shutdown_began() {
 }
 
 #[test]
+fn a_task_whose_acceptance_lands_after_shutdown_began_is_neither_announced_nor_woken() {
+    let mut h = H::new();
+    h.hold_writes = true;
+    h.up(1);
+    let e = h.assign("t", 1);
+    let Some(Effect::Persist(p)) = e.iter().find(|e| matches!(e, Effect::Persist(_))) else {
+        panic!("a write: {e:?}")
+    };
+    let seq = p.seq;
+    h.ev(Event::ShutdownBegun);
+    h.hold_writes = false;
+    let e = h.ev(Event::Persisted { seq });
+    assert!(kinds(&e).is_empty(), "no task_accepted: {e:?}");
+    assert!(wakes(&e).is_empty(), "no agent started: {e:?}");
+    assert!(notes(&e).contains(&"wake_not_started"));
+    // The attempt that never ran is not on disk as one that may run: the next start wakes
+    // the agent when the hub continues the task.
+    assert_eq!(h.agent("t"), Agent::NotWoken);
+    assert!(h.m.settled());
+    // A retry due after the shutdown began is not started either.
+    let e = h.ev(Event::Timer(Timer::WakeRetry {
+        task_id: "t".into(),
+        wake_id: 1,
+    }));
+    assert!(wakes(&e).is_empty());
+}
+
+#[test]
 fn a_restart_the_hub_asks_for_waits_for_the_report_to_be_answered() {
     let mut h = working();
     let e = h.ev(Event::RestartRequested {
