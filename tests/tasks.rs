@@ -590,7 +590,10 @@ fn task_cancelled_drops_the_task_and_stops_its_wake_command() {
     assign(&hub, json!({"task_id": "t-cancel"}));
     sidecar.wait_event("wake_attempt");
     let pid_file = sidecar.dir.path().join("wake.pid");
-    eventually("the wake command running", || pid_file.exists());
+    // The shell creates the file before it writes the pid: wait for the whole number.
+    eventually("the wake command running", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    });
     hub.send(
         AGENT,
         RawFrame::Text(

@@ -131,11 +131,9 @@ pub enum Timer {
     Confirmation { task_id: String, wake_id: u64 },
     /// Retry after failed attempt `wake_id`.
     WakeRetry { task_id: String, wake_id: u64 },
-    /// `task_timeout`: the held task accepted at `accepted_at_ms` has run too long.
-    TaskTimeout {
-        task_id: String,
-        accepted_at_ms: u64,
-    },
+    /// `task_timeout`: the held task leased at `lease_at_ms` (accepted, or pushed again and
+    /// adopted) has run too long.
+    TaskTimeout { task_id: String, lease_at_ms: u64 },
     /// Tell the hub the held tasks are alive (`task_progress`).
     Progress { session: u64 },
     /// Send the agent's latest progress that had to wait.
@@ -154,7 +152,9 @@ pub enum FileOp {
     Write { path: PathBuf, bytes: Vec<u8> },
     /// Removes `path` if it exists.
     Remove(PathBuf),
-    /// Renames, if `from` exists.
+    /// Sets `from` aside as `to`, if `from` exists, never over a file kept there before:
+    /// `to.1` … `to.9` are taken in turn, and only when all ten are taken is `to.9`
+    /// replaced (see [`super::store::KEPT_ASIDE`]).
     Rename { from: PathBuf, to: PathBuf },
 }
 

@@ -116,6 +116,7 @@ impl Machine {
             model: a.model,
             accepted_at_ms: now,
             changed_at_ms: now,
+            lease_at_ms: now,
         });
         self.changed();
         self.file_work(vec![task_file], Vec::new());
@@ -134,6 +135,7 @@ impl Machine {
 
     /// The same task id again: the same work under a new lease.
     fn adopt(&mut self, a: Assign) {
+        let now = self.now_ms;
         let Some(task) = self.task_mut(&a.task_id) else {
             return;
         };
@@ -141,6 +143,8 @@ impl Machine {
         let released = task.released;
         let generation = task.generation.max(a.generation);
         task.generation = generation;
+        // A new lease: task_timeout_ms counts from here.
+        task.lease_at_ms = now;
         task.role = Role::Held;
         task.released = None;
         let in_progress = task.outcome.is_none();
@@ -173,6 +177,10 @@ impl Machine {
             }
             self.resume(&a.task_id);
         } else {
+            if in_progress {
+                // The timer of the previous lease no longer fits the task: it is ignored.
+                self.arm_task_timeout(&a.task_id);
+            }
             // The report (if any) goes again with the new generation.
             self.queue_report(&a.task_id);
         }

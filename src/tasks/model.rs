@@ -166,9 +166,27 @@ pub struct TaskRecord {
     pub accepted_at_ms: u64,
     #[serde(default)]
     pub changed_at_ms: u64,
+    /// The latest lease: when the task was accepted, or pushed again and adopted since
+    /// (`task_timeout_ms` counts from here). 0 in files written before it existed: then
+    /// `accepted_at_ms`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_at_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TaskRecord {
+    /// Where `task_timeout_ms` counts from: the latest lease.
+    pub fn lease_start(&self) -> u64 {
+        if self.lease_at_ms == 0 {
+            self.accepted_at_ms
+        } else {
+            self.lease_at_ms
+        }
+    }
+
     /// What the task was doing, for `task_recovering`, `state_report` and `status`.
     pub fn status(&self) -> &'static str {
         if self.outcome.is_some() {
@@ -378,6 +396,7 @@ mod v1 {
                     model: None,
                     accepted_at_ms: t.accepted_at_ms,
                     changed_at_ms: t.accepted_at_ms,
+                    lease_at_ms: 0,
                 });
             }
             for e in self.outbox {
@@ -417,6 +436,7 @@ mod v1 {
                         model: None,
                         accepted_at_ms: 0,
                         changed_at_ms: 0,
+                        lease_at_ms: 0,
                     }),
                 }
                 state.outbox.push(OutboxEntry {
@@ -585,6 +605,7 @@ mod tests {
             model: None,
             accepted_at_ms: 1,
             changed_at_ms: 2,
+            lease_at_ms: 0,
         });
         // The hub's `errors` of a refusal may nest as deep as a frame can: kept as text.
         let deep_details = Value::Object(nested(125));
@@ -638,6 +659,7 @@ mod tests {
             model: None,
             accepted_at_ms: 1,
             changed_at_ms: 2,
+            lease_at_ms: 0,
         });
         let text = serde_json::to_vec(&s).unwrap();
         assert_eq!(QueueState::from_json(&text).unwrap(), s);

@@ -581,7 +581,7 @@ impl World {
         }
         for t in state.tasks.iter().filter(|t| t.in_progress()) {
             let armed = self.timers.iter().any(|timer| {
-                matches!(timer, Timer::TaskTimeout { task_id, accepted_at_ms } if *task_id == t.task_id && *accepted_at_ms == t.accepted_at_ms)
+                matches!(timer, Timer::TaskTimeout { task_id, lease_at_ms } if *task_id == t.task_id && *lease_at_ms == t.lease_start())
             });
             assert!(
                 armed,

@@ -228,8 +228,39 @@ fn run(op: &FileOp) -> io::Result<()> {
     match op {
         FileOp::Write { path, bytes } => fsx::write_atomic(path, bytes),
         FileOp::Remove(path) => ignore_missing(std::fs::remove_file(path)),
-        FileOp::Rename { from, to } => ignore_missing(std::fs::rename(from, to)),
+        FileOp::Rename { from, to } => ignore_missing(keep_aside(from, to)),
     }
+}
+
+/// How many files of one name a task's results directory keeps aside (`ID.json.invalid`,
+/// then `.1` to `.9`; likewise `.unreported`).
+pub const KEPT_ASIDE: usize = 10;
+
+/// Moves `from` to `to`, or to the first of `to.1` … `to.9` that does not exist: a hard link
+/// made under the new name (which fails rather than replace a file) and the old name
+/// removed. When all are taken, `to.9` is replaced.
+fn keep_aside(from: &Path, to: &Path) -> io::Result<()> {
+    let name = |n: usize| -> std::path::PathBuf {
+        if n == 0 {
+            to.to_path_buf()
+        } else {
+            let mut s = to.as_os_str().to_os_string();
+            s.push(format!(".{n}"));
+            s.into()
+        }
+    };
+    for n in 0..KEPT_ASIDE {
+        match std::fs::hard_link(from, name(n)) {
+            Ok(()) => return std::fs::remove_file(from),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // A file system without hard links: a plain rename into a free name.
+            Err(e) if e.kind() != io::ErrorKind::NotFound && !name(n).exists() => {
+                return std::fs::rename(from, name(n)).map_err(|_| e)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::rename(from, name(KEPT_ASIDE - 1))
 }
 
 #[cfg(test)]
@@ -336,5 +367,43 @@ mod tests {
         assert!(
             matches!(parse_result(b"{\"a\""), Some(ResultRead::Partial(e)) if e.contains("not valid JSON"))
         );
+    }
+
+    #[test]
+    fn a_file_set_aside_never_replaces_one_kept_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = dir.path().join("t.json");
+        let kept = dir.path().join("t.json.invalid");
+        for n in 0..KEPT_ASIDE + 2 {
+            std::fs::write(&result, format!("{{\"n\":{n}}}")).unwrap();
+            run(&FileOp::Rename {
+                from: result.clone(),
+                to: kept.clone(),
+            })
+            .unwrap();
+            assert!(!result.exists());
+        }
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "{\"n\":0}");
+        for n in 1..KEPT_ASIDE - 1 {
+            let path = dir.path().join(format!("t.json.invalid.{n}"));
+            assert_eq!(
+                std::fs::read_to_string(path).unwrap(),
+                format!("{{\"n\":{n}}}")
+            );
+        }
+        // The last name takes the newest once all are taken.
+        let last = dir
+            .path()
+            .join(format!("t.json.invalid.{}", KEPT_ASIDE - 1));
+        assert_eq!(
+            std::fs::read_to_string(last).unwrap(),
+            format!("{{\"n\":{}}}", KEPT_ASIDE + 1)
+        );
+        // Nothing to set aside: nothing happens.
+        run(&FileOp::Rename {
+            from: result.clone(),
+            to: kept.clone(),
+        })
+        .unwrap();
     }
 }

@@ -356,3 +356,41 @@ fn a_task_without_a_result_in_task_timeout_fails() {
         matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
     );
 }
+
+#[test]
+fn task_timeout_counts_from_the_latest_lease_so_a_late_re_push_does_not_fail_at_once() {
+    let mut h = working();
+    let first = timers(&h.log)
+        .into_iter()
+        .find(|t| matches!(t, Timer::TaskTimeout { .. }))
+        .unwrap();
+    // The hub takes the task back and pushes it again much later: a new lease.
+    h.now += 3_000_000;
+    let e = h.assign("t", 2);
+    let second = timers(&e)
+        .into_iter()
+        .find(|t| matches!(t, Timer::TaskTimeout { .. }))
+        .expect("the timeout is armed again for the new lease");
+    assert!(
+        matches!(&second, Timer::TaskTimeout { lease_at_ms, .. } if *lease_at_ms == h.now),
+        "{second:?}"
+    );
+    let delay = e.iter().find_map(|x| match x {
+        Effect::Arm { timer, after } if *timer == second => Some(*after),
+        _ => None,
+    });
+    assert_eq!(
+        delay,
+        Some(std::time::Duration::from_secs(3600)),
+        "the whole task_timeout_ms from the re-push"
+    );
+    // The first lease's timer fires: it no longer fits the task.
+    let e = h.ev(Event::Timer(first));
+    assert!(frames(&e).is_empty(), "{e:?}");
+    assert!(h.state().task("t").unwrap().in_progress());
+    // The new lease's timer fails it.
+    let e = h.ev(Event::Timer(second));
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
+    );
+}

@@ -35,13 +35,13 @@ impl Machine {
             }
             Timer::TaskTimeout {
                 task_id,
-                accepted_at_ms,
+                lease_at_ms,
             } => {
                 let Some(task) = self.task(&task_id) else {
                     return;
                 };
                 let agent = task.agent.clone();
-                if task.in_progress() && task.accepted_at_ms == accepted_at_ms {
+                if task.in_progress() && task.lease_start() == lease_at_ms {
                     let ms = self.cfg.task_timeout.map_or(0, |d| d.as_millis() as u64);
                     self.note(
                         LogLevel::Warn,
@@ -191,11 +191,11 @@ impl Machine {
         let (Some(timeout), Some(task)) = (self.cfg.task_timeout, self.task(task_id)) else {
             return;
         };
-        let elapsed = self.now_ms.saturating_sub(task.accepted_at_ms);
+        let elapsed = self.now_ms.saturating_sub(task.lease_start());
         let after = timeout.saturating_sub(std::time::Duration::from_millis(elapsed));
         let timer = Timer::TaskTimeout {
             task_id: task_id.to_string(),
-            accepted_at_ms: task.accepted_at_ms,
+            lease_at_ms: task.lease_start(),
         };
         self.out.push(Effect::Arm { timer, after });
     }
