@@ -90,6 +90,13 @@ pub struct WakeExited {
 
 /// How much of the command's output goes into the log line.
 const OUTPUT_LOGGED: u64 = 2048;
+/// Largest output one attempt keeps in its wake log: past it, the log is cut back to the
+/// attempt's first [`WAKE_LOG_HEAD`] bytes and a line that says so, and goes on from there
+/// (an agent that lives inside its wake command can write for days).
+const WAKE_LOG_MAX: u64 = 1024 * 1024;
+const WAKE_LOG_HEAD: u64 = 64 * 1024;
+/// How often the wake logs of running attempts are measured (only while one runs).
+const WAKE_LOG_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct WakerActor {
     env: Env,
@@ -100,6 +107,10 @@ struct Running {
     /// What the command started, to kill.
     tree: Rc<Tree>,
     confirmed: Rc<Cell<bool>>,
+    task_id: String,
+    /// The wake log, and where this attempt's output in it begins.
+    output: PathBuf,
+    offset: u64,
 }
 
 enum Ended {
@@ -220,11 +231,17 @@ impl WakerActor {
                     );
                 }
                 let tree = Rc::new(tree);
+                if self.running.is_empty() {
+                    ctx.run_later(WAKE_LOG_CHECK, |act, ctx| act.cap_wake_logs(ctx));
+                }
                 self.running.insert(
                     task.wake_id,
                     Running {
                         tree: tree.clone(),
                         confirmed: confirmed.clone(),
+                        task_id: task.task_id.clone(),
+                        output: task.output_file.clone(),
+                        offset,
                     },
                 );
                 futures_util::future::Either::Left(async move {
@@ -269,6 +286,44 @@ impl WakerActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(ended)
                 .map(move |(ended, output), act, _| act.attempt_done(task, output, ended)),
+        );
+    }
+
+    /// Cuts the wake logs of running attempts back to size (off the event loop), and looks
+    /// again a second later while any attempt runs.
+    fn cap_wake_logs(&mut self, ctx: &mut Context<Self>) {
+        if self.running.is_empty() {
+            return;
+        }
+        let logs: Vec<(String, PathBuf, u64)> = self
+            .running
+            .values()
+            .map(|r| (r.task_id.clone(), r.output.clone(), r.offset))
+            .collect();
+        let cut = actix_rt::task::spawn_blocking(move || {
+            logs.into_iter()
+                .filter_map(|(task_id, path, offset)| {
+                    cap_output(&path, offset)
+                        .ok()
+                        .flatten()
+                        .map(|n| (task_id, n))
+                })
+                .collect::<Vec<_>>()
+        });
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(cut).map(|cut, act, ctx| {
+                for (task_id, bytes) in cut.unwrap_or_default() {
+                    log_event!(
+                        act.env.log,
+                        Info,
+                        "wake_log_cut",
+                        task_id = task_id,
+                        bytes = bytes,
+                        kept_head = WAKE_LOG_HEAD
+                    );
+                }
+                ctx.run_later(WAKE_LOG_CHECK, |act, ctx| act.cap_wake_logs(ctx));
+            }),
         );
     }
 
@@ -334,6 +389,32 @@ fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio, u64)> 
     let file = crate::fsx::open_private_append(path)?;
     let len = file.metadata()?.len();
     Ok((Stdio::from(file.try_clone()?), Stdio::from(file), len))
+}
+
+/// Cuts an attempt's output in its wake log back to its first [`WAKE_LOG_HEAD`] bytes once
+/// it is over [`WAKE_LOG_MAX`], with a line that says how much went; the command's later
+/// output is appended after it (its descriptor appends). The bytes cut, if any. A log that
+/// is gone (the task ended) is not made again.
+fn cap_output(path: &std::path::Path, offset: u64) -> std::io::Result<Option<u64>> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut file = options.open(path)?;
+    let len = file.metadata()?.len();
+    if !file.metadata()?.is_file() || len <= offset.saturating_add(WAKE_LOG_MAX) {
+        return Ok(None);
+    }
+    let keep = offset + WAKE_LOG_HEAD;
+    file.set_len(keep)?;
+    writeln!(
+        file,
+        "\n[agentcom-sidecar: {} bytes of this attempt's output cut here; its wake log keeps the first {} KiB and what follows]",
+        len - keep,
+        WAKE_LOG_HEAD / 1024
+    )?;
+    Ok(Some(len - keep))
 }
 
 /// What this attempt wrote, from `offset`, at most [`OUTPUT_LOGGED`] bytes.

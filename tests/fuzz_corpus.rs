@@ -121,6 +121,7 @@ fn queue_file_loads_with(result: serde_json::Map<String, serde_json::Value>) {
         model: None,
         accepted_at_ms: 0,
         changed_at_ms: 0,
+        lease_at_ms: 0,
     });
     state.refused.push(RefusedReport {
         task_id: "t".into(),

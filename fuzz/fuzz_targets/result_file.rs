@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
                 model: None,
                 accepted_at_ms: 0,
                 changed_at_ms: 0,
+                lease_at_ms: 0,
             }],
             ..QueueState::default()
         };
