@@ -77,6 +77,8 @@ const WRITE_RETRY: Duration = Duration::from_secs(1);
 const GIVE_BACK_AFTER: u32 = 3;
 /// Released tasks remembered, and refused reports kept.
 const KEEP_RELEASED: usize = 64;
+/// Results of released tasks kept in the queue file, at most this many bytes together.
+const KEEP_RELEASED_BYTES: usize = 16 * 1024 * 1024;
 const KEEP_REFUSED: usize = 100;
 
 pub struct QueueActor {
@@ -121,6 +123,7 @@ impl QueueActor {
                 types: c.wake_commands.keys().cloned().collect(),
             },
             keep_released: KEEP_RELEASED,
+            keep_released_bytes: KEEP_RELEASED_BYTES,
             keep_refused: KEEP_REFUSED,
             restart_wait: c.restart_wait,
         }

@@ -399,6 +399,9 @@ impl Machine {
                 outcome: ended,
             });
             self.queue_report(task_id);
+        } else if role == Role::Released {
+            // A result kept aside counts against what released tasks may keep.
+            self.prune();
         }
     }
 

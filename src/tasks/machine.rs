@@ -48,6 +48,9 @@ pub struct Settings {
     pub wake: WakeTargets,
     /// Released tasks remembered (their agent may run, or their result is kept aside).
     pub keep_released: usize,
+    /// The most bytes the kept results of released tasks may take in the queue file
+    /// together (the newest are kept): with the held task's, what bounds a write.
+    pub keep_released_bytes: usize,
     /// Refused reports kept for the operator.
     pub keep_refused: usize,
     /// The longest a restart the hub asked for waits for the task in progress.

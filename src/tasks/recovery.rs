@@ -11,7 +11,8 @@ use crate::config::LogLevel;
 
 impl Machine {
     /// Released tasks are forgotten once nothing is left to remember (no agent can run and
-    /// no result is kept), and beyond `keep_released`, oldest first.
+    /// no result is kept), and beyond `keep_released` or `keep_released_bytes` of kept
+    /// results, oldest first (a result file set aside stays on disk).
     pub(super) fn prune(&mut self) {
         let idle: Vec<String> = self
             .state
@@ -30,15 +31,33 @@ impl Machine {
             .filter(|t| t.role == Role::Released)
             .map(|t| t.task_id.clone())
             .collect();
-        let excess = released.len().saturating_sub(self.cfg.keep_released);
-        for id in released.into_iter().take(excess) {
+        let by_count = released.len().saturating_sub(self.cfg.keep_released);
+        // The newest results fit the byte budget (the newest is kept whatever its size); an
+        // older one past it goes with its task.
+        let mut by_bytes = 0;
+        let mut bytes = 0usize;
+        let newest = released.len().saturating_sub(1);
+        for (i, id) in released.iter().enumerate().rev() {
+            bytes = bytes.saturating_add(self.task(id).map_or(0, outcome_bytes));
+            if bytes > self.cfg.keep_released_bytes && i != newest {
+                by_bytes = i + 1;
+                break;
+            }
+        }
+        for (i, id) in released
+            .into_iter()
+            .take(by_count.max(by_bytes))
+            .enumerate()
+        {
+            let reason = if i < by_count {
+                "keep_released reached"
+            } else {
+                "keep_released_bytes reached"
+            };
             self.note(
                 LogLevel::Info,
                 "task_forgotten",
-                vec![
-                    ("task_id", id.clone().into()),
-                    ("reason", "keep_released reached".into()),
-                ],
+                vec![("task_id", id.clone().into()), ("reason", reason.into())],
             );
             self.forget(&id, false);
         }
@@ -139,5 +158,24 @@ impl Machine {
         }
         self.prune();
         self.out.push(Effect::Rescan { task_id: None });
+    }
+}
+
+/// The bytes a task's outcome takes in the queue file (counted, not built).
+fn outcome_bytes(task: &TaskRecord) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match &task.outcome {
+        Some(outcome) => serde_json::to_writer(&mut count, outcome).map_or(0, |()| count.0),
+        None => 0,
     }
 }

@@ -28,6 +28,7 @@ pub(super) fn settings() -> Settings {
             types: BTreeSet::new(),
         },
         keep_released: 8,
+        keep_released_bytes: 64 * 1024,
         keep_refused: 4,
         restart_wait: Duration::from_secs(300),
     }
@@ -623,4 +624,46 @@ fn released_tasks_past_keep_released_are_forgotten_oldest_first() {
         .filter(|e| matches!(e, Effect::Log(n) if n.event == "task_forgotten"))
         .count();
     assert_eq!(forgotten, 2);
+}
+
+#[test]
+fn released_results_past_keep_released_bytes_are_forgotten_oldest_first() {
+    let mut h = H::new();
+    h.up(1);
+    // Cancelled, then their agents' results arrive: kept aside, each about 25 KB.
+    for i in 0..4 {
+        let id = format!("t{i}");
+        h.assign(&id, 1);
+        h.ev(Event::Cancelled {
+            task_id: id.clone(),
+        });
+        h.ev(Event::ResultSeen {
+            task_id: id,
+            result: Ok(obj(
+                json!({"status": "success", "output": "x".repeat(25_000)}),
+            )),
+        });
+    }
+    let kept: Vec<&str> = h
+        .state()
+        .tasks
+        .iter()
+        .filter(|t| t.role == Role::Released)
+        .map(|t| t.task_id.as_str())
+        .collect();
+    // 64 KiB in the test settings: the two newest fit.
+    assert_eq!(kept, ["t2", "t3"]);
+    let reasons: Vec<String> = h
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Log(n) if n.event == "task_forgotten" => Some(format!("{:?}", n.fields)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.contains("keep_released_bytes")),
+        "{reasons:?}"
+    );
 }
