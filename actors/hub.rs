@@ -349,13 +349,21 @@ impl Handler<AnnounceSession> for HubActor {
 impl Handler<Reidentify> for HubActor {
     type Result = ();
     fn handle(&mut self, msg: Reidentify, ctx: &mut Context<Self>) {
-        let recent = self
-            .reidentified_at
-            .is_some_and(|t| t.elapsed() < REIDENTIFY_MIN_GAP);
         let Some(conn) = self.conn_id() else { return };
-        if self.identified_id() == Some(msg.session) && !recent {
-            self.reidentify(conn, msg.session, msg.reason, ctx);
+        if self.identified_id() != Some(msg.session) {
+            return;
         }
+        // Too soon after the last one (the hub allows few identifies): once the gap has
+        // passed, if the session is still the same.
+        if let Some(wait) = self
+            .reidentified_at
+            .map(|t| REIDENTIFY_MIN_GAP.saturating_sub(t.elapsed()))
+            .filter(|w| !w.is_zero())
+        {
+            ctx.run_later(wait, move |_, ctx| ctx.notify(msg));
+            return;
+        }
+        self.reidentify(conn, msg.session, msg.reason, ctx);
     }
 }
 

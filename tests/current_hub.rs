@@ -443,7 +443,7 @@ fn the_hub_hears_wake_results_and_the_agents_own_progress() {
 }
 
 #[test]
-fn a_task_pushed_while_busy_is_refused_without_a_violation_and_the_hub_requeues_it() {
+fn a_task_assigned_twice_at_once_waits_for_the_slot_and_runs_next_without_a_retry() {
     let hub = hub_with(timings(), HubLimits::default());
     let sidecar = recording_sidecar(&hub, json!({}));
     // The hub's socket process is slow to handle pushes: the scheduler gives the agent a
@@ -457,34 +457,101 @@ fn a_task_pushed_while_busy_is_refused_without_a_violation_and_the_hub_requeues_
             .all(|t| task_field(&hub, t, "assigned_to") == AGENT)
     });
     hub.hold_deliveries(AGENT, false);
-    let refusal = eventually_frame(&hub, "task_failed", &second, |_| true);
-    assert_eq!(refusal["reason"], "busy");
     sidecar
         .wait_for(WAIT, |l| {
-            l["event"] == "task_rejected" && l["task_id"] == second.as_str()
+            l["event"] == "task_parked" && l["task_id"] == second.as_str()
         })
-        .expect("the refusal is logged");
-    // Back in the hub's queue (a retry), not a violation.
-    eventually("the second task requeued", || {
-        task_field(&hub, &second, "retry_count") == 1
-    });
-    assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
+        .expect("the second waits for the slot, unanswered");
     eventually("the first task's start", || {
         starts_of(&sidecar, &first) == 1
     });
-    assert_eq!(
-        starts_of(&sidecar, &second),
-        0,
-        "no agent for the refused task"
-    );
+    assert_eq!(starts_of(&sidecar, &second), 0, "not while the first runs");
     release(&sidecar, &first, &success());
     done_once(&hub, &sidecar, &first);
-    // Idle again: the hub gives the second task back, and it runs once.
+    // The slot is free: checked with the hub (state_report), accepted, run once.
     eventually("the second task's start", || {
         starts_of(&sidecar, &second) == 1
     });
     release(&sidecar, &second, &success());
     done_once(&hub, &sidecar, &second);
+    assert!(frames_of(&hub, "task_failed").is_empty(), "nothing refused");
+    assert_eq!(task_field(&hub, &second, "retry_count"), 0);
+    assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
+}
+
+#[test]
+fn a_task_pushed_while_the_hub_sees_the_agent_working_waits_unanswered_and_no_queued_task_loses_a_retry(
+) {
+    let hub = hub_with(timings(), HubLimits::default());
+    let sidecar = recording_sidecar(&hub, json!({}));
+    hub.hold_deliveries(AGENT, true);
+    let first = submit(&hub, json!({"description": "long"}));
+    let second = submit(&hub, json!({"description": "second", "max_retries": 3}));
+    eventually("both tasks assigned to the agent", || {
+        [&first, &second]
+            .iter()
+            .all(|t| task_field(&hub, t, "assigned_to") == AGENT)
+    });
+    // The socket process handles the first push, and the second only after the sidecar's
+    // task_accepted for the first: the hub's FSM is working when the second comes. A
+    // `task_failed` now would make the FSM take the agent for idle, and the hub would push
+    // every queued task in turn, each refused and retried, to the dead letters.
+    hub.release_one_delivery(AGENT);
+    wait_task_frame(&hub, "task_accepted", &first, 1);
+    eventually("the hub sees the agent working", || {
+        hub.fsm_state(AGENT).as_deref() == Some("working")
+    });
+    hub.hold_deliveries(AGENT, false);
+    sidecar
+        .wait_for(WAIT, |l| {
+            l["event"] == "task_parked" && l["task_id"] == second.as_str()
+        })
+        .expect("the second waits for the slot");
+    eventually("the first task's start", || {
+        starts_of(&sidecar, &first) == 1
+    });
+    let queued: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                &hub,
+                json!({"description": format!("queued {i}"), "max_retries": 3}),
+            )
+        })
+        .collect();
+    // Scheduler rounds pass while the long task runs: nothing is pushed, refused, retried.
+    eventually("progress frames while the long task runs", || {
+        agent_frames(&hub, "task_progress", &first).len() >= 3
+    });
+    assert_eq!(hub.fsm_state(AGENT).as_deref(), Some("working"));
+    for t in &queued {
+        assert_eq!(task_field(&hub, t, "status"), "queued", "{t}");
+    }
+    assert!(agent_frames(&hub, "task_failed", &second).is_empty());
+    release(&sidecar, &first, &success());
+    done_once(&hub, &sidecar, &first);
+    // Every task runs once, in whatever order the hub gives them, none refused or retried.
+    let mut left: Vec<String> = queued.iter().chain([&second]).cloned().collect();
+    let deadline = std::time::Instant::now() + 4 * WAIT;
+    while !left.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not run: {left:?}\n{}",
+            sidecar.dump()
+        );
+        if let Some(i) = left.iter().position(|t| starts_of(&sidecar, t) == 1) {
+            let t = left.remove(i);
+            release(&sidecar, &t, &success());
+            wait_status(&hub, &t, "completed");
+        } else {
+            std::thread::sleep(ms(10));
+        }
+    }
+    for t in queued.iter().chain([&second, &first]) {
+        assert_eq!(starts_of(&sidecar, t), 1, "{t}");
+        assert_eq!(task_field(&hub, t, "retry_count"), 0, "{t}");
+    }
+    assert!(frames_of(&hub, "task_failed").is_empty());
+    assert_eq!(hub.violations(AGENT), 0, "{:?}", hub.validation_failures());
 }
 
 /// Another client, identified as [`AGENT`], has the hub lock the agent out: three frames

@@ -69,6 +69,8 @@ pub(crate) enum Command {
     /// Hold (`true`) or release the messages from inside the hub: a socket process busy
     /// elsewhere handles them later, in order (its FSM hears of a push only then).
     Hold(bool),
+    /// Handle the oldest held message now, and keep holding the rest.
+    ReleaseOne,
 }
 
 /// A message to a socket process, as the hub sends them (`send(pid, …)` and PubSub).

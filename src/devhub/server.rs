@@ -169,6 +169,14 @@ impl DevHub {
             .len()
     }
 
+    /// While deliveries are held: the oldest is handled now (its push sent, the FSM told),
+    /// the rest stay held. How many sessions there were.
+    pub fn release_one_delivery(&self, agent_id: &str) -> usize {
+        self.hub
+            .command_agent(agent_id, || Command::ReleaseOne)
+            .len()
+    }
+
     /// Restarts the hub as an orderly restart of the real one: every session is closed
     /// (1000) and cleaned up, so the tasks its agents held are taken back (next generation);
     /// the server stops and starts again on the same address. The task queue and the tokens

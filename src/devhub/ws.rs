@@ -243,6 +243,10 @@ impl Connection {
                 self.held.get_or_insert_with(Default::default);
                 Flow::Continue
             }
+            Some(Command::ReleaseOne) => match self.held.as_mut().and_then(|h| h.pop_front()) {
+                Some(delivery) => self.deliver(delivery).await,
+                None => Flow::Continue,
+            },
             Some(Command::Hold(false)) => {
                 let held = self.held.take().unwrap_or_default();
                 for delivery in held {

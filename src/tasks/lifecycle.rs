@@ -90,10 +90,27 @@ impl Machine {
                 self.undecided = Some(a);
                 return;
             }
-            let why = format!("busy with task {busy_id}");
-            return self.refuse(&a, "busy", &why);
+            if self.park(&a, &busy_id) {
+                return;
+            }
+            return self.refuse_busy(&a, &busy_id);
+        }
+        if self
+            .parked
+            .as_ref()
+            .is_some_and(|p| p.assign.task_id == a.task_id)
+        {
+            // Pushed again with the slot free: taken as any push.
+            self.parked = None;
         }
         self.accept(a);
+    }
+
+    /// Refuses a task pushed while `busy_id` is in progress (and it cannot be parked: see
+    /// `parking.rs`). The hub counts the refusal as a failed attempt of that task.
+    pub(super) fn refuse_busy(&mut self, a: &Assign, busy_id: &str) {
+        let why = format!("busy with task {busy_id}");
+        self.refuse(a, "busy", &why);
     }
 
     /// A new task: on disk (with its `TASK_FILE`) before `task_accepted`, then the agent.
@@ -277,6 +294,7 @@ impl Machine {
     }
 
     pub(super) fn on_cancelled(&mut self, task_id: &str) {
+        self.drop_parked(Some(task_id), false);
         if self
             .undecided
             .as_ref()
@@ -335,6 +353,9 @@ impl Machine {
     }
 
     pub(super) fn on_state_report_answer(&mut self, task_id: &str, generation: u64, action: &str) {
+        if self.on_parked_answer(task_id, generation, action) {
+            return;
+        }
         let Some(task) = self.task(task_id) else {
             return;
         };
@@ -396,8 +417,9 @@ impl Machine {
         // A task pushed while waiting for this answer is decided now.
         if let Some(a) = self.undecided.take() {
             if self.state.busy_with().is_some() {
-                let why = format!("busy with task {task_id}");
-                self.refuse(&a, "busy", &why);
+                if !self.park(&a, task_id) {
+                    self.refuse_busy(&a, task_id);
+                }
             } else {
                 self.on_assign(a);
             }

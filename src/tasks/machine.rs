@@ -168,6 +168,8 @@ pub struct Machine {
     pub(super) spawned: BTreeSet<u64>,
     /// A new task pushed while busy, kept until the busy task's `state_report` is answered.
     pub(super) undecided: Option<Assign>,
+    /// A task pushed while busy that waits, unanswered, for the slot (see `parking.rs`).
+    pub(super) parked: Option<super::parking::Parked>,
     pub(super) shutting_down: bool,
     /// A restart the hub asked for, waiting for the task in progress.
     pub(super) restart: Option<String>,
@@ -205,6 +207,7 @@ impl Machine {
             outbox_marks,
             spawned: running,
             undecided: None,
+            parked: None,
             shutting_down: false,
             restart: None,
             out: Vec::new(),
@@ -285,6 +288,7 @@ impl Machine {
             Event::WakerRestarted => self.on_waker_restarted(),
             Event::ShutdownBegun => {
                 self.shutting_down = true;
+                self.drop_parked(None, true);
                 self.drop_undecided(
                     "shutting_down",
                     "nothing: the hub takes it back when the session closes",
@@ -318,6 +322,11 @@ impl Machine {
         self.after.extend(after);
     }
 
+    /// Whether every report in the outbox has been sent on the current session.
+    pub(super) fn outbox_sent_on_this_session(&self) -> bool {
+        self.session.is_some() && self.outbox_marks.iter().all(|m| m.sent_on == self.session)
+    }
+
     /// A task waiting to be decided is let go without an answer (the hub takes it back).
     pub(super) fn drop_undecided(&mut self, reason: &'static str, sent: &'static str) {
         if let Some(a) = self.undecided.take() {
@@ -348,6 +357,8 @@ impl Machine {
     fn finish_step(&mut self) -> Vec<Effect> {
         self.release_deferred();
         self.flush();
+        // After the flush: the report of the task that freed the slot goes out first.
+        self.check_parked();
         let idle = self.state.busy_with().is_none() && self.state.outbox.is_empty();
         if idle && self.settled() {
             if let Some(reason) = self.restart.take() {

@@ -5,8 +5,9 @@
 //! - [`effects`] — what goes in ([`Event`]) and comes out ([`Effect`]) of the machine.
 //! - [`machine`] — the pure state machine: events in, effects out, no I/O. Its rules are in
 //!   `lifecycle.rs` (the hub's side), `agent.rs` (the agent's side), `timers.rs`,
-//!   `session.rs` (what is sent on the hub session, when) and `recovery.rs` (what is kept,
-//!   pruned, recovered at start-up).
+//!   `session.rs` (what is sent on the hub session, when), `recovery.rs` (what is kept,
+//!   pruned, recovered at start-up) and `parking.rs` (a task pushed while another is in
+//!   progress).
 //! - [`store`] — the blocking file work: load, results at start-up, the durable write step.
 //!
 //! The QueueActor (`actors/queue.rs`) is a thin shell: it feeds events in and carries the
@@ -20,6 +21,7 @@ pub mod effects;
 mod lifecycle;
 pub mod machine;
 pub mod model;
+mod parking;
 mod recovery;
 mod session;
 pub mod store;

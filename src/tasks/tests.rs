@@ -248,17 +248,107 @@ fn a_task_is_on_disk_before_it_is_accepted_and_woken() {
     assert!(accept_at < wake_at, "the hub hears first");
 }
 
+fn success_of(id: &str) -> Event {
+    Event::ResultSeen {
+        task_id: id.into(),
+        result: Ok(obj(json!({"status": "success", "output": 1}))),
+    }
+}
+
+fn parked_answer(id: &str, generation: u64, action: &str) -> Event {
+    Event::StateReportAnswered {
+        task_id: id.into(),
+        generation,
+        action: action.into(),
+    }
+}
+
 #[test]
-fn a_different_task_while_busy_is_refused_with_task_failed_and_nothing_is_kept() {
+fn a_different_task_while_busy_is_parked_unanswered_and_nothing_is_kept() {
     let mut h = working();
     let e = h.assign("other", 5);
-    let f = frames(&e);
-    assert_eq!(kinds(&e), ["task_failed"]);
     assert!(
-        matches!(&f[0], Outgoing::TaskFailed { reason, generation: 5, .. } if reason == "busy")
+        kinds(&e).is_empty(),
+        "no answer: a refusal costs the hub a retry"
     );
+    assert!(notes(&e).contains(&"task_parked"));
     assert!(h.state().task("other").is_none());
     assert!(!e.iter().any(|x| matches!(x, Effect::Persist(_))));
+    // A third is refused: only one waits.
+    let e = h.assign("third", 1);
+    assert_eq!(kinds(&e), ["task_failed"]);
+    assert!(
+        matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, generation: 1, .. } if reason == "busy")
+    );
+    // The parked one pushed again: its newer lease replaces it.
+    let e = h.assign("other", 6);
+    assert!(kinds(&e).is_empty());
+    assert_eq!(h.m.parked.as_ref().unwrap().assign.generation, 6);
+}
+
+#[test]
+fn a_parked_task_is_checked_with_the_hub_once_the_slot_frees_and_then_runs() {
+    let mut h = working();
+    h.assign("other", 5);
+    // The held task ends: its report goes first, then the check of the parked one.
+    let e = h.ev(success_of("t"));
+    assert_eq!(kinds(&e), ["task_complete", "state_report"]);
+    assert!(matches!(
+        &frames(&e)[1],
+        Outgoing::StateReport {
+            generation: 5,
+            status: "assigned",
+            ..
+        }
+    ));
+    assert!(
+        wakes(&e).is_empty(),
+        "not before the hub says it is still ours"
+    );
+    let e = h.ev(parked_answer("other", 5, "continue"));
+    assert!(notes(&e).contains(&"task_unparked"));
+    assert_eq!(kinds(&e), ["task_accepted"]);
+    assert_eq!(wakes(&e).len(), 1);
+    assert!(
+        e.iter().any(|x| matches!(x, Effect::Reidentify { .. })),
+        "the hub's FSM starts over assigned to it"
+    );
+    assert!(h.m.parked.is_none());
+}
+
+#[test]
+fn a_parked_task_the_hub_no_longer_has_here_is_dropped_and_one_that_lost_the_slot_waits() {
+    let mut h = working();
+    h.assign("other", 5);
+    h.ev(success_of("t"));
+    let e = h.ev(parked_answer("other", 5, "abort"));
+    assert!(notes(&e).contains(&"task_parked_dropped"));
+    assert!(kinds(&e).is_empty() && wakes(&e).is_empty());
+    assert!(h.m.parked.is_none());
+
+    // Another push took the slot before the answer: the parked task waits for the next.
+    let mut h = working();
+    h.assign("other", 5);
+    h.ev(success_of("t"));
+    h.assign("pushed", 1);
+    let e = h.ev(parked_answer("other", 5, "continue"));
+    assert!(kinds(&e).is_empty() && wakes(&e).is_empty());
+    assert!(h.m.parked.is_some());
+    // Cancelled by the hub: dropped, nothing sent.
+    let e = h.ev(Event::Cancelled {
+        task_id: "other".into(),
+    });
+    assert!(notes(&e).contains(&"task_parked_dropped"));
+    assert!(h.m.parked.is_none());
+}
+
+#[test]
+fn a_parked_task_is_refused_when_the_shutdown_begins() {
+    let mut h = working();
+    h.assign("other", 5);
+    let e = h.ev(Event::ShutdownBegun);
+    assert_eq!(kinds(&e), ["task_failed"], "the hub requeues it now");
+    assert!(h.m.parked.is_none());
 }
 
 #[test]
@@ -440,7 +530,8 @@ fn a_task_pushed_while_the_busy_one_waits_for_its_state_report_answer_is_decided
         generation: 1,
         action: "continue".into(),
     });
-    assert_eq!(kinds(&e), ["task_failed"], "still busy: refused");
+    assert!(kinds(&e).is_empty(), "still busy: it waits for the slot");
+    assert!(notes(&e).contains(&"task_parked"));
 }
 
 #[test]
