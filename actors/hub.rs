@@ -81,6 +81,9 @@ pub struct AnnounceSession;
 #[rtype(result = "()")]
 pub struct SessionIdentified {
     pub session: u64,
+    /// The session before it ended without a close (a cut link, a missed heartbeat): the
+    /// hub may have pushed tasks into that dead connection.
+    pub after_unclean: bool,
 }
 
 /// Published when a session ended, however it ended.
@@ -341,7 +344,10 @@ impl Handler<AnnounceSession> for HubActor {
     type Result = ();
     fn handle(&mut self, _: AnnounceSession, _: &mut Context<Self>) {
         if let Some(session) = self.identified_id() {
-            let _ = self.env.bus.send(SessionIdentified { session });
+            let _ = self.env.bus.send(SessionIdentified {
+                session,
+                after_unclean: false,
+            });
         }
     }
 }

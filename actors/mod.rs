@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod logger;
 pub mod queue;
+pub mod reconcile;
 pub mod resources;
 pub mod results;
 pub mod shutdown;
@@ -38,6 +39,7 @@ pub fn children() -> Vec<ChildSpec> {
         ChildSpec::new("waker", waker::WakerActor::new),
         ChildSpec::new("queue", queue::QueueActor::new),
         ChildSpec::new("resources", resources::ResourceActor::new),
+        ChildSpec::new("reconcile", reconcile::ReconcileActor::new),
     ]
 }
 

@@ -97,6 +97,26 @@ impl HubUrl {
         self.tls
     }
 
+    /// The hub's HTTP API base for this socket URL: `ws://h:p/ws` → `http://h:p`,
+    /// `wss://h/prefix/ws` → `https://h/prefix` (no trailing slash, no query).
+    pub fn api_base(&self) -> String {
+        let (scheme, rest) = match self.url.split_once("://") {
+            Some((s, rest)) => (
+                if s.eq_ignore_ascii_case("wss") {
+                    "https"
+                } else {
+                    "http"
+                },
+                rest,
+            ),
+            None => ("http", self.url.as_str()),
+        };
+        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+        let rest = rest.trim_end_matches('/');
+        let rest = rest.strip_suffix("/ws").unwrap_or(rest);
+        format!("{scheme}://{rest}")
+    }
+
     /// A warning when the token would cross a network in clear text: `ws://` to a host that
     /// is not loopback.
     pub fn cleartext_warning(&self) -> Option<String> {
@@ -292,6 +312,10 @@ pub struct Config {
     /// once this long has passed since the old one was last heard (the hub's half-open
     /// clean-up); `None`: never.
     pub stale_session_reidentify: Option<Duration>,
+    /// How often, while no task is held, the hub's HTTP API is asked which tasks it has
+    /// assigned to this agent (a push lost in a dead connection); also after every session
+    /// that followed one ended without a close. `None`: never.
+    pub reconcile_interval: Option<Duration>,
     /// The longest a restart the hub asked for (`restart_sidecar`) waits for the task in
     /// progress to be reported.
     pub restart_wait: Duration,
@@ -385,6 +409,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "agent_progress_min_ms",
     "task_timeout_ms",
     "stale_session_reidentify_ms",
+    "reconcile_interval_ms",
     "restart_wait_ms",
     "hub_rate_limits",
     "results_dir",
@@ -476,6 +501,7 @@ impl Config {
             "agent_progress_min_ms": ms(self.agent_progress_min),
             "task_timeout_ms": self.task_timeout.map_or(0, |d| d.as_millis() as u64),
             "stale_session_reidentify_ms": self.stale_session_reidentify.map_or(0, |d| d.as_millis() as u64),
+            "reconcile_interval_ms": self.reconcile_interval.map_or(0, |d| d.as_millis() as u64),
             "restart_wait_ms": ms(self.restart_wait),
             "hub_rate_limits": {"light": self.hub_rate_limits.light, "normal": self.hub_rate_limits.normal, "heavy": self.hub_rate_limits.heavy},
             "results_dir": self.results_dir.to_string_lossy(),
@@ -669,6 +695,7 @@ impl Raw<'_> {
             agent_progress_min: self.ms("agent_progress_min_ms", 1_000, 0)?,
             task_timeout: self.optional_ms("task_timeout_ms", 86_400_000)?,
             stale_session_reidentify: self.optional_ms("stale_session_reidentify_ms", 65_000)?,
+            reconcile_interval: self.optional_ms("reconcile_interval_ms", 30_000)?,
             restart_wait: self.ms("restart_wait_ms", 300_000, 0)?,
             hub_rate_limits: self.rate_limits()?,
             results_dir: self.path_or("results_dir", "./results")?,
@@ -1318,6 +1345,21 @@ mod tests {
                 HubUrl::parse(url).unwrap().cleartext_warning().is_none(),
                 "{url}"
             );
+        }
+    }
+
+    #[test]
+    fn the_api_base_is_derived_from_the_socket_url() {
+        for (ws, api) in [
+            ("ws://127.0.0.1:4000/ws", "http://127.0.0.1:4000"),
+            (
+                "wss://hub.example/agentcom/ws",
+                "https://hub.example/agentcom",
+            ),
+            ("ws://hub:4000/ws?x=1", "http://hub:4000"),
+            ("wss://hub:443/", "https://hub:443"),
+        ] {
+            assert_eq!(HubUrl::parse(ws).unwrap().api_base(), api, "{ws}");
         }
     }
 }

@@ -34,6 +34,21 @@ pub fn build_client(config: &Config) -> Result<awc::Client, String> {
         .finish())
 }
 
+/// The awc client for the hub's HTTP API: the same TLS and timeouts, and no redirects (the
+/// request carries the token: it goes nowhere the config did not name).
+pub fn build_api_client(config: &Config) -> Result<awc::Client, String> {
+    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+    let connector = awc::Connector::new()
+        .rustls_0_23(tls)
+        .timeout(config.connect_timeout)
+        .handshake_timeout(config.connect_timeout);
+    Ok(awc::Client::builder()
+        .connector(connector)
+        .timeout(config.connect_timeout)
+        .disable_redirects()
+        .finish())
+}
+
 /// Writes the session's queued messages in order until the queue closes or a write fails.
 pub async fn write_all(
     mut sink: WsSink,

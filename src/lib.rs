@@ -32,6 +32,9 @@
 //! - [`devhub`] — a small real hub for development, the demo and the tests.
 //! - [`demo`] — the dev hub and a sidecar together, for a first look.
 
+// The effective config is one `json!` object with every key: past the default macro depth.
+#![recursion_limit = "256"]
+
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod backoff;

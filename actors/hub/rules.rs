@@ -260,7 +260,10 @@ impl HubActor {
             session = id,
             hub_url = self.env.config.hub_url.as_str()
         );
-        let _ = self.env.bus.send(SessionIdentified { session: id });
+        let _ = self.env.bus.send(SessionIdentified {
+            session: id,
+            after_unclean: self.stale_since.is_some(),
+        });
         self.publish_state(HubState::Identified, None);
         let (Some(since), Some(after)) = (
             self.stale_since.take(),

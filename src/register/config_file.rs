@@ -84,6 +84,7 @@ pub fn config_text(options: &Options, hub: &HubAddress, token: TokenPlace<'_>) -
             ("connect_timeout_ms", json!(20000)),
             ("max_frame_bytes", json!(16777216)),
             ("stale_session_reidentify_ms", json!(65000)),
+            ("reconcile_interval_ms", json!(30000)),
             (
                 "ca_file",
                 json!(options.ca_file.as_ref().map(|p| p.display().to_string())),
