@@ -214,8 +214,21 @@ fn add(totals: &mut Answer, a: &Answer) {
     }
 }
 
+/// The most of an answer the result keeps (its start): the sidecar refuses result files over
+/// `max_result_bytes` (16 MiB by default), and a result must always get through.
+const OUTPUT_MAX: usize = 4 << 20;
+
 fn fill(result: &mut Value, totals: &Answer, output: &str, start: Instant, attempts: u64) {
-    result["output"] = output.into();
+    if output.len() > OUTPUT_MAX {
+        let mut cut = OUTPUT_MAX;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        result["output"] = output[..cut].into();
+        result["output_truncated"] = true.into();
+    } else {
+        result["output"] = output.into();
+    }
     result["model_used"] = totals.model.clone().into();
     result["tokens_in"] = totals.tokens_in.into();
     result["tokens_out"] = totals.tokens_out.into();

@@ -604,6 +604,63 @@ impl Tail {
 mod tests {
     use super::*;
 
+    fn task(frame: Value, cap_ms: Option<u64>) -> Task {
+        Task {
+            env: Env {
+                task_id: "t".into(),
+                results_dir: PathBuf::from("."),
+                task_file: None,
+                wake_attempt: None,
+                target_type: None,
+                model: Some("from-env".into()),
+                ollama_url: None,
+                allow_hub_commands: false,
+                claude_command: "claude".into(),
+                timeout_cap: cap_ms.map(Duration::from_millis),
+            },
+            frame,
+        }
+    }
+
+    #[test]
+    fn time_limits_by_tier_task_and_operator() {
+        let trivial = json!({"complexity": {"effective_tier": "trivial"}});
+        assert_eq!(task(trivial.clone(), None).model_timeout(), TIMEOUT_TRIVIAL);
+        let routed = json!({"routing_decision": {"effective_tier": "trivial"}});
+        assert_eq!(task(routed, None).model_timeout(), TIMEOUT_TRIVIAL);
+        assert_eq!(task(json!({}), None).model_timeout(), TIMEOUT_DEFAULT);
+        let own = json!({"metadata": {"timeout_ms": 5000}});
+        assert_eq!(
+            task(own.clone(), None).model_timeout(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            task(own, Some(1000)).model_timeout(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            task(trivial, Some(1000)).model_timeout(),
+            Duration::from_secs(1)
+        );
+        let bad = json!({"metadata": {"timeout_ms": -3}});
+        assert_eq!(task(bad, None).model_timeout(), TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn model_and_prompt_from_the_frame() {
+        let t = task(
+            json!({"routing_decision": {"selected_model": "m1"}, "description": 7,
+                   "file_hints": [{"path": "a.rs"}, {"x": 1}], "success_criteria": []}),
+            None,
+        );
+        assert_eq!(t.model().as_deref(), Some("m1"));
+        assert_eq!(t.description(), "7");
+        let p = t.system_prompt();
+        assert!(p.contains("- a.rs\n") && p.contains("{\"x\":1}"), "{p}");
+        assert!(!p.contains("Success criteria"));
+        assert_eq!(task(json!({}), None).model().as_deref(), Some("from-env"));
+    }
+
     #[test]
     fn paths_inside_and_out() {
         assert!(stays_inside(Path::new("a/b.txt")));
