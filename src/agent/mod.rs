@@ -39,6 +39,16 @@ pub enum Kind {
     Shell,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ollama => "ollama",
+            Kind::Claude => "claude",
+            Kind::Shell => "shell",
+        }
+    }
+}
+
 /// Runs one task with the agent `kind`, from the environment; the process's exit code.
 pub fn run(kind: Kind) -> i32 {
     let env = match Env::from_env() {
@@ -88,6 +98,17 @@ pub fn run(kind: Kind) -> i32 {
     if result.get("execution_ms").is_none() {
         result["execution_ms"] = (start.elapsed().as_millis() as u64).into();
     }
+    // One line for the wake log (the sidecar's log shows its start as the attempt's output).
+    eprintln!(
+        "{} agent {}: {}{}",
+        env!("CARGO_PKG_NAME"),
+        kind.name(),
+        result["status"].as_str().unwrap_or("?"),
+        result["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
     match files.result(&result) {
         Ok(()) => 0,
         Err(e) => {
