@@ -31,12 +31,15 @@
 //! - [`metrics`] — the optional `/healthz`, `/readyz`, `/metrics` endpoint.
 //! - [`devhub`] — a small real hub for development, the demo and the tests.
 //! - [`demo`] — the dev hub and a sidecar together, for a first look.
+//! - [`agent`] — the bundled agents (`agentcom-sidecar agent ollama|claude|shell`): separate
+//!   processes the waker starts for routed tasks, never code run inside the sidecar.
 
 // The effective config is one `json!` object with every key: past the default macro depth.
 #![recursion_limit = "256"]
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod agent;
 pub mod backoff;
 pub mod bus;
 pub mod check;

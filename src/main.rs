@@ -4,7 +4,9 @@
 //! (restart intensity exceeded); 75 the hub asked for a restart; 128 + N a second signal N
 //! during shutdown. `status` exits 0 while the sidecar runs and 3 when it does not (as
 //! `systemctl status` does). `register` exits 0 once the agent is registered and its config
-//! written, 1 on any failure (no file written then).
+//! written, 1 on any failure (no file written then). `agent` exits 0 once it has written a
+//! result (a failed one too), 1 when the result could not be written, 2 when the environment
+//! does not name a valid TASK_ID and RESULTS_DIR.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use std::io::Write;
 
 use agentcom_sidecar::config::{self, Config};
 use agentcom_sidecar::status::Liveness;
-use agentcom_sidecar::{check, demo, devhub, register};
+use agentcom_sidecar::{agent, check, demo, devhub, register};
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +146,17 @@ impl DevHubArgs {
     }
 }
 
+/// The bundled agents.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AgentKind {
+    /// A chat with an Ollama server (target type `ollama`)
+    Ollama,
+    /// The `claude` command-line tool (target type `claude`)
+    Claude,
+    /// The hub's `metadata.shell_command`, if the config allows it (target type `sidecar`)
+    Shell,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the sidecar (the default)
@@ -185,6 +198,12 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Do one task as a bundled agent (started by the sidecar as a wake command: the task in
+    /// TASK_FILE, the answer in RESULTS_DIR)
+    Agent {
+        #[arg(value_enum)]
+        kind: AgentKind,
+    },
 }
 
 fn main() {
@@ -193,6 +212,11 @@ fn main() {
         Command::Run => run(cli.config),
         Command::DevHub(args) => dev_hub(args),
         Command::Demo => demo::run(),
+        Command::Agent { kind } => agent::run(match kind {
+            AgentKind::Ollama => agent::Kind::Ollama,
+            AgentKind::Claude => agent::Kind::Claude,
+            AgentKind::Shell => agent::Kind::Shell,
+        }),
         Command::CheckConfig => check_config(cli.config),
         Command::Status { json } => status(cli.config, json),
         Command::Register {

@@ -35,6 +35,7 @@ mod frames;
 mod fsm;
 mod http;
 mod inspect;
+pub mod ollama;
 pub mod options;
 mod queue;
 mod ratelimit;
