@@ -18,7 +18,6 @@ use actix::prelude::*;
 use super::hub::{
     AnnounceSession, DropSession, PongReceived, SendFrame, SessionIdentified, SessionLost,
 };
-use super::supervisor::ActorRestarted;
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -113,7 +112,6 @@ impl Child for HeartbeatActor {
         bus.register(addr.clone().recipient::<SessionIdentified>());
         bus.register(addr.clone().recipient::<SessionLost>());
         bus.register(addr.clone().recipient::<PongReceived>());
-        bus.register(addr.clone().recipient::<ActorRestarted>());
     }
 }
 
@@ -147,20 +145,6 @@ impl Handler<SessionLost> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, msg: SessionLost, ctx: &mut Context<Self>) {
         if self.session == Some(msg.session) {
-            self.forget();
-            if let Some(ticker) = self.ticker.take() {
-                ctx.cancel_future(ticker);
-            }
-        }
-    }
-}
-
-impl Handler<ActorRestarted> for HeartbeatActor {
-    type Result = ();
-    fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
-        // The hub actor died with its session: nothing to ping until the next one (its pings
-        // would be held for the new hub actor, and time out on a session that is gone).
-        if msg.actor == super::hub::CHILD_NAME {
             self.forget();
             if let Some(ticker) = self.ticker.take() {
                 ctx.cancel_future(ticker);

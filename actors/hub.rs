@@ -289,6 +289,14 @@ impl Actor for HubActor {
     }
 }
 
+/// However the actor ends (stopped, failed, or unwound by a panic), the session it held
+/// ends with it: the others hear `SessionLost` for it, as for any other end of a session.
+impl Drop for HubActor {
+    fn drop(&mut self) {
+        self.announce_lost();
+    }
+}
+
 crate::answers_probe!(HubActor);
 
 impl Child for HubActor {

@@ -123,18 +123,24 @@ fn the_queue_file_holds_the_task_when_task_accepted_is_sent() {
 }
 
 #[test]
-fn a_second_task_while_busy_is_refused_and_the_same_task_again_is_accepted_idempotently() {
+fn a_second_task_while_busy_waits_a_third_is_refused_and_the_same_task_again_is_accepted_idempotently(
+) {
     let hub = hub();
     let sidecar = start(&hub, CONFIRM_ONLY, json!({}));
     assign(&hub, json!({"task_id": "first", "generation": 1}));
     wait_task_frame(&hub, "task_accepted", "first", 1);
     sidecar.wait_event("confirmation_received");
 
-    // Refused in a frame the current hub accepts (it has no schema for task_rejected).
+    // The second waits for the slot, unanswered; a third is refused in a frame the current
+    // hub accepts (it has no schema for task_rejected).
     assign(&hub, json!({"task_id": "second", "generation": 1}));
-    let refused = wait_task_frame(&hub, "task_failed", "second", 1);
+    let parked = sidecar.wait_event("task_parked");
+    assert_eq!(parked["task_id"], "second");
+    assign(&hub, json!({"task_id": "third", "generation": 1}));
+    let refused = wait_task_frame(&hub, "task_failed", "third", 1);
     assert_eq!(refused["reason"], "busy");
     assert_eq!(refused["generation"], 1);
+    assert!(task_frames(&hub, "task_failed", "second").is_empty());
     assert!(frames_of(&hub, "task_rejected").is_empty());
 
     // The hub never saw the accept and pushes the same task with a higher generation.
