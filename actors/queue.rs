@@ -91,6 +91,9 @@ pub struct QueueActor {
     shutdown: Rc<ShutdownFlag>,
     /// Whether the machine has been told that the shutdown began.
     shutdown_told: bool,
+    /// The clean-up of the last durable write is under way; the next write waits for it.
+    cleaning: bool,
+    waiting_write: Option<Persist>,
 }
 
 impl QueueActor {
@@ -103,6 +106,8 @@ impl QueueActor {
             early: Vec::new(),
             shutdown: env.kept.get::<ShutdownFlag>(),
             shutdown_told: false,
+            cleaning: false,
+            waiting_write: None,
         }
     }
 
@@ -269,30 +274,58 @@ impl QueueActor {
         }
     }
 
+    /// A durable write (on the blocking pool: a task may be megabytes). What depends on it
+    /// (a report, an acceptance, a wake) goes as soon as the queue file is written; the
+    /// clean-up of files the state no longer needs follows, and the next write waits for it.
     fn persist(&mut self, p: Persist, ctx: &mut Context<Self>) {
+        if self.cleaning {
+            self.waiting_write = Some(p);
+            return;
+        }
         let fence = self.kept.fence.clone();
         let epoch = self.epoch;
         let path = self.env.config.queue_file.clone();
         let seq = p.seq;
-        // A task may be megabytes: encoding and writing happen on the blocking pool.
-        let job =
-            actix_rt::task::spawn_blocking(move || store::write_step(&fence, epoch, &path, &p));
+        let job = actix_rt::task::spawn_blocking(move || {
+            store::write_state(&fence, epoch, &path, &p).map(|()| p.after)
+        });
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(job).map(move |result, act, ctx| {
                 let event = match result {
-                    Ok(Ok(())) => Event::Persisted { seq },
-                    Ok(Err(StepError::CleanupFailed(error))) => {
-                        log_event!(act.env.log, Warn, "queue_cleanup_failed", error = error);
+                    Ok(Ok(after)) => {
+                        act.clean_up(after, ctx);
                         Event::Persisted { seq }
                     }
                     Ok(Err(StepError::NotSaved(error))) => Event::PersistFailed { seq, error },
-                    Ok(Err(StepError::Fenced)) => return,
+                    Ok(Err(StepError::Fenced | StepError::CleanupFailed(_))) => return,
                     Err(e) => Event::PersistFailed {
                         seq,
                         error: format!("writer task failed: {e}"),
                     },
                 };
                 act.handle_event(event, ctx);
+            }),
+        );
+    }
+
+    /// The clean-up after a durable write; then the write that waited for it, if any.
+    fn clean_up(&mut self, after: Vec<crate::tasks::FileOp>, ctx: &mut Context<Self>) {
+        if after.is_empty() {
+            return;
+        }
+        self.cleaning = true;
+        let fence = self.kept.fence.clone();
+        let epoch = self.epoch;
+        let job = actix_rt::task::spawn_blocking(move || store::clean_up(&fence, epoch, &after));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(job).map(move |result, act, ctx| {
+                act.cleaning = false;
+                if let Ok(Err(StepError::CleanupFailed(error))) = result {
+                    log_event!(act.env.log, Warn, "queue_cleanup_failed", error = error);
+                }
+                if let Some(p) = act.waiting_write.take() {
+                    act.persist(p, ctx);
+                }
             }),
         );
     }
@@ -397,8 +430,9 @@ impl Child for QueueActor {
 impl Handler<Stop> for QueueActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        // Let a write in flight land (the Supervisor's deadline bounds the wait).
-        if self.machine.as_ref().is_some_and(|m| !m.settled()) {
+        // Let a write in flight, and its clean-up, land (the Supervisor's deadline bounds the
+        // wait).
+        if self.cleaning || self.machine.as_ref().is_some_and(|m| !m.settled()) {
             ctx.run_later(Duration::from_millis(5), |act, ctx| act.handle(Stop, ctx));
         } else {
             ctx.stop();

@@ -45,7 +45,16 @@ pub fn run_with(mut config: Config, make_children: impl FnOnce() -> Vec<ChildSpe
     // One crypto provider for every rustls user in the process (awc builds a default
     // client configuration of its own, which needs it).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let system = actix_rt::System::new();
+    // actix's own runtime, but blocking-pool threads (file work, reads of result files) end
+    // a second after their last job instead of ten: an idle sidecar keeps no thread it does
+    // not need.
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_keep_alive(std::time::Duration::from_secs(1))
+            .build()
+            .expect("a current-thread runtime can be built")
+    });
     system.block_on(async move {
         let config = Rc::new(config);
         let bus = Bus::new();

@@ -172,8 +172,21 @@ pub enum StepError {
 }
 
 /// One durable step: `before`, the queue file, `after`, then a directory fsync of every
-/// directory whose entries `after` changed.
+/// directory whose entries `after` changed. [`write_state`] and [`clean_up`] are its two
+/// halves, for a caller that lets what depends on the state go before the clean-up.
 pub fn write_step(
+    fence: &Fence,
+    epoch: u64,
+    queue_file: &Path,
+    persist: &Persist,
+) -> Result<(), StepError> {
+    write_state(fence, epoch, queue_file, persist)?;
+    clean_up(fence, epoch, &persist.after)
+}
+
+/// The durable half of a step: `before`, then the queue file. Once it returns `Ok`, the
+/// state is on disk and anything that depends on it may go.
+pub fn write_state(
     fence: &Fence,
     epoch: u64,
     queue_file: &Path,
@@ -187,10 +200,20 @@ pub fn write_step(
                 run(op).map_err(|e| StepError::NotSaved(format!("{op:?}: {e}")))?;
             }
             fsx::write_atomic(queue_file, &snapshot)
-                .map_err(|e| StepError::NotSaved(format!("{}: {e}", queue_file.display())))?;
+                .map_err(|e| StepError::NotSaved(format!("{}: {e}", queue_file.display())))
+        })
+        .unwrap_or(Err(StepError::Fenced))
+}
+
+/// The clean-up half of a step, after its state is durable: `after` (removals and renames
+/// of files the state no longer needs), then a directory fsync of every directory whose
+/// entries it changed. A failure here loses nothing (logged, not retried).
+pub fn clean_up(fence: &Fence, epoch: u64, after: &[FileOp]) -> Result<(), StepError> {
+    fence
+        .run(epoch, || {
             let mut failed: Vec<String> = Vec::new();
             let mut dirs: Vec<&Path> = Vec::new();
-            for op in &persist.after {
+            for op in after {
                 match run(op) {
                     Ok(()) => {
                         let path = match op {
