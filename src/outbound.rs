@@ -537,11 +537,7 @@ mod tests {
     use serde_json::{json, Map, Value};
 
     fn complete(id: &str) -> Outgoing {
-        Outgoing::TaskComplete {
-            task_id: id.into(),
-            generation: 1,
-            result: Map::new(),
-        }
+        Outgoing::task_complete(id.into(), 1, Map::new())
     }
 
     fn progress(id: &str) -> Outgoing {

@@ -318,6 +318,13 @@ impl Machine {
             );
             return;
         }
+        // A success whose top-level report fields the hub would refuse is not a valid result.
+        let result = result.and_then(|obj| {
+            if obj.get("status").and_then(Value::as_str) == Some("success") {
+                crate::result_file::report_fields(&obj)?;
+            }
+            Ok(obj)
+        });
         let (outcome, invalid) = match result {
             Ok(obj) => (Outcome::from_result(obj), false),
             Err(why) => (

@@ -148,11 +148,7 @@ pub(super) fn report_frame(
     let task_id = task.task_id.clone();
     match (&task.outcome, kind) {
         (Some(Outcome::Complete { result }), ReportKind::Complete) => {
-            Some(Outgoing::TaskComplete {
-                task_id,
-                generation,
-                result: result.clone(),
-            })
+            Some(Outgoing::task_complete(task_id, generation, result.clone()))
         }
         (Some(Outcome::Failed { reason, error }), ReportKind::Failed) => {
             Some(failed_frame(task_id, generation, reason, error))

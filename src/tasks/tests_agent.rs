@@ -158,6 +158,58 @@ fn an_invalid_result_fails_the_task_and_is_renamed_aside() {
     assert!(renamed);
 }
 
+#[test]
+fn verification_fields_and_tokens_go_at_the_top_level_of_task_complete_and_stay_in_result() {
+    let mut h = working();
+    let result = serde_json::json!({"status": "success", "output": "ok", "tokens_used": 42,
+        "verification_report": {"status": "pass", "checks": []},
+        "verification_history": [{"status": "fail"}, {"status": "pass"}]});
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(result.as_object().unwrap().clone()),
+    });
+    let frame = frames(&e)[0].clone();
+    let wire: serde_json::Value = serde_json::from_str(&frame.encode().unwrap()).unwrap();
+    assert_eq!(wire["type"], "task_complete");
+    assert_eq!(wire["tokens_used"], 42);
+    assert_eq!(wire["verification_report"]["status"], "pass");
+    assert_eq!(wire["verification_history"][1]["status"], "pass");
+    assert_eq!(wire["result"], result);
+}
+
+#[test]
+fn a_success_whose_verification_fields_the_hub_would_refuse_is_an_invalid_result() {
+    for bad in [
+        serde_json::json!({"status": "success", "verification_report": "pass"}),
+        serde_json::json!({"status": "success", "verification_history": [1]}),
+        serde_json::json!({"status": "success", "tokens_used": 2.5}),
+    ] {
+        let mut h = working();
+        let e = h.ev(Event::ResultSeen {
+            task_id: "t".into(),
+            result: Ok(bad.as_object().unwrap().clone()),
+        });
+        assert!(
+            matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, error, .. }
+                if reason == "invalid_result" && error.contains("result field")),
+            "{bad}: {:?}",
+            frames(&e)
+        );
+    }
+    // A failure's fields are not looked at: the agent's own reason goes.
+    let mut h = working();
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(
+            serde_json::json!({"status": "failure", "reason": "r", "tokens_used": "x"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+    });
+    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "r"));
+}
+
 /// A state as the disk holds it: task `t` held at generation 2 with this agent state.
 fn on_disk(agent: Agent) -> QueueState {
     let mut h = H::new();
