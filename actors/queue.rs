@@ -118,7 +118,17 @@ impl QueueActor {
             tasks_dir: c.tasks_dir(),
             wake: WakeTargets {
                 default: c.wake_command.is_some(),
-                types: c.wake_commands.keys().cloned().collect(),
+                types: c
+                    .wake_commands
+                    .keys()
+                    .cloned()
+                    .chain(
+                        crate::config::BUNDLED_AGENTS
+                            .iter()
+                            .map(|(t, _)| t.to_string()),
+                    )
+                    .collect(),
+                none: c.unwoken_targets.clone(),
             },
             keep_released: KEEP_RELEASED,
             keep_refused: KEEP_REFUSED,

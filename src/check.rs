@@ -66,6 +66,16 @@ pub fn state_dirs(config: &Config) -> Vec<(&'static str, &Path)> {
 /// nearest existing parent lets this user create them, and the ones others can write to.
 pub fn notes(config: &Config) -> Vec<String> {
     let mut notes = Vec::new();
+    if matches!(
+        config.route(Some("claude")),
+        crate::config::Route::Bundled { .. }
+    ) && argv_program_found(&config.claude_command).is_err()
+    {
+        notes.push(format!(
+            "claude_command: \"{}\" is not found: tasks routed to claude (the bundled claude agent) will fail until it is installed",
+            config.claude_command
+        ));
+    }
     let mut seen: Vec<&Path> = Vec::new();
     for (key, dir) in state_dirs(config) {
         if seen.contains(&dir) {

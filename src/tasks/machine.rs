@@ -54,17 +54,23 @@ pub struct Settings {
     pub restart_wait: Duration,
 }
 
-/// Which routing targets have a wake command: `default` (`wake_command`) applies to all,
-/// `types` (`wake_commands`) to those target types.
+/// Which routing targets have a wake command: `default` (`wake_command`) applies to all but
+/// `none`, `types` (`wake_commands` and the bundled agents' targets) to those target types;
+/// `none` (empty `wake_commands` entries) are never woken.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WakeTargets {
     pub default: bool,
     pub types: BTreeSet<String>,
+    pub none: BTreeSet<String>,
 }
 
 impl WakeTargets {
     pub fn wakes(&self, target_type: Option<&str>) -> bool {
-        self.default || target_type.is_some_and(|t| self.types.contains(t))
+        match target_type {
+            Some(t) if self.none.contains(t) => false,
+            Some(t) if self.types.contains(t) => true,
+            _ => self.default,
+        }
     }
 }
 
