@@ -7,6 +7,8 @@
 //!   `lifecycle.rs` (the hub's side), `agent.rs` (the agent's side), `timers.rs`,
 //!   `session.rs` (what is sent on the hub session, when) and `recovery.rs` (what is kept,
 //!   pruned, recovered at start-up).
+//! - [`progress`] — the agent's progress events waiting for the hub: what merges, what is
+//!   bounded.
 //! - [`store`] — the blocking file work: load, results at start-up, the durable write step.
 //!
 //! The QueueActor (`actors/queue.rs`) is a thin shell: it feeds events in and carries the
@@ -20,6 +22,7 @@ pub mod effects;
 mod lifecycle;
 pub mod machine;
 pub mod model;
+pub mod progress;
 mod recovery;
 mod session;
 pub mod store;

@@ -408,3 +408,113 @@ fn a_task_without_a_result_in_task_timeout_fails() {
         matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
     );
 }
+
+/// The text of every agent event in `effects`' `task_progress` frames, in order.
+fn progress_text(effects: &[Effect]) -> String {
+    frames(effects)
+        .iter()
+        .filter_map(|f| match f {
+            Outgoing::TaskProgress {
+                execution_event: Some(e),
+                ..
+            } => e.get("text").and_then(|t| t.as_str()).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+fn line(task_id: &str, text: &str) -> Event {
+    Event::AgentProgress {
+        task_id: task_id.into(),
+        progress: None,
+        event: obj(json!({"event_type": "stdout", "text": text})),
+    }
+}
+
+#[test]
+fn the_agents_text_is_joined_while_paced_and_none_of_it_is_lost() {
+    let mut h = working();
+    let mut sent = String::new();
+    let mut written = String::new();
+    sent += &progress_text(&h.ev(line("t", "first ")));
+    written += "first ";
+    // Within the gap: everything waits, joined into one event.
+    for n in 0..500 {
+        let text = format!("{n} ");
+        written += &text;
+        let e = h.ev(line("t", &text));
+        assert!(frames(&e).is_empty());
+    }
+    let tick = Timer::AgentProgress {
+        task_id: "t".into(),
+    };
+    let e = h.ev(Event::Timer(tick.clone()));
+    assert_eq!(frames(&e).len(), 1, "one frame for 500 lines");
+    sent += &progress_text(&e);
+    assert_eq!(sent, written);
+}
+
+#[test]
+fn reading_pauses_while_too_much_waits_and_resumes_once_it_went_out() {
+    let mut h = working();
+    let big = "x".repeat(32 * 1024);
+    let flow = |e: &[Effect]| {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::ProgressFlow { open, .. } => Some(*open),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // One read's worth: still room.
+    h.ev(line("t", &big));
+    h.ev(line("t", &big));
+    let e = h.ev(Event::AgentProgressRead {
+        task_id: "t".into(),
+    });
+    assert_eq!(flow(&e), [true]);
+    // Past the bound: the next read waits.
+    for _ in 0..10 {
+        h.ev(line("t", &big));
+    }
+    let e = h.ev(Event::AgentProgressRead {
+        task_id: "t".into(),
+    });
+    assert_eq!(flow(&e), [false]);
+    let tick = Event::Timer(Timer::AgentProgress {
+        task_id: "t".into(),
+    });
+    let mut opened = Vec::new();
+    let mut text = String::new();
+    for _ in 0..12 {
+        let e = h.ev(tick.clone());
+        text += &progress_text(&e);
+        opened.extend(flow(&e));
+    }
+    assert_eq!(opened, [true], "resumed once, when half had gone out");
+    assert_eq!(
+        text.len(),
+        11 * big.len(),
+        "every byte after the first frame"
+    );
+}
+
+#[test]
+fn what_waits_goes_out_before_the_report() {
+    let mut h = working();
+    h.ev(line("t", "a"));
+    h.ev(line("t", "b"));
+    h.ev(Event::AgentProgress {
+        task_id: "t".into(),
+        progress: Some(90),
+        event: obj(json!({"event_type": "status", "text": "done"})),
+    });
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(obj(json!({"status": "success"}))),
+    });
+    let sent = frames(&e);
+    let kinds: Vec<&str> = sent.iter().map(|f| f.kind()).collect();
+    assert_eq!(kinds, ["task_progress", "task_progress", "task_complete"]);
+    assert_eq!(progress_text(&e), "bdone");
+}
