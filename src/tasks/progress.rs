@@ -84,14 +84,19 @@ pub fn merge(
     }
 }
 
-/// What one event counts against [`PENDING_MAX`]: its text, and the JSON size of the rest.
+/// What an event costs in memory beyond its contents (the map and its entries), counted
+/// against [`PENDING_MAX`] so that many tiny events are bounded as well as a few large ones.
+const EVENT_OVERHEAD: usize = 128;
+
+/// What one event counts against [`PENDING_MAX`]: its text, the JSON size of the rest, and
+/// [`EVENT_OVERHEAD`].
 fn weight(event: &Map<String, Value>) -> usize {
     let others: usize = event
         .iter()
         .filter(|(k, _)| k.as_str() != "text")
         .map(|(k, v)| k.len() + 4 + serde_json::to_string(v).map_or(0, |s| s.len()))
         .sum();
-    text_len(event) + others + 2
+    text_len(event) + others + EVENT_OVERHEAD
 }
 
 /// The events of one task waiting to be sent, oldest first, merged as [`merge`] allows.
