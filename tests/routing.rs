@@ -214,4 +214,23 @@ fn check_config_prints_the_routing_table() {
         row("any other, or none").ends_with(r#"-> "true" (wake_command)"#),
         "{stdout}"
     );
+
+    // The bundled claude agent's program is looked for: a note, not an error.
+    write_config(
+        &path,
+        &with(
+            fast_config("wss://hub.example:4000/ws"),
+            json!({"claude_command": "/nonexistent/claude"}),
+        ),
+    );
+    let out = Command::new(bin())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: claude_command: \"/nonexistent/claude\" is not found"),
+        "{stderr}"
+    );
 }
