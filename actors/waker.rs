@@ -124,7 +124,7 @@ impl WakerActor {
         let route = self.env.config.route(target_type);
         let bundled = matches!(route, Route::Bundled { .. });
         let own = if bundled {
-            std::env::current_exe().map_err(|e| {
+            std::env::current_exe().map(upgraded).map_err(|e| {
                 format!("cannot find the sidecar's own program for the bundled agent: {e}")
             })?
         } else {
@@ -344,6 +344,16 @@ impl WakerActor {
     }
 }
 
+/// The program to start as a bundled agent, given what `current_exe` says: on Linux a
+/// binary replaced while the sidecar runs (a package upgrade) reads as `<path> (deleted)`;
+/// the file now at `<path>` is the upgraded sidecar, and its agents are the ones to run.
+fn upgraded(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) if !exe.exists() => PathBuf::from(path),
+        _ => exe,
+    }
+}
+
 /// Largest task value passed in one environment variable. Linux refuses a single string
 /// over 128 KiB (`Argument list too long`); the whole task is always in `TASK_FILE`.
 const ENV_VALUE_MAX: usize = 64 * 1024;
@@ -470,5 +480,23 @@ impl Handler<GetRunningWakes> for WakerActor {
     type Result = Vec<u64>;
     fn handle(&mut self, _: GetRunningWakes, _: &mut Context<Self>) -> Vec<u64> {
         self.running.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_starts_the_file_now_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentcom-sidecar");
+        let deleted = PathBuf::from(format!("{} (deleted)", path.display()));
+        assert_eq!(upgraded(deleted), path);
+        assert_eq!(upgraded(path.clone()), path);
+        // A file whose name really ends so is left alone.
+        let odd = dir.path().join("x (deleted)");
+        std::fs::write(&odd, "").unwrap();
+        assert_eq!(upgraded(odd.clone()), odd);
     }
 }
