@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -98,6 +99,10 @@ pub struct ProgressFlow {
 #[rtype(result = "()")]
 struct FsChanged(notify::Result<notify::Event>);
 
+/// How far each progress file was read (see [`ResultsActor`]'s `progress`).
+#[derive(Default)]
+struct KeptOffsets(std::cell::RefCell<HashMap<String, (u64, bool)>>);
+
 /// Size and modification time: what a file looked like when it was last read.
 type Fingerprint = (u64, Option<SystemTime>);
 
@@ -122,8 +127,9 @@ pub struct ResultsActor {
     reading: HashSet<String>,
     look_again: HashMap<String, Trigger>,
     /// Progress files: bytes consumed so far, and whether a line over the limit is being
-    /// skipped there.
-    progress: HashMap<String, (u64, bool)>,
+    /// skipped there. Kept across a restart of this actor: its events went out already,
+    /// and reading the files again from their start would show their text twice.
+    progress: Rc<KeptOffsets>,
     /// Progress files whose lines were published and not yet taken in (waiting for
     /// [`ProgressFlow`] `open`).
     progress_held: HashSet<String>,
@@ -171,7 +177,7 @@ impl ResultsActor {
             started: HashSet::new(),
             reading: HashSet::new(),
             look_again: HashMap::new(),
-            progress: HashMap::new(),
+            progress: env.kept.get::<KeptOffsets>(),
             progress_reading: HashMap::new(),
             progress_held: HashSet::new(),
         }
@@ -239,7 +245,7 @@ impl ResultsActor {
     fn forget_all(&mut self) {
         self.reported.clear();
         self.started.clear();
-        self.progress.clear();
+        self.progress.0.borrow_mut().clear();
         self.progress_held.clear();
     }
 
@@ -416,15 +422,29 @@ impl ResultsActor {
             .config
             .results_dir
             .join(format!("{task_id}.progress"));
-        let (offset, skipping) = self.progress.get(&task_id).copied().unwrap_or((0, false));
+        let (offset, skipping) = self
+            .progress
+            .0
+            .borrow()
+            .get(&task_id)
+            .copied()
+            .unwrap_or((0, false));
         let read = actix_rt::task::spawn_blocking(move || {
             read_lines(&path, offset, skipping, PROGRESS_CHUNK)
         });
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
                 let mut again = act.progress_reading.remove(&task_id) == Some(true);
+                if let Ok(Err(e)) = &result {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        // Gone (the task ended): a file of that name later is read whole.
+                        act.progress.0.borrow_mut().remove(&task_id);
+                    }
+                }
                 if let Ok(Ok(read)) = result {
                     act.progress
+                        .0
+                        .borrow_mut()
                         .insert(task_id.clone(), (read.offset, read.skipping));
                     again |= read.more;
                     if !read.lines.is_empty() {
