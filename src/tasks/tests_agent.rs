@@ -518,3 +518,124 @@ fn what_waits_goes_out_before_the_report() {
     assert_eq!(kinds, ["task_progress", "task_progress", "task_complete"]);
     assert_eq!(progress_text(&e), "bdone");
 }
+
+mod progress_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A line of this event type (0–2) with this text, if reading is not held back.
+        Text(u8, String),
+        /// A line without text, if reading is not held back.
+        Bare(u8),
+        /// The lines read so far are all in.
+        Read,
+        /// The pacing timer fires.
+        Tick,
+        /// The hub session drops, or a new one comes up.
+        Down,
+        Up,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            10 => (0u8..3, "[a-z\n]{0,40}", 1usize..600)
+                .prop_map(|(t, s, n)| Op::Text(t, s.repeat(n))),
+            1 => (0u8..100).prop_map(Op::Bare),
+            3 => Just(Op::Read),
+            2 => Just(Op::Tick),
+            1 => Just(Op::Down),
+            1 => Just(Op::Up),
+        ]
+    }
+
+    const TYPES: [&str; 3] = ["token", "stdout", "stderr"];
+
+    proptest! {
+        /// Whatever the agent writes, when the file is read, the timer fires and the session
+        /// comes and goes: the text of each event type reaches the hub whole and in order
+        /// by the report (sent on a session), reading is answered after every read and never
+        /// left held back once the task ends, and what waits stays bounded.
+        #[test]
+        fn text_reaches_the_hub_whole_and_reading_is_never_left_held(
+            ops in prop::collection::vec(op(), 1..300)
+        ) {
+            let mut h = working();
+            let mut session = 1;
+            let mut up = true;
+            let mut held = false;
+            // What one read hands over is at most 64 KiB of the file.
+            let mut since_read = 0usize;
+            let mut written = [String::new(), String::new(), String::new()];
+            let mut sent = [String::new(), String::new(), String::new()];
+            let mut take = |effects: &[Effect], held: &mut bool| {
+                for e in effects {
+                    match e {
+                        Effect::Send { frame: Outgoing::TaskProgress { execution_event: Some(ev), .. }, .. } => {
+                            if let (Some(t), Some(text)) = (ev.get("event_type").and_then(|v| v.as_str()), ev.get("text").and_then(|v| v.as_str())) {
+                                let i = TYPES.iter().position(|x| *x == t).unwrap();
+                                sent[i].push_str(text);
+                            }
+                        }
+                        Effect::ProgressFlow { open, .. } => *held = !open,
+                        _ => {}
+                    }
+                }
+            };
+            for op in ops {
+                let effects = match op {
+                    Op::Text(t, s) if !held && since_read + s.len() <= 64 * 1024 => {
+                        since_read += s.len() + 40;
+                        written[t as usize].push_str(&s);
+                        h.ev(Event::AgentProgress {
+                            task_id: "t".into(),
+                            progress: None,
+                            event: obj(json!({"event_type": TYPES[t as usize], "text": s})),
+                        })
+                    }
+                    Op::Bare(n) if !held => h.ev(Event::AgentProgress {
+                        task_id: "t".into(),
+                        progress: Some(i64::from(n)),
+                        event: obj(json!({"progress": n})),
+                    }),
+                    Op::Read if !held => {
+                        since_read = 0;
+                        let e = h.ev(Event::AgentProgressRead { task_id: "t".into() });
+                        let answers = e.iter().filter(|x| matches!(x, Effect::ProgressFlow { .. })).count();
+                        prop_assert_eq!(answers, 1, "every read is answered");
+                        e
+                    }
+                    Op::Tick => h.ev(Event::Timer(Timer::AgentProgress { task_id: "t".into() })),
+                    Op::Down if up => {
+                        up = false;
+                        h.ev(Event::SessionDown { session })
+                    }
+                    Op::Up if !up => {
+                        up = true;
+                        session += 1;
+                        h.up(session)
+                    }
+                    _ => Vec::new(),
+                };
+                take(&effects, &mut held);
+                let waiting = h.m.marks.get("t").map_or(0, |m| m.pending.weight());
+                // At most one read's worth (64 KiB of lines, and their overhead) past the bound.
+                prop_assert!(
+                    waiting <= crate::tasks::progress::PENDING_MAX + 64 * 1024 + 300 * 128,
+                    "{}",
+                    waiting
+                );
+            }
+            if !up {
+                session += 1;
+                let e = h.up(session);
+                take(&e, &mut held);
+            }
+            let e = h.ev(success());
+            take(&e, &mut held);
+            prop_assert!(!held, "reading left held back after the task ended");
+            prop_assert_eq!(sent, written);
+        }
+    }
+}
