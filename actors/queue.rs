@@ -22,7 +22,10 @@ use super::hub::{
     AnnounceSession, HubRestartRequested, Reidentify, SendFrame, SessionIdentified, SessionLost,
     TaskEventFromHub,
 };
-use super::results::{AgentProgressSeen, RescanResults, ResultFileRead, StartedFileSeen};
+use super::results::{
+    AgentProgressRead, AgentProgressSeen, ProgressFlow, RescanResults, ResultFileRead,
+    StartedFileSeen,
+};
 use super::supervisor::{RestartRequested, ShutdownBegun, ShutdownFlag};
 use super::waker::{
     CancelWake, GetRunningWakes, WakeConfirmed, WakeExited, WakeTask, WakerStarted,
@@ -118,14 +121,27 @@ impl QueueActor {
             confirmation_timeout: c.confirmation_timeout,
             task_timeout: c.task_timeout,
             progress_interval: c.progress_interval,
-            agent_progress_gap: c.agent_progress_min,
+            agent_progress_gap: crate::outbound::agent_progress_gap(
+                c.agent_progress_min,
+                crate::outbound::Pacing::below(c.hub_rate_limits),
+            ),
             write_retry: WRITE_RETRY,
             give_back_after: GIVE_BACK_AFTER,
             results_dir: c.results_dir.clone(),
             tasks_dir: c.tasks_dir(),
             wake: WakeTargets {
                 default: c.wake_command.is_some(),
-                types: c.wake_commands.keys().cloned().collect(),
+                types: c
+                    .wake_commands
+                    .keys()
+                    .cloned()
+                    .chain(
+                        crate::config::BUNDLED_AGENTS
+                            .iter()
+                            .map(|(t, _)| t.to_string()),
+                    )
+                    .collect(),
+                none: c.unwoken_targets.clone(),
             },
             keep_released: KEEP_RELEASED,
             keep_released_bytes: KEEP_RELEASED_BYTES,
@@ -251,6 +267,9 @@ impl QueueActor {
                     ctx.run_later(after, move |act, ctx| {
                         act.handle_event(Event::Timer(timer), ctx)
                     });
+                }
+                Effect::ProgressFlow { task_id, open } => {
+                    let _ = self.env.bus.send(ProgressFlow { task_id, open });
                 }
                 Effect::Rescan { task_id } => {
                     let _ = self.env.bus.send(RescanResults { task_id });
@@ -421,6 +440,7 @@ impl Child for QueueActor {
         bus.register(addr.clone().recipient::<StartedFileSeen>());
         bus.register(addr.clone().recipient::<ResultFileRead>());
         bus.register(addr.clone().recipient::<AgentProgressSeen>());
+        bus.register(addr.clone().recipient::<AgentProgressRead>());
         bus.register(addr.clone().recipient::<HubRestartRequested>());
         bus.register(addr.clone().recipient::<ShutdownBegun>());
         bus.register(addr.clone().recipient::<WakerStarted>());
@@ -524,6 +544,18 @@ impl Handler<AgentProgressSeen> for QueueActor {
             event: msg.event,
         };
         self.handle_event(event, ctx);
+    }
+}
+
+impl Handler<AgentProgressRead> for QueueActor {
+    type Result = ();
+    fn handle(&mut self, msg: AgentProgressRead, ctx: &mut Context<Self>) {
+        self.handle_event(
+            Event::AgentProgressRead {
+                task_id: msg.task_id,
+            },
+            ctx,
+        );
     }
 }
 

@@ -5,7 +5,9 @@
 //! - `<task_id>.json` → [`ResultFileRead`] once it is completely written: the parsed object,
 //!   or why it is not a valid result.
 //! - `<task_id>.progress` (JSON lines, appended) → one [`AgentProgressSeen`] per new
-//!   complete line that is a JSON object.
+//!   complete line that is a JSON object, read a bounded piece at a time; after each piece
+//!   an [`AgentProgressRead`], and the next piece only after the QueueActor's
+//!   [`ProgressFlow`] `open` (back-pressure: the events read wait to go out).
 //!
 //! "Completely written": a file renamed into place, or closed after writing (inotify's
 //! `IN_CLOSE_WRITE`), is final: it is a result or it is invalid. A change while the file is
@@ -26,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -74,16 +77,39 @@ pub struct AgentProgressSeen {
     pub event: Map<String, Value>,
 }
 
+/// Published after the [`AgentProgressSeen`] lines of one read: reading that file goes on
+/// only after a [`ProgressFlow`] `open` for it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AgentProgressRead {
+    pub task_id: String,
+}
+
+/// From the QueueActor: whether more of `<task_id>.progress` may be read now (`open`), or
+/// only after a later `open` (the lines already read wait to go out).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ProgressFlow {
+    pub task_id: String,
+    pub open: bool,
+}
+
 /// Changes under the results directory, from the watcher's thread.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct FsChanged(notify::Result<notify::Event>);
+
+/// How far each progress file was read (see [`ResultsActor`]'s `progress`).
+#[derive(Default)]
+struct KeptOffsets(std::cell::RefCell<HashMap<String, (u64, bool)>>);
 
 /// Size and modification time: what a file looked like when it was last read.
 type Fingerprint = (u64, Option<SystemTime>);
 
 /// Longest progress line read; a longer one is skipped.
 const PROGRESS_LINE_MAX: usize = 64 * 1024;
+/// The most of a progress file read at once: one line of the longest kind and its newline.
+const PROGRESS_CHUNK: usize = PROGRESS_LINE_MAX + 1;
 /// How soon a result file that could not be read for a passing reason (out of descriptors or
 /// memory) is read again.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(1);
@@ -100,8 +126,13 @@ pub struct ResultsActor {
     /// change was final).
     reading: HashSet<String>,
     look_again: HashMap<String, Trigger>,
-    /// Progress files: bytes consumed so far.
-    progress: HashMap<String, u64>,
+    /// Progress files: bytes consumed so far, and whether a line over the limit is being
+    /// skipped there. Kept across a restart of this actor: its events went out already,
+    /// and reading the files again from their start would show their text twice.
+    progress: Rc<KeptOffsets>,
+    /// Progress files whose lines were published and not yet taken in (waiting for
+    /// [`ProgressFlow`] `open`).
+    progress_held: HashSet<String>,
     /// Progress files being read, and whether they changed meanwhile (read again after).
     progress_reading: HashMap<String, bool>,
 }
@@ -146,8 +177,9 @@ impl ResultsActor {
             started: HashSet::new(),
             reading: HashSet::new(),
             look_again: HashMap::new(),
-            progress: HashMap::new(),
+            progress: env.kept.get::<KeptOffsets>(),
             progress_reading: HashMap::new(),
+            progress_held: HashSet::new(),
         }
     }
 
@@ -213,7 +245,8 @@ impl ResultsActor {
     fn forget_all(&mut self) {
         self.reported.clear();
         self.started.clear();
-        self.progress.clear();
+        self.progress.0.borrow_mut().clear();
+        self.progress_held.clear();
     }
 
     /// Lists the results directory off the event loop (it may hold many files), then looks
@@ -368,11 +401,19 @@ impl ResultsActor {
         let _ = self.env.bus.send(ResultFileRead { task_id, outcome });
     }
 
-    /// Reads the new complete lines of `<task_id>.progress` (off the event loop).
+    /// Reads the next complete lines of `<task_id>.progress` (off the event loop), at most
+    /// [`PROGRESS_CHUNK`] bytes at a time. Once lines are published, the next read waits for
+    /// the QueueActor's [`ProgressFlow`]: it says when what was read has gone out far enough
+    /// (back-pressure), so an agent that writes faster than the hub may hear never makes
+    /// the sidecar hold more than a bounded amount, and no line is dropped.
     fn read_progress(&mut self, task_id: String, ctx: &mut Context<Self>) {
         if let Some(again) = self.progress_reading.get_mut(&task_id) {
             // Lines appended after that read reached the end: read again once it is done.
             *again = true;
+            return;
+        }
+        if self.progress_held.contains(&task_id) {
+            // Read on when the QueueActor says so.
             return;
         }
         self.progress_reading.insert(task_id.clone(), false);
@@ -381,15 +422,41 @@ impl ResultsActor {
             .config
             .results_dir
             .join(format!("{task_id}.progress"));
-        let offset = self.progress.get(&task_id).copied().unwrap_or(0);
-        let read = actix_rt::task::spawn_blocking(move || read_lines(&path, offset));
+        let (offset, skipping) = self
+            .progress
+            .0
+            .borrow()
+            .get(&task_id)
+            .copied()
+            .unwrap_or((0, false));
+        let read = actix_rt::task::spawn_blocking(move || {
+            read_lines(&path, offset, skipping, PROGRESS_CHUNK)
+        });
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(read).map(move |result, act, ctx| {
-                let again = act.progress_reading.remove(&task_id) == Some(true);
-                if let Ok(Ok((consumed, lines))) = result {
-                    act.progress.insert(task_id.clone(), consumed);
-                    for line in lines {
-                        act.publish_progress(&task_id, line);
+                let mut again = act.progress_reading.remove(&task_id) == Some(true);
+                if let Ok(Err(e)) = &result {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        // Gone (the task ended): a file of that name later is read whole.
+                        act.progress.0.borrow_mut().remove(&task_id);
+                    }
+                }
+                if let Ok(Ok(read)) = result {
+                    act.progress
+                        .0
+                        .borrow_mut()
+                        .insert(task_id.clone(), (read.offset, read.skipping));
+                    again |= read.more;
+                    if !read.lines.is_empty() {
+                        for line in read.lines {
+                            act.publish_progress(&task_id, line);
+                        }
+                        let told = act.env.bus.send(AgentProgressRead {
+                            task_id: task_id.clone(),
+                        });
+                        if told.is_ok() {
+                            act.progress_held.insert(task_id.clone());
+                        }
                     }
                 }
                 if again {
@@ -439,27 +506,52 @@ impl ResultsActor {
     }
 }
 
-/// The complete lines after `offset` (a line over the limit comes as its length); returns
-/// the offset after the last complete line. An unfinished line already over the limit is
-/// given up at once (as its length so far), so that it never holds back the lines after it;
-/// the rest of it, once its newline comes, is one more line that is not valid. Blocking.
-#[allow(clippy::type_complexity)]
-fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<u8>, usize>>)> {
+/// What one read of a progress file found.
+#[derive(Debug, PartialEq)]
+struct ReadLines {
+    /// Where the next read starts: after the last complete line (or skipped bytes).
+    offset: u64,
+    /// The complete lines read (a line over the limit comes as its length).
+    lines: Vec<Result<Vec<u8>, usize>>,
+    /// The read ended inside a line over the limit: the next read skips to its newline.
+    skipping: bool,
+    /// The read stopped at `max` bytes: there may be more to read now.
+    more: bool,
+}
+
+/// The complete lines after `offset`, from at most `max` bytes (`max` must exceed
+/// [`PROGRESS_LINE_MAX`], so a line within the limit always fits). An unfinished line
+/// already over the limit is given up at once (as its length so far), so that it never
+/// holds back the lines after it; the rest of it, up to its newline, is skipped (`skipping`
+/// in and out). Blocking.
+fn read_lines(path: &Path, offset: u64, skipping: bool, max: usize) -> std::io::Result<ReadLines> {
     use std::io::{Read, Seek, SeekFrom};
     let Some(mut file) = crate::fsx::open_untrusted(path)? else {
-        return Ok((offset, Vec::new()));
+        return Ok(ReadLines {
+            offset,
+            lines: Vec::new(),
+            skipping,
+            more: false,
+        });
     };
     let len = file.metadata()?.len();
     // Truncated or replaced: start again from the beginning.
-    let start = if len < offset { 0 } else { offset };
+    let (start, mut skipping) = if len < offset {
+        (0, false)
+    } else {
+        (offset, skipping)
+    };
     file.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();
-    file.take(4 * 1024 * 1024).read_to_end(&mut buf)?;
+    file.take(max as u64).read_to_end(&mut buf)?;
+    let more = buf.len() >= max;
     let mut lines = Vec::new();
     let mut consumed = 0;
     while let Some(end) = buf[consumed..].iter().position(|b| *b == b'\n') {
         let line = &buf[consumed..consumed + end];
-        if line.len() > PROGRESS_LINE_MAX {
+        if std::mem::take(&mut skipping) {
+            // The rest of a line already given up.
+        } else if line.len() > PROGRESS_LINE_MAX {
             lines.push(Err(line.len()));
         } else if !line.iter().all(u8::is_ascii_whitespace) {
             lines.push(Ok(line.to_vec()));
@@ -467,11 +559,19 @@ fn read_lines(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<
         consumed += end + 1;
     }
     let tail = buf.len() - consumed;
-    if tail > PROGRESS_LINE_MAX {
+    if skipping {
+        consumed = buf.len();
+    } else if tail > PROGRESS_LINE_MAX {
         lines.push(Err(tail));
         consumed = buf.len();
+        skipping = true;
     }
-    Ok((start + consumed as u64, lines))
+    Ok(ReadLines {
+        offset: start + consumed as u64,
+        lines,
+        skipping,
+        more,
+    })
 }
 
 /// `<id>.started`, `<id>.json` or `<id>.progress` with a valid task id; anything else is
@@ -516,6 +616,7 @@ crate::answers_probe!(ResultsActor);
 impl Child for ResultsActor {
     fn routes(bus: &Bus, addr: &Addr<Self>) {
         bus.register(addr.clone().recipient::<RescanResults>());
+        bus.register(addr.clone().recipient::<ProgressFlow>());
     }
 }
 
@@ -533,10 +634,13 @@ impl Handler<RescanResults> for ResultsActor {
         let Some(task_id) = msg.task_id else {
             self.reported.clear();
             self.started.clear();
+            // (A QueueActor that starts again has none of the lines read before.)
+            self.progress_held.clear();
             return self.scan(ctx);
         };
         self.reported.remove(&task_id);
         self.started.remove(&task_id);
+        self.progress_held.remove(&task_id);
         let dir = self.env.config.results_dir.clone();
         for name in [
             format!("{task_id}.started"),
@@ -544,6 +648,15 @@ impl Handler<RescanResults> for ResultsActor {
             format!("{task_id}.progress"),
         ] {
             self.on_path(&dir.join(name), Trigger::Scan, ctx);
+        }
+    }
+}
+
+impl Handler<ProgressFlow> for ResultsActor {
+    type Result = ();
+    fn handle(&mut self, msg: ProgressFlow, ctx: &mut Context<Self>) {
+        if msg.open && self.progress_held.remove(&msg.task_id) {
+            self.read_progress(msg.task_id, ctx);
         }
     }
 }
@@ -618,14 +731,20 @@ mod tests {
             .collect()
     }
 
+    /// One read as the actor makes it.
+    #[allow(clippy::type_complexity)]
+    fn read(path: &Path, offset: u64) -> std::io::Result<(u64, Vec<Result<Vec<u8>, usize>>)> {
+        read_lines(path, offset, false, PROGRESS_CHUNK).map(|r| (r.offset, r.lines))
+    }
+
     #[test]
     fn complete_lines_are_read_and_an_unfinished_one_waits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.progress");
         std::fs::write(&path, "{\"a\":1}\n\n{\"b\":2}\n{\"c\":").unwrap();
-        let (offset, read) = read_lines(&path, 0).unwrap();
+        let (offset, lines) = read(&path, 0).unwrap();
         assert_eq!(
-            lines_of(&read),
+            lines_of(&lines),
             [Ok("{\"a\":1}".into()), Ok("{\"b\":2}".into())]
         );
         assert_eq!(offset, 17);
@@ -633,11 +752,34 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("3}\n");
         std::fs::write(&path, text).unwrap();
-        let (offset, read) = read_lines(&path, offset).unwrap();
-        assert_eq!(lines_of(&read), [Ok("{\"c\":3}".into())]);
+        let (offset, lines) = read(&path, offset).unwrap();
+        assert_eq!(lines_of(&lines), [Ok("{\"c\":3}".into())]);
         assert_eq!(offset, 25);
         // Nothing new: nothing read, the offset stays.
-        assert_eq!(read_lines(&path, offset).unwrap(), (offset, Vec::new()));
+        assert_eq!(read(&path, offset).unwrap(), (offset, Vec::new()));
+    }
+
+    #[test]
+    fn a_large_file_is_read_a_bounded_piece_at_a_time_and_every_line_comes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.progress");
+        let text: String = (0..20_000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let (mut offset, mut skipping, mut n, mut reads) = (0, false, 0, 0);
+        loop {
+            let r = read_lines(&path, offset, skipping, PROGRESS_CHUNK).unwrap();
+            reads += 1;
+            for line in &r.lines {
+                assert_eq!(line.as_ref().unwrap(), format!("{{\"n\":{n}}}").as_bytes());
+                n += 1;
+            }
+            (offset, skipping) = (r.offset, r.skipping);
+            if !r.more {
+                break;
+            }
+        }
+        assert_eq!((n, offset), (20_000, text.len() as u64));
+        assert!(reads >= text.len() / PROGRESS_CHUNK, "{reads}");
     }
 
     #[test]
@@ -645,15 +787,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.progress");
         std::fs::write(&path, "{\"new\":1}\n").unwrap();
-        let (offset, read) = read_lines(&path, 500).unwrap();
-        assert_eq!(lines_of(&read), [Ok("{\"new\":1}".into())]);
+        let (offset, lines) = read(&path, 500).unwrap();
+        assert_eq!(lines_of(&lines), [Ok("{\"new\":1}".into())]);
         assert_eq!(offset, 10);
     }
 
     #[test]
     fn a_missing_file_is_an_error_that_keeps_the_offset_where_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let err = read_lines(&dir.path().join("none.progress"), 7).unwrap_err();
+        let err = read(&dir.path().join("none.progress"), 7).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
@@ -663,23 +805,26 @@ mod tests {
         let path = dir.path().join("t.progress");
         let long = "x".repeat(PROGRESS_LINE_MAX + 1);
         std::fs::write(&path, format!("{long}\n{{\"after\":1}}\n")).unwrap();
-        let (_, read) = read_lines(&path, 0).unwrap();
-        assert_eq!(
-            lines_of(&read),
-            [Err(PROGRESS_LINE_MAX + 1), Ok("{\"after\":1}".into())]
-        );
+        let (_, lines) = read(&path, 0).unwrap();
+        assert_eq!(lines_of(&lines), [Err(PROGRESS_CHUNK)]);
 
-        // Unfinished and already over the limit (here larger than one read): given up at
-        // once, then what follows its newline is read.
+        // Unfinished and already over the limit (here many reads long): given up at once,
+        // the rest skipped up to its newline, then what follows it is read.
         let huge = "y".repeat(5 * 1024 * 1024);
         std::fs::write(&path, &huge).unwrap();
-        let (offset, read) = read_lines(&path, 0).unwrap();
-        assert_eq!(lines_of(&read), [Err(4 * 1024 * 1024)]);
-        let (offset, read) = read_lines(&path, offset).unwrap();
-        assert_eq!(lines_of(&read), [Err(1024 * 1024)]);
-        assert_eq!(offset, huge.len() as u64);
+        let r = read_lines(&path, 0, false, PROGRESS_CHUNK).unwrap();
+        assert_eq!(lines_of(&r.lines), [Err(PROGRESS_CHUNK)]);
+        assert!(r.skipping && r.more);
+        let (mut offset, mut skipping) = (r.offset, r.skipping);
+        while offset < huge.len() as u64 {
+            let r = read_lines(&path, offset, skipping, PROGRESS_CHUNK).unwrap();
+            assert!(r.lines.is_empty());
+            (offset, skipping) = (r.offset, r.skipping);
+        }
+        assert!(skipping);
         std::fs::write(&path, format!("{huge}\n{{\"next\":2}}\n")).unwrap();
-        let (_, read) = read_lines(&path, offset).unwrap();
-        assert_eq!(lines_of(&read), [Ok("{\"next\":2}".into())]);
+        let r = read_lines(&path, offset, skipping, PROGRESS_CHUNK).unwrap();
+        assert_eq!(lines_of(&r.lines), [Ok("{\"next\":2}".into())]);
+        assert!(!r.skipping);
     }
 }

@@ -3,7 +3,9 @@
 //! task machine's rules; every attempt is on disk before it is asked for, with an id of its
 //! own, so an outcome can never be taken for another attempt's.
 //!
-//! The command is the task's `wake_commands[target_type]`, else `wake_command`: a string runs
+//! The command is the task's `wake_commands[target_type]`, else for `ollama`, `claude` and
+//! `sidecar` the bundled agent (this program's `agent` subcommand, [`crate::config::Route`]),
+//! else `wake_command`: a string runs
 //! under `sh -c` (on Windows under `cmd.exe`, within the rules of [`crate::wincmd`]); a list
 //! runs as program and arguments with no shell at all. Either way the
 //! task reaches it only in environment variables (`TASK_ID`, `TASK_JSON`,
@@ -33,7 +35,7 @@ use actix::prelude::*;
 use super::supervisor::ShutdownFlag;
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
-use crate::config::WakeCommand;
+use crate::config::{Route, WakeCommand};
 use crate::log_event;
 use crate::proctree::{self, Tree};
 use crate::tasks::WakeOutcome;
@@ -127,18 +129,29 @@ impl WakerActor {
         }
     }
 
-    fn command_for(&self, target_type: Option<&str>) -> Option<WakeCommand> {
-        let config = &self.env.config;
-        target_type
-            .and_then(|t| config.wake_commands.get(t))
-            .or(config.wake_command.as_ref())
-            .cloned()
+    /// The command for a task of this routing target, and whether it is a bundled agent
+    /// (run as this very program, found through `current_exe`, never on `PATH`).
+    fn command_for(&self, target_type: Option<&str>) -> Result<(WakeCommand, bool), String> {
+        let route = self.env.config.route(target_type);
+        let bundled = matches!(route, Route::Bundled { .. });
+        let own = if bundled {
+            std::env::current_exe().map(upgraded).map_err(|e| {
+                format!("cannot find the sidecar's own program for the bundled agent: {e}")
+            })?
+        } else {
+            std::path::PathBuf::new()
+        };
+        route
+            .command(&own)
+            .map(|c| (c, bundled))
+            .ok_or_else(|| "no wake command applies".to_string())
     }
 
     fn run_attempt(&mut self, task: WakeTask, ctx: &mut Context<Self>) {
         let config = self.env.config.clone();
-        let Some(command) = self.command_for(task.target_type.as_deref()) else {
-            return self.publish(&task, WakeOutcome::Failed("no wake command applies".into()));
+        let (command, bundled) = match self.command_for(task.target_type.as_deref()) {
+            Ok(found) => found,
+            Err(why) => return self.publish(&task, WakeOutcome::Failed(why)),
         };
         log_event!(
             self.env.log,
@@ -147,7 +160,9 @@ impl WakerActor {
             task_id = task.task_id,
             attempt = task.attempt,
             of = config.wake_retry_delays.len() + 1,
-            target_type = task.target_type
+            target_type = task.target_type,
+            command = command.to_json(),
+            bundled = bundled
         );
         let large = [
             ("TASK_JSON", &task.raw),
@@ -197,6 +212,17 @@ impl WakerActor {
                     None => cmd.env_remove(name),
                 };
             }
+            // The bundled agents' settings, given to every wake command alike.
+            match &config.ollama_url {
+                Some(url) => cmd.env("AGENTCOM_OLLAMA_URL", url),
+                None => cmd.env_remove("AGENTCOM_OLLAMA_URL"),
+            };
+            if config.allow_hub_commands {
+                cmd.env("AGENTCOM_ALLOW_HUB_COMMANDS", "1");
+            } else {
+                cmd.env_remove("AGENTCOM_ALLOW_HUB_COMMANDS");
+            }
+            cmd.env("AGENTCOM_CLAUDE_COMMAND", &config.claude_command);
             cmd.env("TASK_FILE", &task.task_file)
                 .env("RESULTS_DIR", &config.results_dir)
                 .env("WAKE_ATTEMPT", task.attempt.to_string())
@@ -373,6 +399,16 @@ impl WakerActor {
     }
 }
 
+/// The program to start as a bundled agent, given what `current_exe` says: on Linux a
+/// binary replaced while the sidecar runs (a package upgrade) reads as `<path> (deleted)`;
+/// the file now at `<path>` is the upgraded sidecar, and its agents are the ones to run.
+fn upgraded(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) if !exe.exists() => PathBuf::from(path),
+        _ => exe,
+    }
+}
+
 /// Largest task value passed in one environment variable. Linux refuses a single string
 /// over 128 KiB (`Argument list too long`); the whole task is always in `TASK_FILE`.
 const ENV_VALUE_MAX: usize = 64 * 1024;
@@ -525,5 +561,23 @@ impl Handler<GetRunningWakes> for WakerActor {
     type Result = Vec<u64>;
     fn handle(&mut self, _: GetRunningWakes, _: &mut Context<Self>) -> Vec<u64> {
         self.running.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_starts_the_file_now_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentcom-sidecar");
+        let deleted = PathBuf::from(format!("{} (deleted)", path.display()));
+        assert_eq!(upgraded(deleted), path);
+        assert_eq!(upgraded(path.clone()), path);
+        // A file whose name really ends so is left alone.
+        let odd = dir.path().join("x (deleted)");
+        std::fs::write(&odd, "").unwrap();
+        assert_eq!(upgraded(odd.clone()), odd);
     }
 }

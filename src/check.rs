@@ -66,6 +66,21 @@ pub fn state_dirs(config: &Config) -> Vec<(&'static str, &Path)> {
 /// nearest existing parent lets this user create them, and the ones others can write to.
 pub fn notes(config: &Config) -> Vec<String> {
     let mut notes = Vec::new();
+    let claude_found = if cfg!(windows) {
+        windows_program_found(Some(&config.claude_command), false, &windows_dirs())
+    } else {
+        argv_program_found(&config.claude_command)
+    };
+    if matches!(
+        config.route(Some("claude")),
+        crate::config::Route::Bundled { .. }
+    ) && claude_found.is_err()
+    {
+        notes.push(format!(
+            "claude_command: \"{}\" is not found: tasks routed to claude (the bundled claude agent) will fail until it is installed",
+            config.claude_command
+        ));
+    }
     let mut seen: Vec<&Path> = Vec::new();
     for (key, dir) in state_dirs(config) {
         if seen.contains(&dir) {

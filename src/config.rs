@@ -236,6 +236,16 @@ pub enum WakeCommand {
 }
 
 impl WakeCommand {
+    /// The bundled agent `agent`, run as `[<own_program>, "agent", agent]`: the program is
+    /// the sidecar's own file, never looked up on `PATH`.
+    pub fn bundled(own_program: &Path, agent: &str) -> WakeCommand {
+        WakeCommand::Argv(vec![
+            own_program.to_string_lossy().into_owned(),
+            "agent".into(),
+            agent.into(),
+        ])
+    }
+
     /// The program that runs (for `check-config`).
     pub fn program(&self) -> Option<&str> {
         match self {
@@ -244,8 +254,9 @@ impl WakeCommand {
         }
     }
 
-    /// As shown in `check-config` and the startup line: credentials in URLs redacted.
-    fn to_json(&self) -> Value {
+    /// As shown in `check-config`, the startup line and `wake_attempt`: credentials in URLs
+    /// redacted.
+    pub fn to_json(&self) -> Value {
         match self {
             WakeCommand::Shell(text) => Value::from(redact_url_secrets(text)),
             WakeCommand::Argv(argv) => Value::from(
@@ -253,6 +264,50 @@ impl WakeCommand {
                     .map(|a| redact_url_secrets(a))
                     .collect::<Vec<_>>(),
             ),
+        }
+    }
+}
+
+/// The agents bundled with the sidecar, by the routing target they serve when
+/// `wake_commands` names no command for it: target type → the `agent` subcommand's argument.
+/// A `sidecar` task runs hub-sent shell code, which the shell agent refuses unless
+/// `allow_hub_commands` is true.
+pub const BUNDLED_AGENTS: &[(&str, &str)] = &[
+    ("ollama", "ollama"),
+    ("claude", "claude"),
+    ("sidecar", "shell"),
+];
+
+/// The bundled agent for a routing target type, if there is one.
+pub fn bundled_agent(target_type: &str) -> Option<&'static str> {
+    BUNDLED_AGENTS
+        .iter()
+        .find(|(t, _)| *t == target_type)
+        .map(|(_, agent)| *agent)
+}
+
+/// What runs for a task, by its routing target (see [`Config::route`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A command of the config: `key` is `wake_commands` or `wake_command`.
+    Command {
+        command: &'a WakeCommand,
+        key: &'static str,
+    },
+    /// The bundled agent: `[<this program>, "agent", agent]`.
+    Bundled { agent: &'static str },
+    /// Nothing is run: the agent starts by itself.
+    Unwoken,
+}
+
+impl Route<'_> {
+    /// The command to run, with the sidecar's own program for a bundled agent; `None` when
+    /// nothing is run.
+    pub fn command(&self, own_program: &Path) -> Option<WakeCommand> {
+        match self {
+            Route::Command { command, .. } => Some((*command).clone()),
+            Route::Bundled { agent } => Some(WakeCommand::bundled(own_program, agent)),
+            Route::Unwoken => None,
         }
     }
 }
@@ -299,6 +354,16 @@ pub struct Config {
     pub wake_command: Option<WakeCommand>,
     /// Wake commands by `routing_decision.target_type` (`ollama`, `claude`, `wake`, …).
     pub wake_commands: std::collections::BTreeMap<String, WakeCommand>,
+    /// Target types whose `wake_commands` entry is empty: not woken at all (the agent starts
+    /// by itself), not even by the bundled agent or `wake_command`.
+    pub unwoken_targets: std::collections::BTreeSet<String>,
+    /// The opt-in for commands the hub sends (`sidecar` tasks' `metadata.shell_command`,
+    /// `test_passes` and `command_succeeds` verification steps), passed to every wake
+    /// command as `AGENTCOM_ALLOW_HUB_COMMANDS=1`.
+    pub allow_hub_commands: bool,
+    /// The Claude command-line program the bundled `claude` agent runs
+    /// (`AGENTCOM_CLAUDE_COMMAND`).
+    pub claude_command: String,
     /// Sent in `identify` (the hub registers the agent's local model endpoint).
     pub ollama_url: Option<String>,
     pub confirmation_timeout: Duration,
@@ -404,6 +469,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "wake_command",
     "wake_commands",
     "ollama_url",
+    "allow_hub_commands",
+    "claude_command",
     "confirmation_timeout_ms",
     "progress_interval_ms",
     "agent_progress_min_ms",
@@ -482,11 +549,73 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("tasks"))
     }
 
+    /// What runs for a task of this routing target (`routing_decision.target_type`; `None`
+    /// when the hub sent no routing decision): its `wake_commands` entry; none if that entry
+    /// is empty; else the bundled agent of `ollama`, `claude` and `sidecar`; else
+    /// `wake_command`; else nothing.
+    pub fn route(&self, target_type: Option<&str>) -> Route<'_> {
+        if let Some(t) = target_type {
+            if let Some(command) = self.wake_commands.get(t) {
+                return Route::Command {
+                    command,
+                    key: "wake_commands",
+                };
+            }
+            if self.unwoken_targets.contains(t) {
+                return Route::Unwoken;
+            }
+            if let Some(agent) = bundled_agent(t) {
+                return Route::Bundled { agent };
+            }
+        }
+        match &self.wake_command {
+            Some(command) => Route::Command {
+                command,
+                key: "wake_command",
+            },
+            None => Route::Unwoken,
+        }
+    }
+
+    /// The routing table as `check-config` prints it: one row per target type the config
+    /// or the bundled agents name, then `wake`, then every other (or no) target.
+    pub fn routing_table(&self, own_program: &Path) -> Vec<(String, Option<WakeCommand>, String)> {
+        let mut targets: Vec<String> = BUNDLED_AGENTS.iter().map(|(t, _)| t.to_string()).collect();
+        for t in self.wake_commands.keys().chain(&self.unwoken_targets) {
+            if !targets.contains(t) {
+                targets.push(t.clone());
+            }
+        }
+        if !targets.iter().any(|t| t == "wake") {
+            targets.push("wake".into());
+        }
+        let row = |label: String, route: Route<'_>| {
+            let how = match &route {
+                Route::Command { key, .. } => format!("({key})"),
+                Route::Bundled { agent: "shell" } if !self.allow_hub_commands => {
+                    "(bundled; it refuses hub-sent commands: allow_hub_commands is false)".into()
+                }
+                Route::Bundled { .. } => "(bundled)".into(),
+                Route::Unwoken => "(not woken: the agent starts by itself)".into(),
+            };
+            (label, route.command(own_program), how)
+        };
+        let mut rows: Vec<_> = targets
+            .into_iter()
+            .map(|t| {
+                let route = self.route(Some(&t));
+                row(t, route)
+            })
+            .collect();
+        rows.push(row("any other, or none".into(), self.route(None)));
+        rows
+    }
+
     /// Every key and its effective value, token redacted: for `check-config` and the
     /// `startup` log line.
     pub fn effective(&self) -> Value {
         let ms = |d: Duration| Value::from(d.as_millis() as u64);
-        serde_json::json!({
+        let mut effective = serde_json::json!({
             "agent_id": self.agent_id,
             "token": self.token.to_string(),
             "token_file": self.token_file,
@@ -529,7 +658,11 @@ impl Config {
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "metrics_public": self.metrics_public,
             "resource_report_interval_ms": ms(self.resource_report_interval.unwrap_or_default()),
-        })
+        });
+        // (Past what one `json!` can expand.)
+        effective["allow_hub_commands"] = self.allow_hub_commands.into();
+        effective["claude_command"] = redact_url_secrets(&self.claude_command).into();
+        effective
     }
 }
 
@@ -617,7 +750,26 @@ impl Raw<'_> {
             None => None,
             Some(v) => self.wake_command("wake_command", v)?,
         };
-        let wake_commands = self.wake_commands()?;
+        let (wake_commands, unwoken_targets) = self.wake_commands()?;
+        let allow_hub_commands = match self.get("allow_hub_commands") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(self.wrong_type("allow_hub_commands", "true or false", v)),
+        };
+        let claude_command = match self.opt_str("claude_command")? {
+            None => "claude".to_string(),
+            Some(c) if c.trim().is_empty() || c.contains('\0') => {
+                return Err(self.invalid(
+                    "claude_command",
+                    "the Claude command-line program, a non-empty name or path such as \"claude\" or \"/usr/local/bin/claude\"",
+                    &format!("{:?}", c),
+                ))
+            }
+            Some(c) => {
+                self.max_chars("claude_command", &c, 4096)?;
+                c
+            }
+        };
         let ollama_url = self.opt_str("ollama_url")?.filter(|u| !u.is_empty());
         if let Some(url) = &ollama_url {
             self.max_chars("ollama_url", url, OLLAMA_URL_MAX)?;
@@ -689,6 +841,9 @@ impl Raw<'_> {
             capabilities,
             wake_command,
             wake_commands,
+            unwoken_targets,
+            allow_hub_commands,
+            claude_command,
             ollama_url,
             confirmation_timeout: self.ms("confirmation_timeout_ms", 30_000, 1)?,
             progress_interval: self.ms("progress_interval_ms", 60_000, 1)?,
@@ -810,13 +965,22 @@ impl Raw<'_> {
         crate::wincmd::refuse(command, self.base, &dirs)
     }
 
-    /// `wake_commands`: an object of target type → wake command.
+    /// `wake_commands`: an object of target type → wake command; an empty entry (`""`,
+    /// `[]`, `null`) says that tasks of that target type are not woken at all.
+    #[allow(clippy::type_complexity)]
     fn wake_commands(
         &self,
-    ) -> Result<std::collections::BTreeMap<String, WakeCommand>, ConfigError> {
+    ) -> Result<
+        (
+            std::collections::BTreeMap<String, WakeCommand>,
+            std::collections::BTreeSet<String>,
+        ),
+        ConfigError,
+    > {
         let mut out = std::collections::BTreeMap::new();
+        let mut unwoken = std::collections::BTreeSet::new();
         let Some(v) = self.get("wake_commands") else {
-            return Ok(out);
+            return Ok((out, unwoken));
         };
         let Value::Object(map) = v else {
             return Err(self.wrong_type(
@@ -833,11 +997,20 @@ impl Raw<'_> {
                     "an empty name",
                 ));
             }
-            if let Some(c) = self.wake_command("wake_commands", command)? {
-                out.insert(target.clone(), c);
+            let c = match command {
+                Value::Null => None,
+                other => self.wake_command("wake_commands", other)?,
+            };
+            match c {
+                Some(c) => {
+                    out.insert(target.clone(), c);
+                }
+                None => {
+                    unwoken.insert(target.clone());
+                }
             }
         }
-        Ok(out)
+        Ok((out, unwoken))
     }
 
     /// The token: from `token`, or from the file `token_file` names (exactly one of them).
@@ -1178,6 +1351,73 @@ mod tests {
         // ws:// to another machine: the one warning.
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("clear text"), "{:?}", c.warnings);
+    }
+
+    fn with_keys(extra: &str) -> Result<Config, ConfigError> {
+        load(&format!("{},{extra}}}", MIN.trim_end_matches('}')))
+    }
+
+    #[test]
+    fn routed_tasks_go_to_the_bundled_agents_unless_wake_commands_says_otherwise() {
+        let own = Path::new("/opt/agentcom-sidecar");
+        let bundled = |agent: &str| {
+            Some(WakeCommand::Argv(vec![
+                "/opt/agentcom-sidecar".into(),
+                "agent".into(),
+                agent.into(),
+            ]))
+        };
+        let c = load(MIN).unwrap();
+        assert!(!c.allow_hub_commands);
+        assert_eq!(c.claude_command, "claude");
+        assert_eq!(c.route(Some("claude")).command(own), bundled("claude"));
+        assert_eq!(c.route(Some("ollama")).command(own), bundled("ollama"));
+        assert_eq!(c.route(Some("sidecar")).command(own), bundled("shell"));
+        assert_eq!(c.route(Some("wake")), Route::Unwoken);
+        assert_eq!(c.route(None), Route::Unwoken);
+
+        let c = with_keys(
+            r#""wake_command":"my-agent","wake_commands":{"claude":["my-claude"],"ollama":""},"allow_hub_commands":true,"claude_command":"/usr/local/bin/claude""#,
+        )
+        .unwrap();
+        assert!(c.allow_hub_commands);
+        assert_eq!(c.claude_command, "/usr/local/bin/claude");
+        assert_eq!(
+            c.route(Some("claude")).command(own),
+            Some(WakeCommand::Argv(vec!["my-claude".into()]))
+        );
+        // An empty entry: not woken at all, not even by wake_command.
+        assert_eq!(c.route(Some("ollama")), Route::Unwoken);
+        assert_eq!(c.route(Some("sidecar")).command(own), bundled("shell"));
+        let my = Some(WakeCommand::Shell("my-agent".into()));
+        assert_eq!(c.route(Some("wake")).command(own), my);
+        assert_eq!(c.route(Some("other")).command(own), my);
+        assert_eq!(c.route(None).command(own), my);
+        let table = c.routing_table(own);
+        let labels: Vec<&str> = table.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["ollama", "claude", "sidecar", "wake", "any other, or none"]
+        );
+        assert_eq!(table[1].2, "(wake_commands)");
+        assert_eq!(table[2].2, "(bundled)");
+        assert_eq!(c.effective()["allow_hub_commands"], true);
+        assert_eq!(c.effective()["claude_command"], "/usr/local/bin/claude");
+
+        for bad in [
+            r#""allow_hub_commands":"yes""#,
+            r#""allow_hub_commands":1"#,
+            r#""claude_command":"""#,
+            r#""claude_command":["claude"]"#,
+        ] {
+            let e = with_keys(bad).unwrap_err().to_string();
+            let key = if bad.contains("allow") {
+                "allow_hub_commands"
+            } else {
+                "claude_command"
+            };
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -63,7 +63,11 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
     });
     let agent = dir.join("sample-agent.sh");
     std::fs::write(&agent, SAMPLE_AGENT).map_err(|e| format!("{}: {e}", agent.display()))?;
-    config["wake_command"] = format!("sh '{}'", agent.display()).into();
+    // The sample agent does every task, whatever the hub routed it to (no bundled agent).
+    let command = format!("sh '{}'", agent.display());
+    config["wake_command"] = command.clone().into();
+    config["wake_commands"] =
+        serde_json::json!({"ollama": command, "claude": command, "sidecar": command});
     let path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
     write_private(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;

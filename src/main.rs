@@ -273,6 +273,13 @@ fn check_config(config: Option<PathBuf>) -> i32 {
         "{}",
         serde_json::to_string_pretty(&config.effective()).unwrap_or_default()
     );
+    // Which command each routing target runs (bundled agents as this very program).
+    let own = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(env!("CARGO_PKG_NAME")));
+    let _ = writeln!(out, "routing (routing_decision.target_type -> what runs):");
+    for (target, command, how) in config.routing_table(&own) {
+        let shown = command.map_or_else(|| "nothing".to_string(), |c| c.to_json().to_string());
+        let _ = writeln!(out, "  {target:<10} -> {shown} {how}");
+    }
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }

@@ -145,6 +145,14 @@ impl Pacing {
     }
 }
 
+/// How often one task's agent events may go out: `agent_progress_min`, but never faster
+/// than half the normal tier's pacing (2.4 s against the hub's 60 a minute), so that they
+/// never queue up here and the other half is left to reports, keep-alives and the rest.
+pub fn agent_progress_gap(agent_progress_min: Duration, pacing: Pacing) -> Duration {
+    let half = Duration::from_secs(120) / pacing.normal.max(1);
+    agent_progress_min.max(half)
+}
+
 #[derive(Debug, Clone)]
 struct Bucket {
     capacity: f64,
@@ -248,45 +256,68 @@ impl Outbound {
 
     /// Queues a frame; [`Outbound::poll`] says when it goes.
     pub fn submit(&mut self, frame: Outgoing) {
-        // Progress is a state, not a history: a newer `task_progress` is merged into one of
-        // the same task still waiting (keeping its place in line), so a chatty agent never
-        // builds a backlog in front of its reports. What the newer one leaves out (the
-        // keep-alive carries no event) is kept from the older one.
+        // Progress waiting to go is merged with a newer one of the same task where the
+        // dashboard shows the pair alike (keeping its place in line), so a chatty agent never
+        // builds a backlog in front of its reports: a keep-alive (no event) only updates the
+        // `progress` number; an agent's event is merged as `tasks::progress::merge` allows
+        // (text of the same event type concatenated, an event without text replaced). Text
+        // is never dropped for a newer event: what cannot merge waits behind it.
         if let Outgoing::TaskProgress {
             task_id,
             progress,
             execution_event,
         } = frame
         {
-            let waiting = self.waiting.iter_mut().find_map(|w| match &mut w.frame {
-                Outgoing::TaskProgress {
-                    task_id: t,
-                    progress,
-                    execution_event,
-                } if *t == task_id => Some((progress, execution_event)),
-                _ => None,
-            });
-            match waiting {
+            let last = self
+                .waiting
+                .iter_mut()
+                .rev()
+                .find_map(|w| match &mut w.frame {
+                    Outgoing::TaskProgress {
+                        task_id: t,
+                        progress,
+                        execution_event,
+                    } if *t == task_id => Some((progress, execution_event)),
+                    _ => None,
+                });
+            let rest = match last {
+                None => Some((progress, execution_event)),
                 Some((old_progress, old_event)) => {
-                    if progress.is_some() {
-                        *old_progress = progress;
-                    }
-                    if execution_event.is_some() {
-                        *old_event = execution_event;
+                    let rest = match (old_event.as_mut(), execution_event) {
+                        (_, None) => None,
+                        (None, Some(event)) => {
+                            *old_event = Some(event);
+                            None
+                        }
+                        (Some(old), Some(event)) => crate::tasks::progress::merge(
+                            old,
+                            event,
+                            crate::tasks::progress::FRAME_TEXT_MAX,
+                        )
+                        .err(),
+                    };
+                    match rest {
+                        None => {
+                            if progress.is_some() {
+                                *old_progress = progress;
+                            }
+                            None
+                        }
+                        Some(event) => Some((progress, Some(event))),
                     }
                 }
-                None => {
-                    let seq = self.next_seq();
-                    self.waiting.push_back(Waiting {
-                        frame: Outgoing::TaskProgress {
-                            task_id,
-                            progress,
-                            execution_event,
-                        },
-                        seq,
-                        not_before: None,
-                    })
-                }
+            };
+            if let Some((progress, execution_event)) = rest {
+                let seq = self.next_seq();
+                self.waiting.push_back(Waiting {
+                    frame: Outgoing::TaskProgress {
+                        task_id,
+                        progress,
+                        execution_event,
+                    },
+                    seq,
+                    not_before: None,
+                });
             }
             return;
         }
@@ -537,11 +568,7 @@ mod tests {
     use serde_json::{json, Map, Value};
 
     fn complete(id: &str) -> Outgoing {
-        Outgoing::TaskComplete {
-            task_id: id.into(),
-            generation: 1,
-            result: Map::new(),
-        }
+        Outgoing::task_complete(id.into(), 1, Map::new())
     }
 
     fn progress(id: &str) -> Outgoing {
@@ -737,6 +764,63 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn text(id: &str, kind: &str, text: &str) -> Outgoing {
+        let event: Map<String, Value> = [
+            ("event_type".to_string(), json!(kind)),
+            ("text".to_string(), json!(text)),
+        ]
+        .into_iter()
+        .collect();
+        Outgoing::TaskProgress {
+            task_id: id.into(),
+            progress: None,
+            execution_event: Some(event),
+        }
+    }
+
+    #[test]
+    fn waiting_text_is_never_replaced_only_joined_with_text_of_its_kind() {
+        let now = Instant::now();
+        let mut o = Outbound::new(Pacing::default(), now);
+        o.submit(complete("a"));
+        o.submit(text("a", "token", "Hel"));
+        o.submit(text("a", "token", "lo"));
+        o.submit(text("a", "stderr", "warn"));
+        // A keep-alive only updates the number of the last one waiting.
+        o.submit(Outgoing::TaskProgress {
+            task_id: "a".into(),
+            progress: Some(70),
+            execution_event: None,
+        });
+        assert_eq!(o.waiting(), 3);
+        let texts = |f: &Outgoing| match f {
+            Outgoing::TaskProgress {
+                execution_event: Some(e),
+                progress,
+                ..
+            } => (e["text"].as_str().unwrap().to_string(), *progress),
+            other => panic!("{other:?}"),
+        };
+        let sent = behind_acked_complete(&mut o, now);
+        assert_eq!(texts(&sent[0]), ("Hello".to_string(), None));
+        o.attribute(&Incoming::Pong { timestamp: None }, now);
+        let sent = o.poll(now);
+        assert_eq!(texts(&sent[0]), ("warn".to_string(), Some(70)));
+    }
+
+    #[test]
+    fn agent_events_go_at_most_half_as_often_as_the_normal_tier_allows() {
+        let p = Pacing::default();
+        assert_eq!(
+            agent_progress_gap(Duration::from_millis(1000), p),
+            Duration::from_millis(2400)
+        );
+        assert_eq!(
+            agent_progress_gap(Duration::from_secs(5), p),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

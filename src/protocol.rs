@@ -48,10 +48,18 @@ pub enum Outgoing {
         #[serde(skip_serializing_if = "Option::is_none")]
         execution_event: Option<Map<String, Value>>,
     },
+    /// The result goes whole in `result`; the fields the hub reads only at the top level
+    /// (see [`Outgoing::task_complete`]) are copied there too.
     TaskComplete {
         task_id: String,
         generation: u64,
         result: Map<String, Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tokens_used: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        verification_report: Option<Map<String, Value>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        verification_history: Option<Vec<Value>>,
     },
     /// The first hub version reads `reason`, later ones `error` then `reason`: both are sent,
     /// each cut to [`TEXT_MAX`] characters.
@@ -125,6 +133,31 @@ struct Wire<'a> {
 }
 
 impl Outgoing {
+    /// `task_complete` for a result object: `tokens_used` (an integer),
+    /// `verification_report` (an object) and `verification_history` (a list of objects) are
+    /// also sent at the top level, where the current hub reads them (it ignores the last two
+    /// inside `result`). A value of another type is left out of the top level (the task
+    /// machine refuses such a result before it gets here: [`crate::result_file::report_fields`]).
+    pub fn task_complete(task_id: String, generation: u64, result: Map<String, Value>) -> Self {
+        let tokens_used = result.get("tokens_used").and_then(Value::as_i64);
+        let verification_report = match result.get("verification_report") {
+            Some(Value::Object(m)) => Some(m.clone()),
+            _ => None,
+        };
+        let verification_history = match result.get("verification_history") {
+            Some(Value::Array(items)) if items.iter().all(Value::is_object) => Some(items.clone()),
+            _ => None,
+        };
+        Outgoing::TaskComplete {
+            task_id,
+            generation,
+            result,
+            tokens_used,
+            verification_report,
+            verification_history,
+        }
+    }
+
     /// The frame's `type`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {

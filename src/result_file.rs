@@ -80,9 +80,89 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The fields of a successful result that the hub reads at the top level of
+/// `task_complete`, checked against the types its schema accepts there: `tokens_used` an
+/// integer, `verification_report` an object, `verification_history` a list of objects. Each
+/// may be absent (or `null`). A value of another type would make the hub refuse the whole
+/// report (`validation_failed`), so the result is not valid: the reason names the field.
+pub fn report_fields(result: &Map<String, Value>) -> Result<(), String> {
+    let wrong = |key: &str, expected: &str, v: &Value| {
+        Err(format!(
+            "result field \"{key}\" must be {expected} (the hub refuses anything else), got {}",
+            crate::config::kind_of(v)
+        ))
+    };
+    match result.get("tokens_used") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_i64().is_some() => {}
+        Some(v) => return wrong("tokens_used", "a whole number", v),
+    }
+    match result.get("verification_report") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(v) => return wrong("verification_report", "an object", v),
+    }
+    match result.get("verification_history") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            if let Some((i, item)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
+                return Err(format!(
+                    "result field \"verification_history\" must be a list of objects (the hub \
+                     refuses anything else); item {i} is {}",
+                    crate::config::kind_of(item)
+                ));
+            }
+        }
+        Some(v) => return wrong("verification_history", "a list of objects", v),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_fields_of_the_types_the_hub_accepts_pass() {
+        let ok = |v: Value| report_fields(v.as_object().unwrap());
+        assert!(ok(serde_json::json!({})).is_ok());
+        assert!(ok(
+            serde_json::json!({"tokens_used": 12, "verification_report": {"status": "pass"},
+            "verification_history": [{"status": "fail"}, {"status": "pass"}]})
+        )
+        .is_ok());
+        assert!(ok(
+            serde_json::json!({"tokens_used": null, "verification_report": null,
+            "verification_history": []})
+        )
+        .is_ok());
+        for (bad, field) in [
+            (serde_json::json!({"tokens_used": 1.5}), "tokens_used"),
+            (serde_json::json!({"tokens_used": "12"}), "tokens_used"),
+            (serde_json::json!({"tokens_used": u64::MAX}), "tokens_used"),
+            (
+                serde_json::json!({"verification_report": [1]}),
+                "verification_report",
+            ),
+            (
+                serde_json::json!({"verification_report": "pass"}),
+                "verification_report",
+            ),
+            (
+                serde_json::json!({"verification_history": {"a": 1}}),
+                "verification_history",
+            ),
+            (
+                serde_json::json!({"verification_history": [{}, 3]}),
+                "verification_history",
+            ),
+        ] {
+            let why = ok(bad.clone()).unwrap_err();
+            assert!(why.contains(field), "{bad}: {why}");
+        }
+        assert!(ok(serde_json::json!({"verification_history": [{}, 3]}))
+            .unwrap_err()
+            .contains("item 1 is a number"));
+    }
 
     #[test]
     fn an_object_is_the_result() {

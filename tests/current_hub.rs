@@ -229,7 +229,8 @@ fn a_failure_reason_of_3000_characters_ends_the_task_without_a_violation() {
 fn other_agent(hub: &DevHub) -> Sidecar {
     let config = with(
         fast_config(&hub.ws_url()),
-        json!({"agent_id": OTHER, "token": OTHER_TOKEN, "progress_interval_ms": 100}),
+        json!({"agent_id": OTHER, "token": OTHER_TOKEN, "progress_interval_ms": 100,
+            "wake_commands": {"ollama": "", "claude": "", "sidecar": ""}}),
     );
     let sidecar = Sidecar::start(config);
     eventually("the other agent identified", || {

@@ -52,6 +52,11 @@ fn push_task_reaches_the_agent_over_http() {
         assert_eq!(assign["generation"], 0);
         assert_eq!(assign["file_hints"], json!([]));
         assert_eq!(assign["skip_verification"], false);
+        assert_eq!(
+            assign["routing_decision"],
+            Value::Null,
+            "pushed without routing"
+        );
         assert!(assign["assigned_at"].as_u64().is_some());
         assert!(assign.get("agent_id").is_none());
         assert_eq!(
@@ -69,6 +74,57 @@ fn push_task_reaches_the_agent_over_http() {
     });
     let pushed = |e: &HubEvent| matches!(&e.kind, HubEventKind::TaskPushed { agent_id, .. } if agent_id == "a1");
     assert!(hub.wait_for(WAIT, pushed).is_some());
+}
+
+#[test]
+fn the_live_view_shows_each_tasks_progress_text_as_the_dashboard_appends_it() {
+    let hub = hub_with_tokens();
+    run(async {
+        let client = awc::Client::new();
+        let mut ws = identified(&client, &hub, "a1", "t1").await;
+        for event in [
+            json!({"text": "Hel", "secret": "not forwarded"}),
+            json!({"event_type": "token", "text": "abc", "tokens_so_far": 3}),
+            json!({"event_type": "stdout", "text": "lo\n"}),
+            json!({"progress": 50}),
+        ] {
+            send(
+                &mut ws,
+                json!({"type": "task_progress", "task_id": "t-1", "execution_event": event}),
+            )
+            .await;
+        }
+        send(
+            &mut ws,
+            json!({"type": "task_progress", "task_id": "t-1", "progress": 60}),
+        )
+        .await;
+        // A frame the hub refuses is not on the dashboard.
+        let refused = json!({"type": "task_progress", "task_id": "t-1", "execution_event": "x"});
+        assert_eq!(ask(&mut ws, refused).await["error"], "validation_failed");
+
+        assert_eq!(hub.progress_text("t-1"), "Helabclo\n");
+        assert_eq!(hub.progress_frames("t-1"), 5);
+        let url = format!("{}/api/dev/tasks/t-1/live", hub.http_url());
+        assert_eq!(
+            client.get(&url).send().await.unwrap().status().as_u16(),
+            401
+        );
+        let mut response = client
+            .get(&url)
+            .insert_header(("Authorization", "Bearer t1"))
+            .send()
+            .await
+            .unwrap();
+        let live: Value = response.json().await.unwrap();
+        assert_eq!(live["text"], json!({"stdout": "Hello\n", "token": "abc"}));
+        assert_eq!(live["frames"], 5);
+        assert_eq!(
+            live["events"][0],
+            json!({"event_type": "stdout", "text": "Hel"})
+        );
+        assert_eq!(live["events"][1]["tokens_so_far"], 3);
+    });
 }
 
 /// The moment `GET /api/events` stamps events with: CLOCK_MONOTONIC, read here directly.

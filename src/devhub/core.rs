@@ -157,6 +157,8 @@ pub(crate) struct Core {
     pub limiter: RateLimiter,
     pub resources: HashMap<String, Value>,
     pub ollama: HashMap<String, String>,
+    /// The dashboard's live view of each task's progress events.
+    pub live: super::live::LiveView,
     pub timers: Timers,
     /// Pushes to this session are collected here instead of queued (written inline).
     pub capture: Option<(u64, Vec<Delivery>)>,
@@ -202,6 +204,7 @@ impl Core {
             limiter: RateLimiter::default(),
             resources: HashMap::new(),
             ollama: HashMap::new(),
+            live: Default::default(),
             capture: None,
             events,
             print: opts.print_presence,

@@ -272,6 +272,7 @@ impl Core {
             }
             "task_progress" => {
                 self.queue.touch(&task_id, now.ms, now.at);
+                self.live.record(&task_id, frame);
                 Reply::default()
             }
             "task_complete" => acked(self.task_complete(id, &agent, &task_id, frame, now)),

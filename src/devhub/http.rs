@@ -33,6 +33,7 @@ pub(crate) fn routes(app: &mut web::ServiceConfig) {
         .route("/api/tasks", web::get().to(list_tasks))
         .route("/api/tasks/{task_id}", web::get().to(get_task))
         .route("/api/tasks/{task_id}/cancel", web::post().to(cancel))
+        .route("/api/dev/tasks/{task_id}/live", web::get().to(live))
         .route("/api/admin/push-task", web::post().to(push_task))
         .route(
             "/api/admin/agents/{agent_id}/restart",
@@ -112,6 +113,16 @@ async fn get_task(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>
         Some(task) => reply(200, task),
         None => reply(404, json!({"error": "task_not_found", "task_id": task_id})),
     }
+}
+
+/// `GET /api/dev/tasks/:id/live` (the dev hub's own): the dashboard's live view of the task,
+/// the text per event type as the dashboard appends it.
+async fn live(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> HttpResponse {
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
+    }
+    let task_id = path.into_inner();
+    reply(200, hub.with_core(|core| core.live.to_json(&task_id)))
 }
 
 /// `POST /api/tasks/:id/cancel`.

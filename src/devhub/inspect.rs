@@ -73,6 +73,17 @@ impl DevHub {
             .with_core(|core| core.queue.get(task_id).map(|t| t.to_json()))
     }
 
+    /// What the hub's dashboard shows of the task's live output: the `text` of every
+    /// `execution_event` the hub took, concatenated in order.
+    pub fn progress_text(&self, task_id: &str) -> String {
+        self.hub.with_core(|core| core.live.text(task_id))
+    }
+
+    /// How many `task_progress` frames the hub took for the task.
+    pub fn progress_frames(&self, task_id: &str) -> u64 {
+        self.hub.with_core(|core| core.live.frames(task_id))
+    }
+
     /// `POST /api/tasks/:id/cancel`'s body, `None` for an unknown task.
     pub fn cancel_task(&self, task_id: &str) -> Option<Value> {
         self.hub.with_core(|core| core.cancel(task_id, Now::get()))

@@ -21,7 +21,8 @@
 //!   `scheduler` — assignments, take-backs and every timer.
 //! - Pure rules, unit-tested: `validation` (schemas), `ratelimit` (token buckets),
 //!   `violations` (windows and cooldowns), `queue` and `task` (tasks and generations), `fsm` (an agent's
-//!   work state), `routing` (complexity and routing decision), `tokens`.
+//!   work state), `routing` (complexity and routing decision), `tokens`, `live` (the dashboard's live view
+//!   of each task's progress events).
 //! - Plumbing: `ws` (one connection's task), `http` (routes), `tls`.
 //!
 //! Other processes read the events over HTTP with `GET /api/events` (no auth: a dev hub, on
@@ -35,6 +36,7 @@ mod frames;
 mod fsm;
 mod http;
 mod inspect;
+mod live;
 pub mod ollama;
 pub mod options;
 mod queue;

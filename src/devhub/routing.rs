@@ -1,9 +1,10 @@
 //! A task's complexity and routing decision, as the hub's `Complexity`, `TaskRouter` and
-//! the scheduler's fallback build them, for a hub with no LLM endpoint registered (the dev
-//! hub has no LLM registry): the tier is inferred from the description's words and keywords,
-//! the file hints and the verification steps (an explicit `complexity_tier` wins); trivial
-//! tasks route to `sidecar`, complex ones to `claude`, standard and unknown ones find no
-//! healthy Ollama endpoint and fall back (`ollama`, `fallback_used`). Pure functions.
+//! the scheduler's fallback build them (the dev hub has no LLM registry): the tier is
+//! inferred from the description's words and keywords, the file hints and the verification
+//! steps (an explicit `complexity_tier` wins); trivial tasks route to `sidecar`, complex ones
+//! to `claude` (model `claude`), standard and unknown ones to `ollama`: at the chosen agent's
+//! own endpoint (`identify.ollama_url` as `host:port`) when it has one, else with no healthy
+//! endpoint they fall back (`selected_endpoint: null`, `fallback_used`). Pure functions.
 
 use serde_json::{json, Value};
 
@@ -175,7 +176,7 @@ fn majority(votes: &[Tier]) -> Tier {
 pub(crate) struct Decision {
     pub effective_tier: &'static str,
     pub target_type: &'static str,
-    pub selected_endpoint: Option<&'static str>,
+    pub selected_endpoint: Option<String>,
     pub selected_model: Option<&'static str>,
     pub fallback_from_tier: Option<&'static str>,
     pub fallback_reason: Option<&'static str>,
@@ -223,6 +224,48 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// The decision once the agent is chosen: a task for `ollama` goes to the agent's own
+    /// Ollama endpoint (from its `identify.ollama_url` or `ollama_report`), named as the
+    /// hub's model registry names it, `host:port` — no fallback then. Without one it keeps
+    /// `selected_endpoint: null` (the hub's fallback).
+    pub fn for_agent(mut self, ollama_url: Option<&str>) -> Decision {
+        let endpoint = ollama_url.and_then(host_port);
+        if self.target_type == "ollama" {
+            if let Some(endpoint) = endpoint {
+                self.selected_endpoint = Some(endpoint);
+                self.fallback_from_tier = None;
+                self.fallback_reason = None;
+                if let Some((reason, _)) = self.classification_reason.split_once(" [fallback") {
+                    self.classification_reason = reason.to_string();
+                }
+            }
+        }
+        self
+    }
+}
+
+/// `http://host:port/…` as `host:port` (the port 11434 when absent, as Ollama's).
+fn host_port(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:11434")
+    })
+}
+
 /// The decision for a task of this complexity, at `now_ms`.
 pub(crate) fn route(complexity: &Complexity, now_ms: u64) -> Decision {
     let c = complexity;
@@ -233,7 +276,7 @@ pub(crate) fn route(complexity: &Complexity, now_ms: u64) -> Decision {
             Decision {
                 effective_tier: c.effective.name(),
                 target_type: if trivial { "sidecar" } else { "claude" },
-                selected_endpoint: (!trivial).then_some("claude_api"),
+                selected_endpoint: (!trivial).then(|| "claude_api".to_string()),
                 selected_model: (!trivial).then_some("claude"),
                 fallback_from_tier: None,
                 fallback_reason: None,
@@ -329,6 +372,24 @@ mod tests {
         assert_eq!(ws["fallback_used"], true);
         assert!(ws.get("decided_at").is_none());
         assert_eq!(d.to_json()["decided_at"], 5);
+        let own = route(&infer("do it"), 5).for_agent(Some("http://10.0.0.5:11434/"));
+        assert_eq!(own.selected_endpoint.as_deref(), Some("10.0.0.5:11434"));
+        assert!(!own.is_fallback());
+        assert_eq!(own.to_ws_json()["fallback_used"], false);
+        assert_eq!(
+            own.classification_reason,
+            "inferred:standard (confidence 1.00)"
+        );
+        assert_eq!(
+            route(&infer("do it"), 5)
+                .for_agent(Some("http://gpu-box"))
+                .selected_endpoint
+                .as_deref(),
+            Some("gpu-box:11434")
+        );
+        assert!(route(&infer("do it"), 5).for_agent(None).is_fallback());
+        let claude = route(&infer("migrate the database"), 5).for_agent(Some("http://h:1"));
+        assert_eq!(claude.selected_endpoint.as_deref(), Some("claude_api"));
         assert_eq!(route(&infer(""), 1).classification_reason,
             "inferred:unknown (confidence 0.00) [fallback from standard: no_healthy_ollama_endpoints]");
     }

@@ -70,6 +70,7 @@ impl Core {
             }
             if let Some(index) = chosen {
                 let (agent, _) = idle.remove(index);
+                let decision = decision.for_agent(self.ollama.get(&agent).map(String::as_str));
                 self.assign(&task_id, &agent, decision, now);
             }
         }

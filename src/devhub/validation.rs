@@ -361,6 +361,58 @@ mod tests {
         }
     }
 
+    mod report_fields {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1000i32..1000).prop_map(|n| Value::from(f64::from(n) + 0.5)),
+                "[a-z]{0,5}".prop_map(Value::from),
+                Just(json!({"status": "pass"})),
+                Just(json!([])),
+                Just(json!([{"status": "fail"}, {"status": "pass"}])),
+                Just(json!([{"status": "pass"}, 3])),
+            ]
+        }
+
+        proptest! {
+            /// Whatever an agent's result holds in the three fields, either the sidecar
+            /// refuses it as invalid, or the `task_complete` it sends passes the hub's schema
+            /// with every field the result had of the right type at the top level.
+            #[test]
+            fn a_result_is_refused_or_its_task_complete_passes_the_hubs_schema(
+                tokens in value(), report in value(), history in value(), absent in 0u8..8
+            ) {
+                let mut result = serde_json::Map::new();
+                result.insert("status".into(), json!("success"));
+                for (bit, key, v) in [(1, "tokens_used", tokens), (2, "verification_report", report),
+                    (4, "verification_history", history)] {
+                    if absent & bit == 0 {
+                        result.insert(key.into(), v);
+                    }
+                }
+                let frame = crate::protocol::Outgoing::task_complete("t".into(), 1, result.clone());
+                let wire: Value = serde_json::from_str(&frame.encode().unwrap()).unwrap();
+                match crate::result_file::report_fields(&result) {
+                    Ok(()) => {
+                        prop_assert!(validate_ws(&wire).is_ok(), "{wire}");
+                        for key in ["tokens_used", "verification_report", "verification_history"] {
+                            let v = result.get(key).filter(|v| !v.is_null());
+                            prop_assert_eq!(wire.get(key), v, "{}", key);
+                        }
+                    }
+                    Err(why) => prop_assert!(why.contains("result field"), "{why}"),
+                }
+                prop_assert_eq!(&wire["result"], &Value::Object(result));
+            }
+        }
+    }
+
     #[test]
     fn sidecar_frames_pass() {
         for frame in [

@@ -318,6 +318,13 @@ impl Machine {
             );
             return;
         }
+        // A success whose top-level report fields the hub would refuse is not a valid result.
+        let result = result.and_then(|obj| {
+            if obj.get("status").and_then(Value::as_str) == Some("success") {
+                crate::result_file::report_fields(&obj)?;
+            }
+            Ok(obj)
+        });
         let (outcome, invalid) = match result {
             Ok(obj) => (Outcome::from_result(obj), false),
             Err(why) => (
@@ -394,6 +401,12 @@ impl Machine {
         }
         self.note(level, event, fields);
         if role == Role::Held {
+            // The agent's last words reach the live view before the report.
+            self.flush_pending(task_id);
+        } else {
+            self.drop_pending(task_id);
+        }
+        if role == Role::Held {
             self.out.push(Effect::Ended {
                 task_id: task_id.to_string(),
                 outcome: ended,
@@ -405,6 +418,9 @@ impl Machine {
         }
     }
 
+    /// A line of the agent's progress file: its event waits its turn (merged with the
+    /// ones before it where the dashboard allows: [`super::progress`]) and goes out at most
+    /// once per gap; `progress` is remembered for the keep-alive.
     pub(super) fn on_agent_progress(
         &mut self,
         task_id: &str,
@@ -420,30 +436,106 @@ impl Machine {
         if progress.is_some() {
             marks.progress = progress;
         }
+        marks.pending.push(event);
+        if marks.pending_armed {
+            return;
+        }
         let due = marks
             .event_sent_at
             .is_none_or(|t| now.saturating_sub(t) >= gap);
-        // An event already waits for its timer: this newer one takes its place.
-        if due && marks.event_waiting.is_none() {
-            marks.event_sent_at = Some(now);
-            let progress = marks.progress;
-            self.send(Outgoing::TaskProgress {
-                task_id: task_id.to_string(),
-                progress,
-                execution_event: Some(event),
-            });
+        if due && self.session.is_some() {
+            self.send_pending(task_id);
         } else {
-            // Paced: the latest waits for the gap (earlier ones it replaces are not sent).
-            if marks.event_waiting.replace(event).is_none() {
-                let wait =
-                    gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
-                self.out.push(Effect::Arm {
-                    timer: Timer::AgentProgress {
-                        task_id: task_id.to_string(),
-                    },
-                    after: std::time::Duration::from_millis(wait),
-                });
-            }
+            let wait = gap.saturating_sub(now.saturating_sub(marks.event_sent_at.unwrap_or(now)));
+            self.arm_pending(task_id, wait);
         }
+    }
+
+    /// The lines read in one go are all in: reading on is allowed while what waits is under
+    /// its bound ([`super::progress::PENDING_MAX`]), else it pauses until enough went out.
+    pub(super) fn on_agent_progress_read(&mut self, task_id: &str) {
+        let full = self.marks.get(task_id).is_some_and(|m| m.pending.full());
+        if let Some(m) = self.marks.get_mut(task_id) {
+            m.reading_paused = full;
+        }
+        self.out.push(Effect::ProgressFlow {
+            task_id: task_id.to_string(),
+            open: !full,
+        });
+    }
+
+    /// Sends the oldest waiting event of the task, and arms the timer for the next one.
+    pub(super) fn send_pending(&mut self, task_id: &str) {
+        let now = self.now_ms;
+        let gap = self.cfg.agent_progress_gap.as_millis() as u64;
+        let Some(marks) = self.marks.get_mut(task_id) else {
+            return;
+        };
+        let Some(event) = marks.pending.pop() else {
+            return;
+        };
+        marks.event_sent_at = Some(now);
+        let progress = marks.progress;
+        let more = !marks.pending.is_empty();
+        let resume =
+            marks.reading_paused && marks.pending.weight() <= super::progress::PENDING_RESUME;
+        if resume {
+            marks.reading_paused = false;
+        }
+        self.send(Outgoing::TaskProgress {
+            task_id: task_id.to_string(),
+            progress,
+            execution_event: Some(event),
+        });
+        if more {
+            self.arm_pending(task_id, gap);
+        }
+        if resume {
+            self.out.push(Effect::ProgressFlow {
+                task_id: task_id.to_string(),
+                open: true,
+            });
+        }
+    }
+
+    /// Sends everything that waits for the task at once (before its report: the live view
+    /// gets the whole text, and the report follows it).
+    pub(super) fn flush_pending(&mut self, task_id: &str) {
+        while self
+            .marks
+            .get(task_id)
+            .is_some_and(|m| !m.pending.is_empty())
+            && self.session.is_some()
+        {
+            self.send_pending(task_id);
+        }
+        self.drop_pending(task_id);
+    }
+
+    /// Forgets what waits for the task (it is no longer in progress); reading its file is
+    /// not held back any more.
+    pub(super) fn drop_pending(&mut self, task_id: &str) {
+        let Some(marks) = self.marks.get_mut(task_id) else {
+            return;
+        };
+        marks.pending = Default::default();
+        if std::mem::take(&mut marks.reading_paused) {
+            self.out.push(Effect::ProgressFlow {
+                task_id: task_id.to_string(),
+                open: true,
+            });
+        }
+    }
+
+    fn arm_pending(&mut self, task_id: &str, after_ms: u64) {
+        if let Some(marks) = self.marks.get_mut(task_id) {
+            marks.pending_armed = true;
+        }
+        self.out.push(Effect::Arm {
+            timer: Timer::AgentProgress {
+                task_id: task_id.to_string(),
+            },
+            after: std::time::Duration::from_millis(after_ms),
+        });
     }
 }

@@ -64,6 +64,11 @@ pub enum Event {
         progress: Option<i64>,
         event: Map<String, Value>,
     },
+    /// The lines of `<task_id>.progress` read in one go have all been given
+    /// ([`Event::AgentProgress`]): answered with [`Effect::ProgressFlow`].
+    AgentProgressRead {
+        task_id: String,
+    },
     /// A wake attempt's command ended (or could not start).
     WakeExited {
         task_id: String,
@@ -136,7 +141,7 @@ pub enum Timer {
     TaskTimeout { task_id: String, lease_at_ms: u64 },
     /// Tell the hub the held tasks are alive (`task_progress`).
     Progress { session: u64 },
-    /// Send the agent's latest progress that had to wait.
+    /// Send the agent's next progress event that had to wait.
     AgentProgress { task_id: String },
     /// Try the failed write again.
     WriteRetry { seq: u64 },
@@ -243,6 +248,12 @@ pub enum Effect {
     Arm {
         timer: Timer,
         after: Duration,
+    },
+    /// Whether more of `<task_id>.progress` may be read now (`open`), or reading waits until
+    /// the events already read have gone out (back-pressure; a later `open` resumes it).
+    ProgressFlow {
+        task_id: String,
+        open: bool,
     },
     /// Look at the results directory again (files there may matter now): one task's files,
     /// or all of them.

@@ -57,17 +57,23 @@ pub struct Settings {
     pub restart_wait: Duration,
 }
 
-/// Which routing targets have a wake command: `default` (`wake_command`) applies to all,
-/// `types` (`wake_commands`) to those target types.
+/// Which routing targets have a wake command: `default` (`wake_command`) applies to all but
+/// `none`, `types` (`wake_commands` and the bundled agents' targets) to those target types;
+/// `none` (empty `wake_commands` entries) are never woken.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WakeTargets {
     pub default: bool,
     pub types: BTreeSet<String>,
+    pub none: BTreeSet<String>,
 }
 
 impl WakeTargets {
     pub fn wakes(&self, target_type: Option<&str>) -> bool {
-        self.default || target_type.is_some_and(|t| self.types.contains(t))
+        match target_type {
+            Some(t) if self.none.contains(t) => false,
+            Some(t) if self.types.contains(t) => true,
+            _ => self.default,
+        }
     }
 }
 
@@ -117,8 +123,12 @@ pub(super) struct Marks {
     /// Last progress value the agent reported, and pacing of its events.
     pub progress: Option<i64>,
     pub event_sent_at: Option<u64>,
-    /// The latest event held back by the pacing (its timer is armed while there is one).
-    pub event_waiting: Option<serde_json::Map<String, Value>>,
+    /// The agent's events held back by the pacing, merged where the dashboard allows.
+    pub pending: super::progress::Pending,
+    /// The timer that sends the next of `pending` is armed.
+    pub pending_armed: bool,
+    /// Reading the progress file waits for `pending` to drain (told by `ProgressFlow`).
+    pub reading_paused: bool,
 }
 
 /// Per outbox entry (same order): when it became due, and the session it was sent on.
@@ -258,6 +268,7 @@ impl Machine {
                 progress,
                 event,
             } => self.on_agent_progress(&task_id, progress, event),
+            Event::AgentProgressRead { task_id } => self.on_agent_progress_read(&task_id),
             Event::WakeExited {
                 task_id,
                 wake_id,
@@ -542,12 +553,24 @@ impl Machine {
         ]
     }
 
+    /// Forgets what was sent for a task; reading its progress file is not held back any more.
+    pub(super) fn remove_marks(&mut self, task_id: &str) {
+        if let Some(marks) = self.marks.remove(task_id) {
+            if marks.reading_paused {
+                self.out.push(Effect::ProgressFlow {
+                    task_id: task_id.to_string(),
+                    open: true,
+                });
+            }
+        }
+    }
+
     /// Forgets a task: its record and its files — with its result too (`with_result`:
     /// once the hub has it), else a result kept aside stays for the operator.
     pub(super) fn forget(&mut self, task_id: &str, with_result: bool) {
         self.drop_reports(task_id);
         self.state.tasks.retain(|t| t.task_id != task_id);
-        self.marks.remove(task_id);
+        self.remove_marks(task_id);
         let mut files = self.task_files(task_id);
         if with_result {
             let result = self.cfg.result_file(task_id);

@@ -8,6 +8,8 @@
 //!   `session.rs` (what is sent on the hub session, when), `recovery.rs` (what is kept,
 //!   pruned, recovered at start-up) and `parking.rs` (a task pushed while another is in
 //!   progress).
+//! - [`progress`] — the agent's progress events waiting for the hub: what merges, what is
+//!   bounded.
 //! - [`store`] — the blocking file work: load, results at start-up, the durable write step.
 //!
 //! The QueueActor (`actors/queue.rs`) is a thin shell: it feeds events in and carries the
@@ -22,6 +24,7 @@ mod lifecycle;
 pub mod machine;
 pub mod model;
 mod parking;
+pub mod progress;
 mod recovery;
 mod session;
 pub mod store;

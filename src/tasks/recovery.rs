@@ -92,7 +92,7 @@ impl Machine {
             self.before
                 .retain(|op| op.written_path() != Some(file.as_path()));
             self.state.tasks.retain(|t| t.task_id != task.task_id);
-            self.marks.remove(&task.task_id);
+            self.remove_marks(&task.task_id);
             self.deferred.retain(|(_, d)| !matches!(d, super::machine::Deferred::Wake { task_id, .. } if *task_id == task.task_id));
             self.changed();
             let a = Assign {

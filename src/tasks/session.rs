@@ -88,10 +88,24 @@ impl Machine {
             return;
         }
         self.session = Some(session);
+        let mut waiting = Vec::new();
         for task in &self.state.tasks {
             let marks = self.marks.entry(task.task_id.clone()).or_default();
             marks.state_report_due = task.in_progress();
             marks.state_report_pending = None;
+            if !marks.pending.is_empty() && !marks.pending_armed {
+                waiting.push(task.task_id.clone());
+            }
+        }
+        // The agent's events that waited for a session go after what the session starts with.
+        for task_id in waiting {
+            if let Some(marks) = self.marks.get_mut(&task_id) {
+                marks.pending_armed = true;
+            }
+            self.out.push(Effect::Arm {
+                timer: Timer::AgentProgress { task_id },
+                after: self.cfg.agent_progress_gap,
+            });
         }
         self.out.push(Effect::Arm {
             timer: Timer::Progress { session },
@@ -148,11 +162,7 @@ pub(super) fn report_frame(
     let task_id = task.task_id.clone();
     match (&task.outcome, kind) {
         (Some(Outcome::Complete { result }), ReportKind::Complete) => {
-            Some(Outgoing::TaskComplete {
-                task_id,
-                generation,
-                result: result.clone(),
-            })
+            Some(Outgoing::task_complete(task_id, generation, result.clone()))
         }
         (Some(Outcome::Failed { reason, error }), ReportKind::Failed) => {
             Some(failed_frame(task_id, generation, reason, error))

@@ -26,6 +26,7 @@ pub(super) fn settings() -> Settings {
         wake: WakeTargets {
             default: true,
             types: BTreeSet::new(),
+            none: BTreeSet::new(),
         },
         keep_released: 8,
         keep_released_bytes: 64 * 1024,

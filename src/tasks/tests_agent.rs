@@ -158,6 +158,58 @@ fn an_invalid_result_fails_the_task_and_is_renamed_aside() {
     assert!(renamed);
 }
 
+#[test]
+fn verification_fields_and_tokens_go_at_the_top_level_of_task_complete_and_stay_in_result() {
+    let mut h = working();
+    let result = serde_json::json!({"status": "success", "output": "ok", "tokens_used": 42,
+        "verification_report": {"status": "pass", "checks": []},
+        "verification_history": [{"status": "fail"}, {"status": "pass"}]});
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(result.as_object().unwrap().clone()),
+    });
+    let frame = frames(&e)[0].clone();
+    let wire: serde_json::Value = serde_json::from_str(&frame.encode().unwrap()).unwrap();
+    assert_eq!(wire["type"], "task_complete");
+    assert_eq!(wire["tokens_used"], 42);
+    assert_eq!(wire["verification_report"]["status"], "pass");
+    assert_eq!(wire["verification_history"][1]["status"], "pass");
+    assert_eq!(wire["result"], result);
+}
+
+#[test]
+fn a_success_whose_verification_fields_the_hub_would_refuse_is_an_invalid_result() {
+    for bad in [
+        serde_json::json!({"status": "success", "verification_report": "pass"}),
+        serde_json::json!({"status": "success", "verification_history": [1]}),
+        serde_json::json!({"status": "success", "tokens_used": 2.5}),
+    ] {
+        let mut h = working();
+        let e = h.ev(Event::ResultSeen {
+            task_id: "t".into(),
+            result: Ok(bad.as_object().unwrap().clone()),
+        });
+        assert!(
+            matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, error, .. }
+                if reason == "invalid_result" && error.contains("result field")),
+            "{bad}: {:?}",
+            frames(&e)
+        );
+    }
+    // A failure's fields are not looked at: the agent's own reason goes.
+    let mut h = working();
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(
+            serde_json::json!({"status": "failure", "reason": "r", "tokens_used": "x"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+    });
+    assert!(matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "r"));
+}
+
 /// A state as the disk holds it: task `t` held at generation 2 with this agent state.
 fn on_disk(agent: Agent) -> QueueState {
     let mut h = H::new();
@@ -393,4 +445,235 @@ fn task_timeout_counts_from_the_latest_lease_so_a_late_re_push_does_not_fail_at_
     assert!(
         matches!(&frames(&e)[0], Outgoing::TaskFailed { reason, .. } if reason == "task_timeout")
     );
+}
+
+/// The text of every agent event in `effects`' `task_progress` frames, in order.
+fn progress_text(effects: &[Effect]) -> String {
+    frames(effects)
+        .iter()
+        .filter_map(|f| match f {
+            Outgoing::TaskProgress {
+                execution_event: Some(e),
+                ..
+            } => e.get("text").and_then(|t| t.as_str()).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+fn line(task_id: &str, text: &str) -> Event {
+    Event::AgentProgress {
+        task_id: task_id.into(),
+        progress: None,
+        event: obj(json!({"event_type": "stdout", "text": text})),
+    }
+}
+
+#[test]
+fn the_agents_text_is_joined_while_paced_and_none_of_it_is_lost() {
+    let mut h = working();
+    let mut sent = String::new();
+    let mut written = String::new();
+    sent += &progress_text(&h.ev(line("t", "first ")));
+    written += "first ";
+    // Within the gap: everything waits, joined into one event.
+    for n in 0..500 {
+        let text = format!("{n} ");
+        written += &text;
+        let e = h.ev(line("t", &text));
+        assert!(frames(&e).is_empty());
+    }
+    let tick = Timer::AgentProgress {
+        task_id: "t".into(),
+    };
+    let e = h.ev(Event::Timer(tick.clone()));
+    assert_eq!(frames(&e).len(), 1, "one frame for 500 lines");
+    sent += &progress_text(&e);
+    assert_eq!(sent, written);
+}
+
+#[test]
+fn reading_pauses_while_too_much_waits_and_resumes_once_it_went_out() {
+    let mut h = working();
+    let big = "x".repeat(32 * 1024);
+    let flow = |e: &[Effect]| {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::ProgressFlow { open, .. } => Some(*open),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // One read's worth: still room.
+    h.ev(line("t", &big));
+    h.ev(line("t", &big));
+    let e = h.ev(Event::AgentProgressRead {
+        task_id: "t".into(),
+    });
+    assert_eq!(flow(&e), [true]);
+    // Past the bound: the next read waits.
+    for _ in 0..10 {
+        h.ev(line("t", &big));
+    }
+    let e = h.ev(Event::AgentProgressRead {
+        task_id: "t".into(),
+    });
+    assert_eq!(flow(&e), [false]);
+    let tick = Event::Timer(Timer::AgentProgress {
+        task_id: "t".into(),
+    });
+    let mut opened = Vec::new();
+    let mut text = String::new();
+    for _ in 0..12 {
+        let e = h.ev(tick.clone());
+        text += &progress_text(&e);
+        opened.extend(flow(&e));
+    }
+    assert_eq!(opened, [true], "resumed once, when half had gone out");
+    assert_eq!(
+        text.len(),
+        11 * big.len(),
+        "every byte after the first frame"
+    );
+}
+
+#[test]
+fn what_waits_goes_out_before_the_report() {
+    let mut h = working();
+    h.ev(line("t", "a"));
+    h.ev(line("t", "b"));
+    h.ev(Event::AgentProgress {
+        task_id: "t".into(),
+        progress: Some(90),
+        event: obj(json!({"event_type": "status", "text": "done"})),
+    });
+    let e = h.ev(Event::ResultSeen {
+        task_id: "t".into(),
+        result: Ok(obj(json!({"status": "success"}))),
+    });
+    let sent = frames(&e);
+    let kinds: Vec<&str> = sent.iter().map(|f| f.kind()).collect();
+    assert_eq!(kinds, ["task_progress", "task_progress", "task_complete"]);
+    assert_eq!(progress_text(&e), "bdone");
+}
+
+mod progress_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A line of this event type (0–2) with this text, if reading is not held back.
+        Text(u8, String),
+        /// A line without text, if reading is not held back.
+        Bare(u8),
+        /// The lines read so far are all in.
+        Read,
+        /// The pacing timer fires.
+        Tick,
+        /// The hub session drops, or a new one comes up.
+        Down,
+        Up,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            10 => (0u8..3, "[a-z\n]{0,40}", 1usize..600)
+                .prop_map(|(t, s, n)| Op::Text(t, s.repeat(n))),
+            1 => (0u8..100).prop_map(Op::Bare),
+            3 => Just(Op::Read),
+            2 => Just(Op::Tick),
+            1 => Just(Op::Down),
+            1 => Just(Op::Up),
+        ]
+    }
+
+    const TYPES: [&str; 3] = ["token", "stdout", "stderr"];
+
+    proptest! {
+        /// Whatever the agent writes, when the file is read, the timer fires and the session
+        /// comes and goes: the text of each event type reaches the hub whole and in order
+        /// by the report (sent on a session), reading is answered after every read and never
+        /// left held back once the task ends, and what waits stays bounded.
+        #[test]
+        fn text_reaches_the_hub_whole_and_reading_is_never_left_held(
+            ops in prop::collection::vec(op(), 1..300)
+        ) {
+            let mut h = working();
+            let mut session = 1;
+            let mut up = true;
+            let mut held = false;
+            // What one read hands over is at most 64 KiB of the file.
+            let mut since_read = 0usize;
+            let mut written = [String::new(), String::new(), String::new()];
+            let mut sent = [String::new(), String::new(), String::new()];
+            let mut take = |effects: &[Effect], held: &mut bool| {
+                for e in effects {
+                    match e {
+                        Effect::Send { frame: Outgoing::TaskProgress { execution_event: Some(ev), .. }, .. } => {
+                            if let (Some(t), Some(text)) = (ev.get("event_type").and_then(|v| v.as_str()), ev.get("text").and_then(|v| v.as_str())) {
+                                let i = TYPES.iter().position(|x| *x == t).unwrap();
+                                sent[i].push_str(text);
+                            }
+                        }
+                        Effect::ProgressFlow { open, .. } => *held = !open,
+                        _ => {}
+                    }
+                }
+            };
+            for op in ops {
+                let effects = match op {
+                    Op::Text(t, s) if !held && since_read + s.len() <= 64 * 1024 => {
+                        since_read += s.len() + 40;
+                        written[t as usize].push_str(&s);
+                        h.ev(Event::AgentProgress {
+                            task_id: "t".into(),
+                            progress: None,
+                            event: obj(json!({"event_type": TYPES[t as usize], "text": s})),
+                        })
+                    }
+                    Op::Bare(n) if !held => h.ev(Event::AgentProgress {
+                        task_id: "t".into(),
+                        progress: Some(i64::from(n)),
+                        event: obj(json!({"progress": n})),
+                    }),
+                    Op::Read if !held => {
+                        since_read = 0;
+                        let e = h.ev(Event::AgentProgressRead { task_id: "t".into() });
+                        let answers = e.iter().filter(|x| matches!(x, Effect::ProgressFlow { .. })).count();
+                        prop_assert_eq!(answers, 1, "every read is answered");
+                        e
+                    }
+                    Op::Tick => h.ev(Event::Timer(Timer::AgentProgress { task_id: "t".into() })),
+                    Op::Down if up => {
+                        up = false;
+                        h.ev(Event::SessionDown { session })
+                    }
+                    Op::Up if !up => {
+                        up = true;
+                        session += 1;
+                        h.up(session)
+                    }
+                    _ => Vec::new(),
+                };
+                take(&effects, &mut held);
+                let waiting = h.m.marks.get("t").map_or(0, |m| m.pending.weight());
+                // At most one read's worth (64 KiB of lines, and their overhead) past the bound.
+                prop_assert!(
+                    waiting <= crate::tasks::progress::PENDING_MAX + 64 * 1024 + 300 * 128,
+                    "{}",
+                    waiting
+                );
+            }
+            if !up {
+                session += 1;
+                let e = h.up(session);
+                take(&e, &mut held);
+            }
+            let e = h.ev(success());
+            take(&e, &mut held);
+            prop_assert!(!held, "reading left held back after the task ended");
+            prop_assert_eq!(sent, written);
+        }
+    }
 }

@@ -6,7 +6,6 @@ use super::effects::{Effect, Timer};
 use super::machine::Machine;
 use super::model::{Agent, Outcome, Role};
 use crate::config::LogLevel;
-use crate::protocol::Outgoing;
 
 impl Machine {
     pub(super) fn on_timer(&mut self, timer: Timer) {
@@ -68,22 +67,17 @@ impl Machine {
             Timer::Progress { session } => self.on_progress_timer(session),
             Timer::AgentProgress { task_id } => {
                 let held = self.task(&task_id).is_some_and(|t| t.in_progress());
-                let now = self.now_ms;
                 let Some(marks) = self.marks.get_mut(&task_id) else {
                     return;
                 };
-                let Some(event) = marks.event_waiting.take() else {
-                    return;
-                };
-                if held {
-                    marks.event_sent_at = Some(now);
-                    let progress = marks.progress;
-                    self.send(Outgoing::TaskProgress {
-                        task_id,
-                        progress,
-                        execution_event: Some(event),
-                    });
+                marks.pending_armed = false;
+                if !held {
+                    self.drop_pending(&task_id);
+                } else if self.session.is_some() {
+                    self.send_pending(&task_id);
                 }
+                // Without a session the events wait (and so does reading the file): the next
+                // session sends them.
             }
             Timer::WriteRetry { seq } => self.on_write_retry(seq),
             Timer::RestartDeadline => {

@@ -584,10 +584,21 @@ pub fn sidecar_with_script_via(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sh");
     std::fs::write(&path, script).unwrap();
+    // The script serves every task, routed or not (the bundled agents are not used); the
+    // test's own `wake_commands` entries are added to these.
+    let command = format!("sh {}", path.display());
+    let mut routes = json!({"ollama": command, "claude": command, "sidecar": command});
+    let mut extra = extra;
+    if let Some(own) = extra
+        .as_object_mut()
+        .and_then(|e| e.remove("wake_commands"))
+    {
+        routes = with(routes, own);
+    }
     let config = with(
         with(
             fast_config(&hub.ws_url()),
-            json!({"wake_command": format!("sh {}", path.display())}),
+            json!({"wake_command": command, "wake_commands": routes}),
         ),
         extra,
     );
