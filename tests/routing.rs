@@ -44,12 +44,15 @@ fn attempt_of(sidecar: &Sidecar, task_id: &str) -> Value {
         .unwrap()
 }
 
-#[test]
-fn a_claude_task_without_a_wake_commands_entry_starts_the_bundled_claude_agent() {
+/// A dev hub and a sidecar whose `wake_command` (for un-routed and `wake` tasks) touches
+/// `marker` and succeeds. One per task below: tasks pushed straight to the agent are not in
+/// the hub's queue, so their reports are refused (`not_found`) and the sidecar identifies
+/// again, which would abort the next raw task on the same sidecar.
+fn fresh() -> (DevHub, Sidecar, std::path::PathBuf) {
     let hub = hub();
-    let dir = tempfile::tempdir().unwrap();
-    // `wake_command` would run this script; it must not run for a routed task.
-    let marker = dir.path().join("wake-command-ran");
+    let sidecar_dir = tempfile::tempdir().unwrap();
+    // Beside the sidecar's own files: the directory lives as long as the sidecar.
+    let marker = sidecar_dir.path().join("wake-command-ran");
     let config = with(
         fast_config(&hub.ws_url()),
         json!({
@@ -58,9 +61,16 @@ fn a_claude_task_without_a_wake_commands_entry_starts_the_bundled_claude_agent()
             "claude_command": "/nonexistent/claude",
         }),
     );
-    let sidecar = Sidecar::start(config);
+    let path = sidecar_dir.path().join("config.json");
+    write_config(&path, &config);
+    let sidecar = Sidecar::start_in(sidecar_dir, &["--config", path.to_str().unwrap()]);
     wait_identified(&hub, 1);
+    (hub, sidecar, marker)
+}
 
+#[test]
+fn a_claude_task_without_a_wake_commands_entry_starts_the_bundled_claude_agent() {
+    let (hub, sidecar, marker) = fresh();
     assign(&hub, routed("t-claude", Some("claude")));
     let attempt = attempt_of(&sidecar, "t-claude");
     assert_eq!(
@@ -70,13 +80,16 @@ fn a_claude_task_without_a_wake_commands_entry_starts_the_bundled_claude_agent()
     );
     assert_eq!(attempt["bundled"], true);
     assert_eq!(attempt["target_type"], "claude");
-    // Whatever the bundled agent does (this build has no `agent` subcommand: a usage error),
-    // the task ends, after exactly one start and no other program.
-    wait_task_frame(&hub, "task_failed", "t-claude", 1);
+    // The bundled agent finds no `claude` program: the task fails with its reason, after
+    // exactly one start and no other program.
+    let failed = wait_task_frame(&hub, "task_failed", "t-claude", 1);
+    assert_eq!(failed["reason"], "claude_not_installed", "{failed}");
     assert_eq!(wake_attempts(&sidecar, "t-claude"), 1);
     assert!(!marker.exists(), "wake_command ran for a routed task");
+}
 
-    // The other bundled targets, and `wake` and no routing at all, which go to wake_command.
+#[test]
+fn the_other_bundled_targets_and_wake_and_unrouted_tasks_each_start_one_program() {
     for (task_id, target, expected) in [
         (
             "t-ollama",
@@ -89,20 +102,22 @@ fn a_claude_task_without_a_wake_commands_entry_starts_the_bundled_claude_agent()
             json!([own_program(), "agent", "shell"]),
         ),
     ] {
+        let (hub, sidecar, marker) = fresh();
         assign(&hub, routed(task_id, target));
         let attempt = attempt_of(&sidecar, task_id);
         assert_eq!(attempt["command"], expected);
         wait_task_frame(&hub, "task_failed", task_id, 1);
         assert_eq!(wake_attempts(&sidecar, task_id), 1);
+        assert!(!marker.exists(), "wake_command ran for a routed task");
     }
     for (task_id, target) in [("t-wake", Some("wake")), ("t-none", None)] {
+        let (hub, sidecar, marker) = fresh();
         assign(&hub, routed(task_id, target));
         let attempt = attempt_of(&sidecar, task_id);
         assert_eq!(attempt["bundled"], false);
         assert_eq!(attempt["command"][0], "sh", "{attempt}");
         wait_task_frame(&hub, "task_complete", task_id, 1);
         assert!(marker.exists());
-        std::fs::remove_file(&marker).unwrap();
         assert_eq!(wake_attempts(&sidecar, task_id), 1);
     }
 }
