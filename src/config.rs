@@ -358,6 +358,18 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How often to send a `resource_report` while identified; `None`: never.
     pub resource_report_interval: Option<Duration>,
+    /// The command a room chat message (`room_message`) wakes the agent with; `None`: room
+    /// messages are only logged.
+    pub room_wake_command: Option<WakeCommand>,
+    /// Room wakes: one more allowed per this interval, after a burst of `room_wake_burst`.
+    pub room_wake_min_interval: Duration,
+    pub room_wake_burst: u32,
+    /// A room wake command still running after this has its process tree killed.
+    pub room_wake_timeout: Duration,
+    /// Only room messages of these types wake the agent; `None`: any type.
+    pub room_message_types: Option<Vec<String>>,
+    /// Only room messages that mention the agent's id or name wake it.
+    pub room_mention_only: bool,
     /// Warnings found while loading (unknown keys, permissions); logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -437,6 +449,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "restart_delay_ms",
     "shutdown_timeout_ms",
     "resource_report_interval_ms",
+    "room_wake_command",
+    "room_wake_min_interval_ms",
+    "room_wake_burst",
+    "room_wake_timeout_ms",
+    "room_message_types",
+    "room_mention_only",
 ];
 
 /// Which file to read: `--config` wins over [`CONFIG_ENV`], which wins over `./config.json`.
@@ -480,6 +498,15 @@ impl Config {
             .parent()
             .map(|d| d.join("tasks"))
             .unwrap_or_else(|| PathBuf::from("tasks"))
+    }
+
+    /// Where room chat wakes keep their state, log and message files: beside the queue
+    /// file, in `room/`.
+    pub fn room_dir(&self) -> PathBuf {
+        self.queue_file
+            .parent()
+            .map(|d| d.join("room"))
+            .unwrap_or_else(|| PathBuf::from("room"))
     }
 
     /// Every key and its effective value, token redacted: for `check-config` and the
@@ -529,6 +556,12 @@ impl Config {
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "metrics_public": self.metrics_public,
             "resource_report_interval_ms": ms(self.resource_report_interval.unwrap_or_default()),
+            "room_wake_command": self.room_wake_command.as_ref().map(WakeCommand::to_json),
+            "room_wake_min_interval_ms": ms(self.room_wake_min_interval),
+            "room_wake_burst": self.room_wake_burst,
+            "room_wake_timeout_ms": ms(self.room_wake_timeout),
+            "room_message_types": self.room_message_types,
+            "room_mention_only": self.room_mention_only,
         })
     }
 }
@@ -618,6 +651,24 @@ impl Raw<'_> {
             Some(v) => self.wake_command("wake_command", v)?,
         };
         let wake_commands = self.wake_commands()?;
+        let room_wake_command = match self.get("room_wake_command") {
+            None => None,
+            Some(v) => self.wake_command("room_wake_command", v)?,
+        };
+        let room_message_types = match self.get("room_message_types") {
+            None => None,
+            Some(_) => {
+                let types = self.str_list("room_message_types")?;
+                if types.is_empty() {
+                    return Err(self.invalid(
+                        "room_message_types",
+                        "a non-empty list of message types such as [\"chat\"] (leave the key out for every type)",
+                        "an empty list",
+                    ));
+                }
+                Some(types)
+            }
+        };
         let ollama_url = self.opt_str("ollama_url")?.filter(|u| !u.is_empty());
         if let Some(url) = &ollama_url {
             self.max_chars("ollama_url", url, OLLAMA_URL_MAX)?;
@@ -724,6 +775,12 @@ impl Raw<'_> {
             shutdown_timeout: self.ms("shutdown_timeout_ms", 5_000, 10)?,
             resource_report_interval: Some(self.ms("resource_report_interval_ms", 30_000, 0)?)
                 .filter(|d| !d.is_zero()),
+            room_wake_command,
+            room_wake_min_interval: self.ms("room_wake_min_interval_ms", 1_000, 1)?,
+            room_wake_burst: self.int("room_wake_burst", 3, 1, 1_000)? as u32,
+            room_wake_timeout: self.ms("room_wake_timeout_ms", 60_000, 1)?,
+            room_message_types,
+            room_mention_only: self.bool("room_mention_only", false)?,
             warnings,
         })
     }
@@ -1043,6 +1100,14 @@ impl Raw<'_> {
         Ok(limits)
     }
 
+    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.wrong_type(key, "true or false", v)),
+        }
+    }
+
     fn metrics_listen(&self) -> Result<(Option<std::net::SocketAddr>, bool), ConfigError> {
         let public = match self.get("metrics_public") {
             None => false,
@@ -1234,6 +1299,42 @@ mod tests {
             r#"{{"agent_id":"{id}","token":"t","hub_url":"ws://h/ws","name":"{name}"}}"#
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn room_chat_keys_are_opt_in_validated_and_redacted() {
+        let minimal = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws"}"#;
+        let c = load(minimal).unwrap();
+        assert_eq!(c.room_wake_command, None);
+        assert_eq!(c.room_wake_min_interval, Duration::from_millis(1000));
+        assert_eq!((c.room_wake_burst, c.room_mention_only), (3, false));
+        assert_eq!(c.room_wake_timeout, Duration::from_millis(60_000));
+        assert_eq!(c.room_message_types, None);
+        let c = load(
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws",
+                "room_wake_command":["agent","--hub","https://u:pw@h/x?token=abc"],
+                "room_wake_burst":1,"room_wake_min_interval_ms":5,
+                "room_message_types":["chat"],"room_mention_only":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(&c.room_wake_command, Some(WakeCommand::Argv(a)) if a[0] == "agent"));
+        assert_eq!(c.room_message_types, Some(vec!["chat".to_string()]));
+        assert!(c.room_mention_only);
+        let shown = c.effective()["room_wake_command"].to_string();
+        assert!(!shown.contains("pw") && !shown.contains("abc"), "{shown}");
+        for bad in [
+            r#""room_wake_command":5"#,
+            r#""room_wake_command":["a\u0000"]"#,
+            r#""room_wake_burst":0"#,
+            r#""room_wake_min_interval_ms":0"#,
+            r#""room_wake_timeout_ms":0"#,
+            r#""room_message_types":[]"#,
+            r#""room_message_types":"chat""#,
+            r#""room_mention_only":"yes""#,
+        ] {
+            let text = format!(r#"{{"agent_id":"a","token":"t","hub_url":"ws://h/ws",{bad}}}"#);
+            assert!(load(&text).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

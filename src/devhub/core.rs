@@ -106,6 +106,10 @@ pub(crate) enum Delivery {
     Message {
         frame: Value,
     },
+    /// A room message (`AgentCom.Room`'s PubSub broadcast).
+    Room {
+        message: Value,
+    },
     /// The reaper's `Process.exit(pid, :stale_connection)`: trapped, a message like any other.
     Exit,
 }
@@ -161,6 +165,7 @@ pub(crate) struct Core {
     /// Pushes to this session are collected here instead of queued (written inline).
     pub capture: Option<(u64, Vec<Delivery>)>,
     pub events: Arc<EventLog>,
+    pub room: super::chat::Room,
     print: bool,
     default_repo: Option<String>,
 }
@@ -204,6 +209,7 @@ impl Core {
             ollama: HashMap::new(),
             capture: None,
             events,
+            room: Default::default(),
             print: opts.print_presence,
             default_repo: opts.default_repo.clone(),
         }
@@ -222,6 +228,7 @@ impl Core {
         self.limiter = RateLimiter::default();
         self.resources.clear();
         self.ollama.clear();
+        self.room_restarted();
         self.timers = Timers::start(&self.timings, now.at);
         self.record(0, HubEventKind::HubRestarted);
     }
