@@ -472,6 +472,11 @@ fn the_dev_hub_serves_the_rooms_http_routes_and_pushes_to_others_only() {
     );
     wait_done(&sidecar, 2);
     assert_eq!(room.wakes(), [2]);
+    // Messages are handled in order: seq 1 (the agent's own) never reached it.
+    assert!(sidecar
+        .events("room_message_received")
+        .iter()
+        .all(|l| l["seq"] != 1));
     assert!(String::from_utf8(room.read("meta-2"))
         .unwrap()
         .contains("type=note\n"));
