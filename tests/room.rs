@@ -182,6 +182,17 @@ fn hostile_chat_text_reaches_the_room_command_intact_and_never_runs() {
     let received = sidecar.events("room_message_received");
     assert!(received.iter().all(|l| l.get("text").is_none()));
     assert_eq!(received[4]["bytes"], texts[4].len());
+    // What the room wake keeps on disk is private.
+    let mode = |p: PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777
+    };
+    let state_dir = sidecar.dir.path().join("room");
+    assert_eq!(mode(state_dir.clone()), 0o700);
+    assert_eq!(mode(state_dir.join("messages")), 0o700);
+    for file in ["state.json", "room.wake.log", "messages/1000.txt"] {
+        assert_eq!(mode(state_dir.join(file)), 0o600, "{file}");
+    }
     let shown = sidecar.events("room_message_text");
     assert!(shown
         .iter()
@@ -229,7 +240,8 @@ fn a_replayed_seq_wakes_nothing_after_a_reconnect_or_a_restart() {
     wait_identified(&hub, 4);
     let after = hub.room_post("ann", "after the hub restarted", "chat");
     assert_eq!(after["seq"], 1);
-    eventually("a third wake", || room.wakes().len() == 3);
+    sidecar.wait_count("room_wake_done", 3);
+    assert_eq!(room.wakes(), [1, 2, 1]);
     assert_eq!(
         room.read("file-1"),
         b"after the hub restarted",
