@@ -3,7 +3,7 @@
 //! It connects (plumbing in [`crate::hubconn`]), sends `identify`, and routes what the hub
 //! sends: pongs to the heartbeat, task frames and the answers to our reports to the
 //! QueueActor ([`TaskEventFromHub`]), `restart_sidecar` to the QueueActor too (which decides
-//! when). Other actors send frames through it ([`SendFrame`]); every frame goes through the
+//! when), room chat to the RoomActor ([`RoomMessageFromHub`]). Other actors send frames through it ([`SendFrame`]); every frame goes through the
 //! session's [`Outbound`], which paces frames below the hub's rate limits, keeps each sent
 //! frame until the hub answers it, and so knows which report an answer without a task id
 //! (`task_complete_failed: …`, `validation_failed`) refuses, and which frame a
@@ -128,6 +128,15 @@ pub struct PongReceived {
 pub struct TaskEventFromHub {
     pub session: u64,
     pub event: Event,
+}
+
+/// Published for every `room_message` (room chat) from the hub: the message, or why its
+/// fields cannot be used. The RoomActor decides what it wakes.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RoomMessageFromHub {
+    pub session: u64,
+    pub message: Result<crate::room::RoomMessage, crate::room::Rejected>,
 }
 
 /// The hub asked for a restart (`restart_sidecar`); the QueueActor decides when.

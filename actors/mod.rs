@@ -22,6 +22,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod resources;
 pub mod results;
+pub mod room;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;
@@ -40,6 +41,7 @@ pub fn children() -> Vec<ChildSpec> {
         ChildSpec::new("queue", queue::QueueActor::new),
         ChildSpec::new("resources", resources::ResourceActor::new),
         ChildSpec::new("reconcile", reconcile::ReconcileActor::new),
+        ChildSpec::new("room", room::RoomActor::new),
     ]
 }
 

@@ -91,7 +91,7 @@ pub struct WakeExited {
 }
 
 /// How much of the command's output goes into the log line.
-const OUTPUT_LOGGED: u64 = 2048;
+pub(super) const OUTPUT_LOGGED: u64 = 2048;
 /// Largest output one attempt keeps in its wake log: past it, the log is cut back to the
 /// attempt's first [`WAKE_LOG_HEAD`] bytes and a line that says so, and goes on from there
 /// (an agent that lives inside its wake command can write for days).
@@ -421,7 +421,7 @@ fn fits_env(value: &str) -> bool {
 
 /// The same private file for stdout and stderr, appended to, and its length before this
 /// attempt.
-fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio, u64)> {
+pub(super) fn output_stdio(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio, u64)> {
     let file = crate::fsx::open_private_append(path)?;
     let len = file.metadata()?.len();
     Ok((Stdio::from(file.try_clone()?), Stdio::from(file), len))
@@ -454,7 +454,7 @@ fn cap_output(path: &std::path::Path, offset: u64) -> std::io::Result<Option<u64
 }
 
 /// What this attempt wrote, from `offset`, at most [`OUTPUT_LOGGED`] bytes.
-fn read_output(path: &std::path::Path, offset: u64) -> String {
+pub(super) fn read_output(path: &std::path::Path, offset: u64) -> String {
     let mut buf = Vec::new();
     if let Ok(mut f) = std::fs::File::open(path) {
         if f.seek(SeekFrom::Start(offset)).is_ok() {
@@ -464,7 +464,7 @@ fn read_output(path: &std::path::Path, offset: u64) -> String {
     String::from_utf8_lossy(&buf).trim_end().to_string()
 }
 
-fn describe_exit(status: std::process::ExitStatus) -> String {
+pub(super) fn describe_exit(status: std::process::ExitStatus) -> String {
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;

@@ -27,7 +27,13 @@ pub fn check(config: &Config) -> Vec<Problem> {
         .wake_command
         .iter()
         .map(|c| ("wake_command", c))
-        .chain(config.wake_commands.values().map(|c| ("wake_commands", c)));
+        .chain(config.wake_commands.values().map(|c| ("wake_commands", c)))
+        .chain(
+            config
+                .room_wake_command
+                .iter()
+                .map(|c| ("room_wake_command", c)),
+        );
     for (key, command) in commands {
         let found = match command {
             WakeCommand::Shell(text) if cfg!(windows) => {

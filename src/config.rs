@@ -423,6 +423,18 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How often to send a `resource_report` while identified; `None`: never.
     pub resource_report_interval: Option<Duration>,
+    /// The command a room chat message (`room_message`) wakes the agent with; `None`: room
+    /// messages are only logged.
+    pub room_wake_command: Option<WakeCommand>,
+    /// Room wakes: one more allowed per this interval, after a burst of `room_wake_burst`.
+    pub room_wake_min_interval: Duration,
+    pub room_wake_burst: u32,
+    /// A room wake command still running after this has its process tree killed.
+    pub room_wake_timeout: Duration,
+    /// Only room messages of these types wake the agent; `None`: any type.
+    pub room_message_types: Option<Vec<String>>,
+    /// Only room messages that mention the agent's id or name wake it.
+    pub room_mention_only: bool,
     /// Warnings found while loading (unknown keys, permissions); logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -504,6 +516,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "restart_delay_ms",
     "shutdown_timeout_ms",
     "resource_report_interval_ms",
+    "room_wake_command",
+    "room_wake_min_interval_ms",
+    "room_wake_burst",
+    "room_wake_timeout_ms",
+    "room_message_types",
+    "room_mention_only",
 ];
 
 /// Which file to read: `--config` wins over [`CONFIG_ENV`], which wins over `./config.json`.
@@ -611,6 +629,15 @@ impl Config {
         rows
     }
 
+    /// Where room chat wakes keep their state, log and message files: beside the queue
+    /// file, in `room/`.
+    pub fn room_dir(&self) -> PathBuf {
+        self.queue_file
+            .parent()
+            .map(|d| d.join("room"))
+            .unwrap_or_else(|| PathBuf::from("room"))
+    }
+
     /// Every key and its effective value, token redacted: for `check-config` and the
     /// `startup` log line.
     pub fn effective(&self) -> Value {
@@ -662,6 +689,16 @@ impl Config {
         // (Past what one `json!` can expand.)
         effective["allow_hub_commands"] = self.allow_hub_commands.into();
         effective["claude_command"] = redact_url_secrets(&self.claude_command).into();
+        effective["room_wake_command"] = self
+            .room_wake_command
+            .as_ref()
+            .map(WakeCommand::to_json)
+            .into();
+        effective["room_wake_min_interval_ms"] = ms(self.room_wake_min_interval);
+        effective["room_wake_burst"] = self.room_wake_burst.into();
+        effective["room_wake_timeout_ms"] = ms(self.room_wake_timeout);
+        effective["room_message_types"] = serde_json::json!(self.room_message_types);
+        effective["room_mention_only"] = self.room_mention_only.into();
         effective
     }
 }
@@ -768,6 +805,24 @@ impl Raw<'_> {
             Some(c) => {
                 self.max_chars("claude_command", &c, 4096)?;
                 c
+            }
+        };
+        let room_wake_command = match self.get("room_wake_command") {
+            None => None,
+            Some(v) => self.wake_command("room_wake_command", v)?,
+        };
+        let room_message_types = match self.get("room_message_types") {
+            None => None,
+            Some(_) => {
+                let types = self.str_list("room_message_types")?;
+                if types.is_empty() {
+                    return Err(self.invalid(
+                        "room_message_types",
+                        "a non-empty list of message types such as [\"chat\"] (leave the key out for every type)",
+                        "an empty list",
+                    ));
+                }
+                Some(types)
             }
         };
         let ollama_url = self.opt_str("ollama_url")?.filter(|u| !u.is_empty());
@@ -879,6 +934,12 @@ impl Raw<'_> {
             shutdown_timeout: self.ms("shutdown_timeout_ms", 5_000, 10)?,
             resource_report_interval: Some(self.ms("resource_report_interval_ms", 30_000, 0)?)
                 .filter(|d| !d.is_zero()),
+            room_wake_command,
+            room_wake_min_interval: self.ms("room_wake_min_interval_ms", 1_000, 1)?,
+            room_wake_burst: self.int("room_wake_burst", 3, 1, 1_000)? as u32,
+            room_wake_timeout: self.ms("room_wake_timeout_ms", 60_000, 1)?,
+            room_message_types,
+            room_mention_only: self.bool("room_mention_only", false)?,
             warnings,
         })
     }
@@ -1216,6 +1277,14 @@ impl Raw<'_> {
         Ok(limits)
     }
 
+    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.wrong_type(key, "true or false", v)),
+        }
+    }
+
     fn metrics_listen(&self) -> Result<(Option<std::net::SocketAddr>, bool), ConfigError> {
         let public = match self.get("metrics_public") {
             None => false,
@@ -1474,6 +1543,42 @@ mod tests {
             r#"{{"agent_id":"{id}","token":"t","hub_url":"ws://h/ws","name":"{name}"}}"#
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn room_chat_keys_are_opt_in_validated_and_redacted() {
+        let minimal = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws"}"#;
+        let c = load(minimal).unwrap();
+        assert_eq!(c.room_wake_command, None);
+        assert_eq!(c.room_wake_min_interval, Duration::from_millis(1000));
+        assert_eq!((c.room_wake_burst, c.room_mention_only), (3, false));
+        assert_eq!(c.room_wake_timeout, Duration::from_millis(60_000));
+        assert_eq!(c.room_message_types, None);
+        let c = load(
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws",
+                "room_wake_command":["agent","--hub","https://u:pw@h/x?token=abc"],
+                "room_wake_burst":1,"room_wake_min_interval_ms":5,
+                "room_message_types":["chat"],"room_mention_only":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(&c.room_wake_command, Some(WakeCommand::Argv(a)) if a[0] == "agent"));
+        assert_eq!(c.room_message_types, Some(vec!["chat".to_string()]));
+        assert!(c.room_mention_only);
+        let shown = c.effective()["room_wake_command"].to_string();
+        assert!(!shown.contains("pw") && !shown.contains("abc"), "{shown}");
+        for bad in [
+            r#""room_wake_command":5"#,
+            r#""room_wake_command":["a\u0000"]"#,
+            r#""room_wake_burst":0"#,
+            r#""room_wake_min_interval_ms":0"#,
+            r#""room_wake_timeout_ms":0"#,
+            r#""room_message_types":[]"#,
+            r#""room_message_types":"chat""#,
+            r#""room_mention_only":"yes""#,
+        ] {
+            let text = format!(r#"{{"agent_id":"a","token":"t","hub_url":"ws://h/ws",{bad}}}"#);
+            assert!(load(&text).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

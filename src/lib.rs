@@ -18,6 +18,8 @@
 //! - [`hubconn`] — the hub connection's plumbing: client build, writes, fragment reassembly.
 //! - [`resources`] — the machine's CPU, RAM and VRAM use, read and turned into `resource_report`.
 //! - [`result_file`] — the agent's result file parsed: the object, or why it is not one.
+//! - [`room`] — room chat's rules: a `room_message` read, which may wake the agent (own,
+//!   replayed, filtered), the pacing bucket, the room wake command's environment.
 //! - [`proctree`] — a wake command's process tree: started apart from the sidecar, killed whole.
 //! - [`process`] — the process itself: descriptor limit and inheritance, the agent's
 //!   environment, reaping orphans as PID 1.
@@ -57,6 +59,7 @@ pub mod protocol;
 pub mod register;
 pub mod resources;
 pub mod result_file;
+pub mod room;
 pub mod runtime;
 pub mod status;
 pub mod tasks;

@@ -231,6 +231,9 @@ pub enum Incoming {
         action: String,
     },
     OllamaReportAck,
+    /// A `room_message` (room chat), its fields checked; a bad one says why without quoting
+    /// its text (it is untrusted and may be large).
+    RoomMessage(Result<crate::room::RoomMessage, crate::room::Rejected>),
     /// A type the sidecar has no use for (chat, presence, …).
     Other {
         kind: String,
@@ -281,8 +284,16 @@ impl Incoming {
     /// Parses one text frame. Never panics, whatever the input (nesting depth is bounded by
     /// serde_json's recursion limit).
     pub fn parse(text: &str) -> Result<Incoming, FrameError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            // Room text may hold lone surrogate escapes, which `Value` refuses: such a
+            // message is read with its strings as bytes.
+            Err(e) => {
+                return crate::room::RoomMessage::from_lenient(text)
+                    .map(Incoming::RoomMessage)
+                    .ok_or_else(|| FrameError::InvalidJson(e.to_string()))
+            }
+        };
         let Value::Object(fields) = value else {
             return Err(FrameError::NotAnObject(json_kind(&value)));
         };
@@ -360,6 +371,7 @@ impl Incoming {
                 action: f.opt_str("action").unwrap_or_default(),
             },
             "ollama_report_ack" => Incoming::OllamaReportAck,
+            "room_message" => Incoming::RoomMessage(crate::room::RoomMessage::from_fields(&fields)),
             other => Incoming::Other {
                 kind: other.to_string(),
             },
@@ -547,6 +559,30 @@ mod tests {
         };
         assert_eq!(t.task_id, Some(TaskIdField::NotAString("7".into())));
         assert_eq!(t.generation, 0);
+    }
+
+    #[test]
+    fn room_messages_are_typed_even_with_lone_surrogates_or_bad_fields() {
+        let Ok(Incoming::RoomMessage(Ok(m))) = Incoming::parse(
+            r#"{"type":"room_message","from":"a","text":"$(x)","seq":2,"message_type":"chat","timestamp":5}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!((m.text.as_slice(), m.seq), (&b"$(x)"[..], 2));
+        let Ok(Incoming::RoomMessage(Ok(m))) =
+            Incoming::parse(r#"{"type":"room_message","from":"a","text":"\udc80","seq":3}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(m.text, b"\xed\xb2\x80");
+        assert!(matches!(
+            Incoming::parse(r#"{"type":"room_message","from":"a","text":7,"seq":3}"#),
+            Ok(Incoming::RoomMessage(Err(_)))
+        ));
+        assert!(matches!(
+            Incoming::parse(r#"{"type":"agent_joined","x":"\udc80"}"#),
+            Err(FrameError::InvalidJson(_))
+        ));
     }
 
     #[test]

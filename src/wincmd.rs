@@ -21,17 +21,29 @@ use std::path::{Path, PathBuf};
 
 use crate::config::WakeCommand;
 
-/// Variables whose values come from the hub (task data): never named in text cmd.exe parses.
+/// Variables whose values come from the hub (task data, and room chat for a
+/// `room_wake_command`): never named in text cmd.exe parses.
 pub const TASK_DATA_VARIABLES: &[&str] = &[
     "TASK_JSON",
     "TASK_DESCRIPTION",
     "TASK_TARGET_TYPE",
     "TASK_MODEL",
+    "ROOM_TEXT",
+    "ROOM_FROM",
+    "ROOM_MESSAGE_TYPE",
 ];
 
 /// Variables whose values the sidecar controls: safe as `%NAME%` in a string command. A task id
 /// is `[A-Za-z0-9._-]` only; the paths come from the operator's config.
-pub const SAFE_VARIABLES: &[&str] = &["TASK_ID", "TASK_FILE", "RESULTS_DIR", "WAKE_ATTEMPT"];
+pub const SAFE_VARIABLES: &[&str] = &[
+    "TASK_ID",
+    "TASK_FILE",
+    "RESULTS_DIR",
+    "WAKE_ATTEMPT",
+    "ROOM_SEQ",
+    "ROOM_TIMESTAMP",
+    "ROOM_MESSAGE_FILE",
+];
 
 /// What the config error asks for instead.
 pub const EXPECTED: &str =

@@ -101,9 +101,11 @@ fn large_and_fragmented_messages_within_the_limit_are_accepted() {
     let mut sidecar = Sidecar::start(fast_config(&hub.ws_url()));
     wait_identified(&hub, 1);
 
-    let big = json!({"type": "room_message", "body": "x".repeat(1 << 20)}).to_string();
+    let big = json!({"type": "room_message", "from": "ann", "text": "x".repeat(1 << 20),
+        "seq": 1, "message_type": "chat"})
+    .to_string();
     survives(&hub, &sidecar, RawFrame::Text(big), |l| {
-        l["event"] == "frame_ignored" && l["frame"] == "room_message"
+        l["event"] == "room_message_received" && l["bytes"] == 1 << 20
     });
 
     let fragmented = json!({"type": "fragmented_hello", "body": "y".repeat(10_000)}).to_string();

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::{
     assign_event, report_event, HubActor, HubRestartRequested, HubState, PongReceived,
-    SessionIdentified, State,
+    RoomMessageFromHub, SessionIdentified, State,
 };
 use crate::log_event;
 use crate::outbound::{frame_task_id, Attribution};
@@ -233,6 +233,21 @@ impl HubActor {
                 });
             }
             (Incoming::OllamaReportAck, _) => {}
+            (Incoming::RoomMessage(message), _) => {
+                let msg = RoomMessageFromHub {
+                    session,
+                    message: message.clone(),
+                };
+                if let Err(msg) = self.env.bus.send(msg) {
+                    log_event!(
+                        self.env.log,
+                        Debug,
+                        "room_message_unrouted",
+                        seq = msg.message.as_ref().ok().map(|m| m.seq),
+                        note = "no room actor accepts room messages"
+                    );
+                }
+            }
             (Incoming::Other { kind }, _) => {
                 log_event!(self.env.log, Debug, "frame_ignored", frame = kind);
             }

@@ -106,6 +106,10 @@ pub(crate) enum Delivery {
     Message {
         frame: Value,
     },
+    /// A room message (`AgentCom.Room`'s PubSub broadcast).
+    Room {
+        message: Value,
+    },
     /// The reaper's `Process.exit(pid, :stale_connection)`: trapped, a message like any other.
     Exit,
 }
@@ -163,6 +167,7 @@ pub(crate) struct Core {
     /// Pushes to this session are collected here instead of queued (written inline).
     pub capture: Option<(u64, Vec<Delivery>)>,
     pub events: Arc<EventLog>,
+    pub room: super::chat::Room,
     print: bool,
     default_repo: Option<String>,
 }
@@ -207,6 +212,7 @@ impl Core {
             live: Default::default(),
             capture: None,
             events,
+            room: Default::default(),
             print: opts.print_presence,
             default_repo: opts.default_repo.clone(),
         }
@@ -225,6 +231,7 @@ impl Core {
         self.limiter = RateLimiter::default();
         self.resources.clear();
         self.ollama.clear();
+        self.room_restarted();
         self.timers = Timers::start(&self.timings, now.at);
         self.record(0, HubEventKind::HubRestarted);
     }

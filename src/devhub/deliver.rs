@@ -87,6 +87,10 @@ impl Core {
                 None,
             ),
             Delivery::Message { frame } => (Some(frame), None),
+            Delivery::Room { message } => (
+                super::chat::room_frame(&message, session.identified, session.agent_id.as_deref()),
+                None,
+            ),
             Delivery::Exit => (None, None),
         };
         let frame = frame.filter(|_| !cut).map(|f| f.to_string());

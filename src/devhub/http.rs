@@ -1,6 +1,7 @@
 //! The hub's HTTP side, as its `Endpoint` serves it: `/health`, `/api/agents`, the task API
 //! (`POST /api/tasks`, `GET /api/tasks[/:id]`, `POST /api/tasks/:id/cancel`), the admin
-//! routes (push-task, restart an agent) and `POST /api/onboard/register`; and, for the dev hub
+//! routes (push-task, restart an agent), `POST /api/onboard/register` and the room
+//! (`POST /api/room/message`, `POST /api/room/message/human`, `GET /api/room/messages`); and, for the dev hub
 //! only, `/api/events`, the recorded events for clients in other processes (the benchmark).
 //! Authenticated routes take `Authorization: Bearer <token>` with any agent's token.
 
@@ -40,6 +41,12 @@ pub(crate) fn routes(app: &mut web::ServiceConfig) {
             web::post().to(restart_agent),
         )
         .route("/api/onboard/register", web::post().to(register))
+        .route("/api/room/message", web::post().to(room_message))
+        .route(
+            "/api/room/message/human",
+            web::post().to(room_message_human),
+        )
+        .route("/api/room/messages", web::get().to(room_messages))
         .route("/api/events", web::get().to(events))
         .default_service(web::to(|| async {
             reply(404, json!({"error": "not_found"}))
@@ -228,6 +235,52 @@ async fn register(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>) -> Ht
             "default_repo": default_repo,
         }),
     )
+}
+
+/// `POST /api/room/message` `{"text","type"}`: a room message from the token's agent.
+async fn room_message(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>) -> HttpResponse {
+    room_post(req, body, hub, false)
+}
+
+/// `POST /api/room/message/human` `{"from","text","type"}`: a room message from anyone the
+/// body names (any valid token may post it).
+async fn room_message_human(
+    req: HttpRequest,
+    body: web::Bytes,
+    hub: web::Data<Hub>,
+) -> HttpResponse {
+    room_post(req, body, hub, true)
+}
+
+fn room_post(req: HttpRequest, body: web::Bytes, hub: web::Data<Hub>, human: bool) -> HttpResponse {
+    let Some(agent) = authenticated(&req, &hub) else {
+        return unauthorized();
+    };
+    let Some(fields) = json_body(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json");
+    };
+    let (status, body) = hub.with_core(|core| core.room_post(&agent, &fields, human, Now::get()));
+    reply(status, body)
+}
+
+/// The query of `GET /api/room/messages`, as text: the hub's `String.to_integer` crashes the
+/// request (500) on anything but an integer.
+#[derive(Debug, Deserialize)]
+struct RoomQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/room/messages?since=SEQ&limit=N` (no auth): `{"messages", "last_seq"}`.
+async fn room_messages(query: web::Query<RoomQuery>, hub: web::Data<Hub>) -> HttpResponse {
+    let number = |v: &Option<String>, default: i64| match v {
+        None => Some(default),
+        Some(text) => text.parse::<i64>().ok(),
+    };
+    let (Some(since), Some(limit)) = (number(&query.since, 0), number(&query.limit, 50)) else {
+        return reply(500, json!({"error": "internal_server_error"}));
+    };
+    reply(200, hub.with_core(|core| core.room_messages(since, limit)))
 }
 
 /// The query of `GET /api/events`.

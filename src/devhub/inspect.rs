@@ -51,6 +51,19 @@ pub struct Assignment {
 }
 
 impl DevHub {
+    /// `POST /api/room/message/human` with this `from`, `text` and `type`: the message as
+    /// the hub answers it (with its `seq`), broadcast as `room_message` to every identified
+    /// agent but `from`.
+    pub fn room_post(&self, from: &str, text: &str, message_type: &str) -> Value {
+        self.hub
+            .with_core(|core| core.room_send(from, text, Value::from(message_type), Now::get()))
+    }
+
+    /// `GET /api/room/messages?since=&limit=`.
+    pub fn room_messages(&self, since: i64, limit: i64) -> Value {
+        self.hub.with_core(|core| core.room_messages(since, limit))
+    }
+
     /// `POST /api/tasks` with `body` (as the token of no agent in particular): the new task's
     /// id, or the HTTP status and body of the refusal.
     pub fn submit_task(&self, body: Value) -> Result<String, (u16, Value)> {

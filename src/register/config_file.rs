@@ -103,6 +103,14 @@ pub fn config_text(options: &Options, hub: &HubAddress, token: TokenPlace<'_>) -
                 json!({"light": 120, "normal": 60, "heavy": 10}),
             ),
         ],
+        vec![
+            ("room_wake_command", Value::Null),
+            ("room_wake_min_interval_ms", json!(1000)),
+            ("room_wake_burst", json!(3)),
+            ("room_wake_timeout_ms", json!(60000)),
+            ("room_message_types", Value::Null),
+            ("room_mention_only", json!(false)),
+        ],
     ];
     let blocks: Vec<String> = groups
         .iter()
