@@ -113,6 +113,21 @@ pub struct HubStateChanged {
     pub retry_in: Option<Duration>,
 }
 
+/// Published when the hub refuses the agent: its identify (`invalid_token`,
+/// `token_agent_mismatch`) or the session, with a 1008 close (`hub_lockout`: too many
+/// refused frames, or a cooldown, whose end the close may say). The refusal stands until the
+/// next identify succeeds ([`HubStateChanged`] with `Identified`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct HubRefused {
+    /// `invalid_token`, `token_agent_mismatch` or `hub_lockout`.
+    pub error: &'static str,
+    /// The close reason of a lockout.
+    pub detail: Option<String>,
+    /// The wait the hub asked for: no attempt before it ends.
+    pub cooldown: Option<Duration>,
+}
+
 /// Published for every `pong` on an identified session (and for a `ping` the hub dropped
 /// as rate-limited: the hub is alive).
 #[derive(Debug, Clone, Message)]
@@ -152,10 +167,14 @@ struct WsEvent {
     item: Option<Result<Frame, ProtocolError>>,
 }
 
-/// Kept across restarts of this actor: ids are never reused, so other actors never take a
-/// new session for one they remember.
+/// Kept across restarts of this actor: numbers are never reused, so other actors never take
+/// a new session for one they remember. Connections (connect attempts) and sessions
+/// (identifies) are counted apart, each from 1.
 #[derive(Default)]
-struct Counter(Cell<u64>);
+struct Counter {
+    conns: Cell<u64>,
+    sessions: Cell<u64>,
+}
 
 /// The agent's allowance at the hub as the last session left it, kept across sessions and
 /// across restarts of this actor: the hub's rate limits are per agent, not per socket.
@@ -163,9 +182,14 @@ struct Counter(Cell<u64>);
 struct KeptPacer(std::cell::RefCell<Option<crate::outbound::Pacer>>);
 
 impl Counter {
-    fn next(&self) -> u64 {
-        self.0.set(self.0.get() + 1);
-        self.0.get()
+    fn next_conn(&self) -> u64 {
+        self.conns.set(self.conns.get() + 1);
+        self.conns.get()
+    }
+
+    fn next_session(&self) -> u64 {
+        self.sessions.set(self.sessions.get() + 1);
+        self.sessions.get()
     }
 }
 

@@ -1,11 +1,11 @@
 //! StatusActor: tells the outside world what the sidecar is doing.
 //!
-//! It builds one [`Status`] from the events the other actors publish (session state,
-//! heartbeat round trips, restarts, tasks) and reports it three ways:
+//! It builds one [`Status`] from the events the other actors publish (session state, the
+//! hub's refusals, heartbeat round trips, restarts, tasks) and reports it three ways:
 //!
 //! - the state file (`status_file`) read by `agentcom-sidecar status`: written atomically,
-//!   off the event loop, at most about once a second, and once more with `stopped_at` on an
-//!   orderly stop;
+//!   off the event loop, at most about once a second (a new refusal by the hub at once), and
+//!   once more with `stopped_at` on an orderly stop;
 //! - systemd's notify protocol, when `$NOTIFY_SOCKET` is set: `READY=1` once every child
 //!   has started (config and queue loaded), `STATUS=` lines as the state changes,
 //!   `STOPPING=1` when shutdown begins, and `WATCHDOG=1` at half of `$WATCHDOG_USEC` — sent
@@ -23,13 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 
 use super::heartbeat::HeartbeatAnswered;
-use super::hub::{AnnounceSession, HubState, HubStateChanged, SessionIdentified};
+use super::hub::{AnnounceSession, HubRefused, HubState, HubStateChanged, SessionIdentified};
 use super::queue::{AnnounceTasks, TaskEnded, TasksChanged};
 use super::supervisor::{ActorRestarted, CheckAlive, ChildrenStarted, ShutdownBegun};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
-use crate::status::{ActiveTask, LogCounters, Restarts, Status};
+use crate::status::{ActiveTask, HubRefusal, LogCounters, Restarts, Status};
 
 /// At most one state-file write per this interval.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -100,6 +100,9 @@ impl StatusActor {
                             }
                             for (outcome, n) in previous.tasks.ended {
                                 *status.tasks.ended.entry(outcome).or_default() += n;
+                            }
+                            for (reason, n) in previous.hub_refusals {
+                                *status.hub_refusals.entry(reason).or_default() += n;
                             }
                         }
                     }
@@ -309,6 +312,7 @@ impl Child for StatusActor {
         bus.register(addr.clone().recipient::<ShutdownBegun>());
         bus.register(addr.clone().recipient::<ActorRestarted>());
         bus.register(addr.clone().recipient::<HubStateChanged>());
+        bus.register(addr.clone().recipient::<HubRefused>());
         bus.register(addr.clone().recipient::<SessionIdentified>());
         bus.register(addr.clone().recipient::<HeartbeatAnswered>());
         bus.register(addr.clone().recipient::<TasksChanged>());
@@ -406,6 +410,7 @@ impl Handler<HubStateChanged> for StatusActor {
                 HubState::Identified => {
                     session.state = "identified".into();
                     session.identified_since = Some(now());
+                    session.last_error = None;
                 }
                 HubState::Waiting => {
                     session.state = "waiting".into();
@@ -426,7 +431,45 @@ impl Handler<SessionIdentified> for StatusActor {
                 s.session.state = "identified".into();
                 s.session.identified_since.get_or_insert_with(now);
             }
+            s.session.last_error = None;
         });
+    }
+}
+
+impl Handler<HubRefused> for StatusActor {
+    type Result = ();
+    fn handle(&mut self, msg: HubRefused, ctx: &mut Context<Self>) {
+        let mut first = false;
+        if let Ok(mut s) = self.status.write() {
+            *s.hub_refusals.entry(msg.error.to_string()).or_insert(0) += 1;
+            let cooldown_until = msg
+                .cooldown
+                .map(|wait| humantime::format_rfc3339_millis(SystemTime::now() + wait).to_string());
+            let last = &mut s.session.last_error;
+            match last {
+                // The same refusal again: it stands since the first one.
+                Some(e) if e.error == msg.error && e.detail == msg.detail => {
+                    if cooldown_until.is_some() {
+                        e.cooldown_until = cooldown_until;
+                    }
+                }
+                _ => {
+                    first = true;
+                    *last = Some(HubRefusal {
+                        error: msg.error.to_string(),
+                        detail: msg.detail,
+                        since: now(),
+                        cooldown_until,
+                    });
+                }
+            }
+        }
+        if first {
+            // An operator must act on it: on disk at once (or right after a write in flight),
+            // not at the next write slot.
+            self.write(ctx);
+        }
+        self.update(ctx, |_| {});
     }
 }
 

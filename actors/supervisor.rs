@@ -410,6 +410,8 @@ impl Supervisor {
             version = env!("CARGO_PKG_VERSION"),
             pid = std::process::id(),
             config_file = config.path,
+            hub_url = crate::config::redact_url_secrets(config.hub_url.as_str()),
+            log_file = config.log_file,
             config = config.effective(),
         );
         if let Some((before, now)) = crate::process::fd_limit_raised() {

@@ -442,7 +442,7 @@ pub struct Config {
 /// Every way a config can be refused. Each message names the file, the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path} not found. Copy config/config.json.example to {path} and set agent_id, token and hub_url (or name another file with --config PATH or {CONFIG_ENV}=PATH)")]
+    #[error("config file {path} not found. For a new agent, `agentcom-sidecar register --hub http://HUB:4000 --agent-id ID --config {path}` writes one; or write it with agent_id, token and hub_url (or name another file with --config PATH or {CONFIG_ENV}=PATH)")]
     NotFound { path: String },
     #[error("config file {path} cannot be read: {reason}")]
     Unreadable { path: String, reason: String },
@@ -540,7 +540,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let (text, abs) = read_file(path)?;
         let mut config = Config::from_json(&text, &abs)?;
-        if let Some(w) = permission_warning(path) {
+        if let Some(w) = permission_warning(path, config.token_file.is_some()) {
             config.warnings.push(w);
         }
         Ok(config)
@@ -1365,9 +1365,15 @@ fn json_reason(e: &serde_json::Error) -> String {
     }
 }
 
-/// ssh-style warning: the file holds the token, so nobody but its owner should read it.
-fn permission_warning(path: &Path) -> Option<String> {
-    private_file_warning(path, "config file", " and holds the token")
+/// ssh-style warning: the file holds the token (or, with `token_file`, tells where the agent
+/// and its hub are and what the wake command runs), so nobody but its owner should read it.
+fn permission_warning(path: &Path, token_file: bool) -> Option<String> {
+    let why = if token_file {
+        " and names the hub, the agent and the wake command (the token is in token_file)"
+    } else {
+        " and holds the token"
+    };
+    private_file_warning(path, "config file", why)
 }
 
 /// ssh-style warning for a file that holds the token (`what` names it; `why` follows the

@@ -6,14 +6,17 @@
 //! submitted to the hub's queue through its HTTP API (`POST /api/tasks`), as an operator would
 //! with curl; the hub's scheduler assigns it to the idle agent, so a task's whole life —
 //! submitted, assigned, received, accepted, woken, confirmed, completed, acknowledged —
-//! scrolls by on stdout next to the hub's presence lines and the heartbeats, until Ctrl-C
-//! stops both in good order.
+//! goes by on stdout next to the hub's presence lines (at `info`: no heartbeats). Once the
+//! hub has the result, the demo ends the story with a summary: the task, the agent's output
+//! as the hub received it, the time it took, where the files are, and a command that pushes
+//! another task (each later task gets a summary of its own). Ctrl-C stops both in good
+//! order.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::devhub::{DevHub, DevHubOptions, HubEventKind};
@@ -29,7 +32,8 @@ pub fn run() -> i32 {
             let hub = Arc::new(hub);
             let token = config.token.expose().to_string();
             let pusher = hub.clone();
-            std::thread::spawn(move || push_sample_task(&pusher, &token));
+            let files = dir.clone();
+            std::thread::spawn(move || push_sample_task(&pusher, &token, &files));
             let code = crate::runtime::run(config);
             drop(hub);
             let mut out = std::io::stdout().lock();
@@ -59,7 +63,8 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
         "capabilities": ["demo"],
         "heartbeat_interval_ms": 3000,
         "heartbeat_timeout_ms": 2000,
-        "log_level": "debug",
+        // Every event is in the log file; stdout tells the story without the heartbeats.
+        "log_level": "info",
     });
     let agent = dir.join("sample-agent.sh");
     std::fs::write(&agent, SAMPLE_AGENT).map_err(|e| format!("{}: {e}", agent.display()))?;
@@ -82,8 +87,9 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
     Ok((hub, config, dir))
 }
 
-/// Waits for the agent to be identified, then submits one task through the hub's HTTP API.
-fn push_sample_task(hub: &DevHub, token: &str) {
+/// Waits for the agent to be identified, submits one task through the hub's HTTP API, and
+/// prints a summary of every task that ends at the hub from then on.
+fn push_sample_task(hub: &DevHub, token: &str, dir: &Path) {
     let identified = hub.wait_for(
         Duration::from_secs(60),
         |e| matches!(&e.kind, HubEventKind::Identified { agent_id } if agent_id == AGENT),
@@ -97,19 +103,123 @@ fn push_sample_task(hub: &DevHub, token: &str) {
         "metadata": {"source": "demo"},
     })
     .to_string();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
+    say(&format!(
         "demo: submitting a task: curl -X POST {}/api/tasks -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' -d '{body}'",
         hub.http_url()
-    );
-    drop(out);
-    if let Err(e) = http_post(hub.addr(), "/api/tasks", token, &body) {
-        eprintln!(
-            "{}: demo could not submit its task: {e}",
-            env!("CARGO_PKG_NAME")
-        );
+    ));
+    let submitted = Instant::now();
+    let task_id = match http_post(hub.addr(), "/api/tasks", token, &body) {
+        Ok(answer) => answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+            .and_then(|v| v["task_id"].as_str().map(str::to_string)),
+        Err(e) => {
+            eprintln!(
+                "{}: demo could not submit its task: {e}",
+                env!("CARGO_PKG_NAME")
+            );
+            return;
+        }
+    };
+    let mut first = true;
+    // Reports already told, by (moment, task): the hub's history is read from its start.
+    let mut told = std::collections::HashSet::new();
+    loop {
+        // Each report the hub takes; the demo's own task first.
+        let ended = hub.wait_for(Duration::from_secs(24 * 3600), |e| match &e.kind {
+            HubEventKind::TaskCompleted { task_id: id, .. }
+            | HubEventKind::TaskFailed { task_id: id, .. } => {
+                !told.contains(&(e.mono_ns, id.clone()))
+                    && (!first || task_id.as_deref().is_none_or(|t| t == id))
+            }
+            _ => false,
+        });
+        let Some(ended) = ended else { return };
+        let (id, outcome) = match &ended.kind {
+            HubEventKind::TaskCompleted { task_id, .. } => {
+                (task_id.clone(), "completed".to_string())
+            }
+            HubEventKind::TaskFailed {
+                task_id, outcome, ..
+            } => (task_id.clone(), format!("failed (the hub: {outcome})")),
+            _ => continue,
+        };
+        told.insert((ended.mono_ns, id.clone()));
+        let took = first.then(|| submitted.elapsed());
+        // The story ends with the sidecar's `task_ack`: the summary comes after it.
+        wait_for_ack(&dir.join("sidecar.log"), &id, Duration::from_secs(3));
+        say(&summary(hub, token, dir, &id, &outcome, took, first));
+        first = false;
     }
+}
+
+/// The end of a task's story, as the hub saw it.
+fn summary(
+    hub: &DevHub,
+    token: &str,
+    dir: &Path,
+    task_id: &str,
+    outcome: &str,
+    took: Option<Duration>,
+    first: bool,
+) -> String {
+    let task = hub.task(task_id).unwrap_or_default();
+    let result = &task["result"];
+    let output = match result.get("output") {
+        Some(output) => output,
+        None => result,
+    };
+    let output = match output {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => "none".to_string(),
+        other => other.to_string(),
+    };
+    let took = took
+        .map(|d| format!(" in {:.1} s", d.as_secs_f64()))
+        .unwrap_or_default();
+    let mut text =
+        format!("\ndemo: task {task_id} {outcome}{took}\n  the agent's output: {output}\n");
+    if let Some(error) = task["last_error"].as_str() {
+        text.push_str(&format!("  error: {error}\n"));
+    }
+    if first {
+        let body = serde_json::json!({
+            "description": "Count the words of this sentence",
+            "metadata": {},
+        });
+        text.push_str(&format!(
+            "  files: {dir}/ (config.json, sidecar.log: every event as JSON, results/, queue.json)\n  its story: grep {task_id} {dir}/sidecar.log\n  push another task (another terminal):\n    curl -X POST {url}/api/tasks -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{body}'\n  Ctrl-C stops the demo.\n",
+            dir = dir.display(),
+            url = hub.http_url(),
+        ));
+    }
+    text
+}
+
+/// Waits, at most `limit`, until the sidecar's log holds the `task_ack` of a report of
+/// `task_id` (at `info`, only the acknowledgement of a report is logged).
+fn wait_for_ack(log: &Path, task_id: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let id = format!("\"task_id\":\"{task_id}\"");
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("\"event\":\"task_ack\"") && l.contains(&id))
+        {
+            // Its readable line goes to stdout right after the log file: let it land first.
+            std::thread::sleep(Duration::from_millis(50));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One block of text on stdout, at once.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 /// A minimal HTTP/1.1 POST to the dev hub on loopback; returns the response text of a 2xx

@@ -1,5 +1,6 @@
 //! The optional HTTP endpoint (`metrics_listen`): `/healthz` answers while the process is up,
-//! `/readyz` while the hub session is identified, `/metrics` gives the Prometheus text of
+//! `/readyz` while the hub session is identified (else 503 with the state, and the hub's
+//! refusal when there is one), `/metrics` gives the Prometheus text of
 //! the current [`Status`]. One actix-web worker thread, started by the StatusActor only when
 //! configured; the address was checked at config time (loopback unless `metrics_public`).
 
@@ -55,18 +56,26 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(status: Shared) -> HttpResponse {
-    let state = status
+    let (state, refusal) = status
         .read()
-        .map(|s| s.session.state.clone())
+        .map(|s| {
+            let refusal = s.session.last_error.as_ref().map(|e| e.describe());
+            (s.session.state.clone(), refusal)
+        })
         .unwrap_or_default();
     if state == "identified" {
         HttpResponse::Ok()
             .content_type("text/plain")
             .body("identified\n")
     } else {
+        // Why it is not ready, when the hub said why: a refusal an operator must act on.
+        let body = match refusal {
+            Some(refusal) => format!("{state}: {refusal}\n"),
+            None => format!("{state}\n"),
+        };
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
-            .body(format!("{state}\n"))
+            .body(body)
     }
 }
 

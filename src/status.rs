@@ -28,6 +28,10 @@ pub struct Status {
     pub reconnects: u64,
     #[serde(default)]
     pub restarts: BTreeMap<String, Restarts>,
+    /// The hub's refusals of the agent since the start, by reason (`invalid_token`,
+    /// `token_agent_mismatch`, `hub_lockout`).
+    #[serde(default)]
+    pub hub_refusals: BTreeMap<String, u64>,
     pub tasks: Tasks,
     pub log: LogCounters,
 }
@@ -42,6 +46,64 @@ pub struct Session {
     pub retry_in_ms: Option<u64>,
     pub last_pong: Option<String>,
     pub heartbeat_rtt_ms: Option<f64>,
+    /// The hub's refusal of the agent, until the next identify succeeds.
+    #[serde(default)]
+    pub last_error: Option<HubRefusal>,
+}
+
+/// Why the hub will not have the agent: a refused identify or a lockout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HubRefusal {
+    /// `invalid_token`, `token_agent_mismatch` or `hub_lockout`.
+    pub error: String,
+    /// A lockout's close reason (`too many validation errors`, `cooldown active: retry in 30s`).
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// Since when the hub has refused it this way.
+    pub since: String,
+    /// No attempt before this (a cooldown the hub named).
+    #[serde(default)]
+    pub cooldown_until: Option<String>,
+}
+
+/// The reasons the hub refuses an agent for, as `/metrics` labels them.
+pub const REFUSALS: [&str; 3] = ["invalid_token", "token_agent_mismatch", "hub_lockout"];
+
+/// The outcomes a task leaves the sidecar with, as `finished:` and `/metrics` name them.
+pub const OUTCOMES: [&str; 7] = [
+    "complete",
+    "failed",
+    "rejected",
+    "cancelled",
+    "aborted",
+    "reassigned",
+    "refused",
+];
+
+impl HubRefusal {
+    /// One line: what the hub refused, since when, and what to do.
+    pub fn describe(&self) -> String {
+        let why = match self.error.as_str() {
+            "invalid_token" => {
+                "the hub does not know this token; check token (or token_file) in the config"
+                    .to_string()
+            }
+            "token_agent_mismatch" => {
+                "the token belongs to another agent; check token and agent_id in the config"
+                    .to_string()
+            }
+            "hub_lockout" => format!(
+                "the hub closed the session with 1008 ({})",
+                self.detail.as_deref().unwrap_or("policy violation")
+            ),
+            _ => "the hub refused the agent".to_string(),
+        };
+        let mut line = format!("{} since {}: {why}", self.error, self.since);
+        if let Some(until) = &self.cooldown_until {
+            let _ = write!(line, "; no attempt before {until}");
+        }
+        line
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,7 +170,10 @@ impl LogCounters {
 impl Status {
     /// One line for systemd's `STATUS=`: what it is doing now.
     pub fn one_line(&self) -> String {
-        let session = self.session_line();
+        let mut session = self.session_line();
+        if let Some(refusal) = &self.session.last_error {
+            session = format!("REFUSED: {}; {session}", refusal.describe());
+        }
         match (&self.tasks.active, &self.tasks.recovering) {
             (Some(t), _) => format!("{session}; working on {} ({})", t.task_id, t.status),
             (None, Some(r)) => format!("{session}; recovering {r}"),
@@ -155,12 +220,15 @@ impl Status {
             .as_deref()
             .map(|t| format!(" since {t}"))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  session:    {}{since} (attempt {})",
-            self.session_line(),
-            s.attempt
-        );
+        // `connecting` names its attempt already.
+        let attempt = match s.state.as_str() {
+            "connecting" | "starting" => String::new(),
+            _ => format!(" (attempt {})", s.attempt),
+        };
+        let _ = writeln!(out, "  session:    {}{since}{attempt}", self.session_line());
+        if let Some(refusal) = &s.last_error {
+            let _ = writeln!(out, "  hub says:   {}", refusal.describe());
+        }
         let pong = match (&s.last_pong, s.heartbeat_rtt_ms) {
             (Some(at), Some(rtt)) => format!("{at} (round trip {rtt:.1} ms)"),
             (Some(at), None) => at.clone(),
@@ -276,16 +344,35 @@ impl Status {
             "Restarts of each actor by the Supervisor.",
             &restarts,
         );
-        let outcomes = [
-            "complete",
-            "failed",
-            "rejected",
-            "cancelled",
-            "aborted",
-            "reassigned",
-            "refused",
-        ];
-        let ended: Vec<(String, f64)> = outcomes
+        let refusals: Vec<(String, f64)> = REFUSALS
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{r}\"}}"),
+                    self.hub_refusals.get(*r).copied().unwrap_or(0) as f64,
+                )
+            })
+            .collect();
+        metric(
+            "hub_refusals_total",
+            "counter",
+            "The hub's refusals of the agent (identify refused, lockout), by reason.",
+            &refusals,
+        );
+        let current: Vec<(String, f64)> = REFUSALS
+            .iter()
+            .map(|r| {
+                let now = s.last_error.as_ref().is_some_and(|e| e.error == *r);
+                (format!("{{reason=\"{r}\"}}"), f64::from(u8::from(now)))
+            })
+            .collect();
+        metric(
+            "hub_refused",
+            "gauge",
+            "1 for the reason the hub refuses the agent now (until an identify succeeds).",
+            &current,
+        );
+        let ended: Vec<(String, f64)> = OUTCOMES
             .iter()
             .map(|o| {
                 (
@@ -505,6 +592,32 @@ mod tests {
             sample().one_line(),
             "reconnecting to ws://hub/ws in 8 s; working on task-abc (working)"
         );
+    }
+
+    #[test]
+    fn a_refusal_leads_the_status_line_and_the_report() {
+        let mut s = sample();
+        s.session.state = "connecting".into();
+        s.session.attempt = 1;
+        s.tasks.active = None;
+        let report = s.report(&Liveness::Running);
+        assert_eq!(report.matches("(attempt 1)").count(), 1, "{report}");
+        s.session.last_error = Some(HubRefusal {
+            error: "hub_lockout".into(),
+            detail: Some("cooldown active: retry in 30s".into()),
+            since: "t0".into(),
+            cooldown_until: Some("t1".into()),
+        });
+        assert_eq!(
+            s.one_line(),
+            "REFUSED: hub_lockout since t0: the hub closed the session with 1008 (cooldown active: retry in 30s); no attempt before t1; connecting to ws://hub/ws (attempt 1); idle"
+        );
+        assert!(s
+            .report(&Liveness::Running)
+            .contains("  hub says:   hub_lockout since t0"));
+        let text = s.prometheus();
+        assert!(text.contains("agentcom_sidecar_hub_refused{reason=\"hub_lockout\"} 1"));
+        assert!(text.contains("agentcom_sidecar_hub_refused{reason=\"invalid_token\"} 0"));
     }
 
     #[test]

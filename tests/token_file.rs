@@ -266,3 +266,29 @@ fn status_needs_only_the_state_file_not_the_token() {
     sidecar.signal(SIGTERM);
     assert_eq!(sidecar.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn a_config_readable_by_others_is_not_said_to_hold_a_token_it_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("agent.token"), TOKEN);
+    let path = dir.path().join("config.json");
+    write_config(&path, &file_config("ws://127.0.0.1:9/ws", "agent.token"));
+    set_mode(&path, 0o644);
+    let out = Command::new(bin())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("binary runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("config file") && l.contains("mode 644"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(!warning.contains("holds the token"), "{warning}");
+    assert!(
+        warning.contains("token is in token_file") && warning.contains("chmod 600"),
+        "{warning}"
+    );
+}

@@ -9,7 +9,7 @@ use awc::BoxedSocket;
 use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{HubActor, HubState, Session, SessionLost, State, WsEvent};
+use super::{HubActor, HubRefused, HubState, Session, SessionLost, State, WsEvent};
 use crate::hubconn::{self, FragmentError};
 use crate::log_event;
 use crate::outbound::{Outbound, Pacing};
@@ -24,7 +24,7 @@ impl HubActor {
             return;
         };
         let config = self.env.config.clone();
-        self.attempts = self.counter.next();
+        self.attempts = self.counter.next_conn();
         let id = self.attempts;
         log_event!(
             self.env.log,
@@ -65,7 +65,7 @@ impl HubActor {
                     self.env.log,
                     Info,
                     "ws_open",
-                    session = id,
+                    conn = id,
                     status = response.status().as_u16()
                 );
                 framed
@@ -146,7 +146,7 @@ impl HubActor {
             self.env.log,
             Info,
             "identify_sent",
-            session = conn,
+            conn = conn,
             name = config.name,
             capabilities = config.capabilities
         );
@@ -200,7 +200,7 @@ impl HubActor {
                     Warn,
                     "ws_error",
                     stage = "write",
-                    session = id,
+                    conn = id,
                     error = e.to_string()
                 );
                 self.log_end("sidecar", None, "write failed");
@@ -267,11 +267,14 @@ impl HubActor {
         if std::mem::replace(&mut s.end_logged, true) {
             return;
         }
-        let session = s.conn;
+        let conn = s.conn;
+        // The session the connection carried, if it was identified.
+        let session = (s.id != 0).then_some(s.id);
         log_event!(
             self.env.log,
             Info,
             "ws_close",
+            conn = conn,
             session = session,
             initiator = initiator,
             code = code,
@@ -324,7 +327,7 @@ impl HubActor {
                     act.env.log,
                     Debug,
                     "close_timeout",
-                    session = id,
+                    conn = id,
                     waited_ms = close_wait.as_millis() as u64
                 );
                 act.drop_session(ctx);
@@ -450,10 +453,16 @@ impl HubActor {
             .as_ref()
             .and_then(|r| r.description.clone())
             .unwrap_or_default();
-        if let Some(wait) = hubconn::cooldown_from(code, &text) {
+        let cooldown = hubconn::cooldown_from(code, &text);
+        if let Some(wait) = cooldown {
             self.not_before = Some(Instant::now() + wait);
         }
         if code == Some(1008) {
+            let _ = self.env.bus.send(HubRefused {
+                error: "hub_lockout",
+                detail: Some(text.clone()),
+                cooldown,
+            });
             log_event!(
                 self.env.log,
                 Error,

@@ -7,7 +7,7 @@ use actix_http::ws::CloseCode;
 use bytes::Bytes;
 
 use super::{
-    assign_event, report_event, HubActor, HubRestartRequested, HubState, PongReceived,
+    assign_event, report_event, HubActor, HubRefused, HubRestartRequested, HubState, PongReceived,
     RoomMessageFromHub, SessionIdentified, State,
 };
 use crate::log_event;
@@ -259,7 +259,7 @@ impl HubActor {
     /// `identified`: a new session id, published; a re-identify after a session that ended
     /// without a close is scheduled if that one may still linger at the hub.
     fn on_identified(&mut self, ctx: &mut Context<Self>) {
-        let id = self.counter.next();
+        let id = self.counter.next_session();
         let Some(s) = self.session() else { return };
         if s.identified {
             return;
@@ -338,7 +338,16 @@ impl HubActor {
 
     pub(super) fn on_hub_error(&mut self, error: String, ctx: &mut Context<Self>) {
         match error.as_str() {
-            "invalid_token" | "token_agent_mismatch" => {
+            refusal @ ("invalid_token" | "token_agent_mismatch") => {
+                let _ = self.env.bus.send(HubRefused {
+                    error: if refusal == "invalid_token" {
+                        "invalid_token"
+                    } else {
+                        "token_agent_mismatch"
+                    },
+                    detail: None,
+                    cooldown: None,
+                });
                 let config = &self.env.config;
                 log_event!(
                     self.env.log,

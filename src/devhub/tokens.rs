@@ -1,7 +1,8 @@
 //! The hub's agent tokens, as its `Auth` keeps them: a map from token to the one agent id it
 //! belongs to, loaded from the tokens file and grown by `POST /api/onboard/register`. Without
 //! a tokens file the dev hub is *open*: any non-empty token lets any agent in, except a
-//! token registered for another agent. It owns no I/O: the tokens file is read by
+//! token registered for another agent, and except an agent registered with
+//! `POST /api/onboard/register`, which needs its own token (as on the real hub). It owns no I/O: the tokens file is read by
 //! [`load_tokens`](super::load_tokens) and registration never writes one.
 
 use std::collections::HashMap;
@@ -33,7 +34,8 @@ pub(crate) enum RegisterError {
 pub(crate) struct Tokens {
     /// token -> agent id.
     by_token: HashMap<String, String>,
-    /// No tokens file: any non-empty token is accepted for any agent it is not bound to.
+    /// No tokens file: any non-empty token is accepted for any agent it is not bound to, if
+    /// that agent has no token of its own.
     open: bool,
 }
 
@@ -60,7 +62,13 @@ impl Tokens {
         match self.by_token.get(token) {
             Some(owner) if owner == agent_id => Ok(()),
             Some(_) => Err(TokenError::TokenAgentMismatch),
-            None if self.open && !token.is_empty() && !agent_id.is_empty() => Ok(()),
+            None if self.open
+                && !token.is_empty()
+                && !agent_id.is_empty()
+                && !self.has_agent(agent_id) =>
+            {
+                Ok(())
+            }
             None => Err(TokenError::InvalidToken),
         }
     }
@@ -140,6 +148,12 @@ mod tests {
         assert_eq!(
             tokens.check("other", &token),
             Err(TokenError::TokenAgentMismatch)
+        );
+        // A registered agent needs its own token, open hub or not.
+        assert_eq!(tokens.check("new", &token), Ok(()));
+        assert_eq!(
+            tokens.check("new", "anything"),
+            Err(TokenError::InvalidToken)
         );
         assert_eq!(tokens.bearer_agent("whatever"), Some(""));
         assert_eq!(tokens.bearer_agent(""), None);

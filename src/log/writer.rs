@@ -330,15 +330,22 @@ fn human_line(record: &slog::Record) -> String {
 #[derive(Default)]
 struct HumanLine {
     ts: String,
+    event: String,
     fields: String,
 }
+
+/// Fields the human line leaves to the log file: (event, field). The `startup` line's
+/// `config` is every key in effect, over a thousand characters; the line on stdout keeps what
+/// a reader needs first (version, pid, config file, hub, log file).
+const LOG_FILE_ONLY: [(&str, &str); 1] = [("startup", "config")];
 
 impl slog::Serializer for HumanLine {
     fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
         use std::fmt::Write as _;
         match key {
             "ts" => self.ts = val.to_string(),
-            "level" | "event" | "agent_id" => {}
+            "event" => self.event = val.to_string(),
+            "level" | "agent_id" => {}
             _ => {
                 let v = val.to_string();
                 if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '"') {
@@ -353,6 +360,9 @@ impl slog::Serializer for HumanLine {
 
     fn emit_serde(&mut self, key: slog::Key, value: &dyn slog::SerdeValue) -> slog::Result {
         use std::fmt::Write as _;
+        if LOG_FILE_ONLY.contains(&(self.event.as_str(), key)) {
+            return Ok(());
+        }
         let json = serde_json::to_string(value.as_serde()).unwrap_or_default();
         let _ = write!(self.fields, " {key}={json}");
         Ok(())
@@ -459,5 +469,26 @@ mod tests {
             line,
             "2024-02-09T17:33:20.123Z INFO  ws_open url=ws://h note=\"two words\"\n"
         );
+    }
+
+    #[test]
+    fn the_startup_line_on_stdout_leaves_the_whole_config_to_the_log_file() {
+        let mut startup = record(vec![
+            ("version", "0.1.0".into()),
+            (
+                "config",
+                serde_json::json!({"agent_id": "a1", "log_level": "info"}),
+            ),
+        ]);
+        startup.event = "startup";
+        let line = with_slog_record(&startup, "a1", human_line);
+        assert_eq!(
+            line,
+            "2024-02-09T17:33:20.123Z INFO  startup version=0.1.0\n"
+        );
+        // Another event's nested value is printed.
+        let other = record(vec![("config", serde_json::json!({"k": 1}))]);
+        let line = with_slog_record(&other, "a1", human_line);
+        assert!(line.ends_with(" config={\"k\":1}\n"), "{line}");
     }
 }
