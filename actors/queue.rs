@@ -142,6 +142,7 @@ impl QueueActor {
                     )
                     .collect(),
                 none: c.unwoken_targets.clone(),
+                self_start: c.agent_starts_itself,
             },
             keep_released: KEEP_RELEASED,
             keep_released_bytes: KEEP_RELEASED_BYTES,

@@ -72,6 +72,7 @@ pub fn state_dirs(config: &Config) -> Vec<(&'static str, &Path)> {
 /// nearest existing parent lets this user create them, and the ones others can write to.
 pub fn notes(config: &Config) -> Vec<String> {
     let mut notes = Vec::new();
+    notes.extend(wake_note(config));
     let claude_found = if cfg!(windows) {
         windows_program_found(Some(&config.claude_command), false, &windows_dirs())
     } else {
@@ -118,6 +119,54 @@ pub fn notes(config: &Config) -> Vec<String> {
         ));
     }
     notes
+}
+
+/// What becomes of the tasks that no wake command starts, in words: which routing targets
+/// they are, and whether they fail at once or wait for an agent that starts by itself.
+pub fn wake_note(config: &Config) -> Vec<String> {
+    use crate::config::Route;
+    let mut named: Vec<String> = crate::config::BUNDLED_AGENTS
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .chain(config.wake_commands.keys().cloned())
+        .chain(config.unwoken_targets.iter().cloned())
+        .collect();
+    named.sort();
+    named.dedup();
+    let listed = |route: &dyn Fn(&Route<'_>) -> bool| -> Vec<String> {
+        named
+            .iter()
+            .filter(|t| route(&config.route(Some(t))))
+            .map(|t| format!("\"{t}\""))
+            .collect()
+    };
+    let rest = format!(
+        "\"wake\", any target but {}, and tasks without a routing decision (such as POST /api/admin/push-task)",
+        named
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ms = config.confirmation_timeout.as_millis();
+    let mut out = Vec::new();
+    match config.route(None) {
+        Route::Missing => out.push(format!(
+            "no wake command for {rest}: such a task fails at once with reason no_wake_command (the hub shows it). Set \"wake_command\" (or \"wake_commands\" per target), or \"agent_starts_itself\": true if the agent starts by itself"
+        )),
+        Route::Unwoken => out.push(format!(
+            "agent_starts_itself: no command runs for {rest}; the agent must write <task_id>.started within confirmation_timeout_ms ({ms} ms) of the task's acceptance, or the task fails with reason confirmation_timeout"
+        )),
+        _ => {}
+    }
+    let unwoken = listed(&|r| matches!(r, Route::Unwoken));
+    if !unwoken.is_empty() {
+        out.push(format!(
+            "wake_commands: empty entries for {}: no command runs for these tasks; the agent must write <task_id>.started within confirmation_timeout_ms ({ms} ms), or the task fails with reason confirmation_timeout",
+            unwoken.join(", ")
+        ));
+    }
+    out
 }
 
 /// An existing directory is usable if a file can be created in it (a probe created new,

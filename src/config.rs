@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+mod node;
+pub use node::NODE_KEYS;
+
 /// Name of the environment variable that names the config file.
 pub const CONFIG_ENV: &str = "SIDECAR_CONFIG";
 /// The config file used when neither `--config` nor [`CONFIG_ENV`] names one.
@@ -296,8 +299,12 @@ pub enum Route<'a> {
     },
     /// The bundled agent: `[<this program>, "agent", agent]`.
     Bundled { agent: &'static str },
-    /// Nothing is run: the agent starts by itself.
+    /// Nothing is run: the agent starts by itself (an empty `wake_commands` entry, or
+    /// `agent_starts_itself`), and must confirm within the confirmation timeout.
     Unwoken,
+    /// No wake command, and the config does not say the agent starts by itself: the task
+    /// fails at once (`no_wake_command`).
+    Missing,
 }
 
 impl Route<'_> {
@@ -307,7 +314,7 @@ impl Route<'_> {
         match self {
             Route::Command { command, .. } => Some((*command).clone()),
             Route::Bundled { agent } => Some(WakeCommand::bundled(own_program, agent)),
-            Route::Unwoken => None,
+            Route::Unwoken | Route::Missing => None,
         }
     }
 }
@@ -357,6 +364,9 @@ pub struct Config {
     /// Target types whose `wake_commands` entry is empty: not woken at all (the agent starts
     /// by itself), not even by the bundled agent or `wake_command`.
     pub unwoken_targets: std::collections::BTreeSet<String>,
+    /// A task without a wake command waits for its agent's `.started` (the agent starts by
+    /// itself) instead of failing at once with `no_wake_command`.
+    pub agent_starts_itself: bool,
     /// The opt-in for commands the hub sends (`sidecar` tasks' `metadata.shell_command`,
     /// `test_passes` and `command_succeeds` verification steps), passed to every wake
     /// command as `AGENTCOM_ALLOW_HUB_COMMANDS=1`.
@@ -482,6 +492,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "wake_commands",
     "ollama_url",
     "allow_hub_commands",
+    "agent_starts_itself",
     "claude_command",
     "confirmation_timeout_ms",
     "progress_interval_ms",
@@ -591,7 +602,8 @@ impl Config {
                 command,
                 key: "wake_command",
             },
-            None => Route::Unwoken,
+            None if self.agent_starts_itself => Route::Unwoken,
+            None => Route::Missing,
         }
     }
 
@@ -614,7 +626,11 @@ impl Config {
                     "(bundled; it refuses hub-sent commands: allow_hub_commands is false)".into()
                 }
                 Route::Bundled { .. } => "(bundled)".into(),
-                Route::Unwoken => "(not woken: the agent starts by itself)".into(),
+                Route::Unwoken => format!(
+                    "(not woken: the agent starts by itself, and the task fails with confirmation_timeout unless it writes .started within confirmation_timeout_ms, {} ms)",
+                    self.confirmation_timeout.as_millis()
+                ),
+                Route::Missing => "(NO WAKE COMMAND: such a task fails at once with reason no_wake_command; set wake_command, or wake_commands for this target, or agent_starts_itself: true)".into(),
             };
             (label, route.command(own_program), how)
         };
@@ -688,6 +704,7 @@ impl Config {
         });
         // (Past what one `json!` can expand.)
         effective["allow_hub_commands"] = self.allow_hub_commands.into();
+        effective["agent_starts_itself"] = self.agent_starts_itself.into();
         effective["claude_command"] = redact_url_secrets(&self.claude_command).into();
         effective["room_wake_command"] = self
             .room_wake_command
@@ -766,10 +783,24 @@ impl Raw<'_> {
             "token"
         };
         self.max_chars(key, token.expose(), TOKEN_MAX)?;
-        let url = self.required_str(
+        let written = self.required_str(
             "hub_url",
             "the hub's WebSocket URL, e.g. ws://hub-host:4000/ws",
         )?;
+        // The Node sidecar's forms: an http(s):// address, an empty port.
+        let url = match node::hub_url(&written) {
+            Some(ws) => {
+                warnings.push(format!(
+                    "{}: hub_url \"{}\" is an HTTP address; the socket {} is used (as the Node sidecar's WebSocket library did); write that in hub_url",
+                    self.path,
+                    redact_url_secrets(&written),
+                    redact_url_secrets(&node::drop_empty_port(&ws)),
+                ));
+                ws
+            }
+            None => written,
+        };
+        let url = node::drop_empty_port(&url).into_owned();
         let hub_url = HubUrl::parse(&url).map_err(|why| {
             self.invalid(
                 "hub_url",
@@ -792,6 +823,11 @@ impl Raw<'_> {
             None => false,
             Some(Value::Bool(b)) => *b,
             Some(v) => return Err(self.wrong_type("allow_hub_commands", "true or false", v)),
+        };
+        let agent_starts_itself = match self.get("agent_starts_itself") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(self.wrong_type("agent_starts_itself", "true or false", v)),
         };
         let claude_command = match self.opt_str("claude_command")? {
             None => "claude".to_string(),
@@ -860,18 +896,24 @@ impl Raw<'_> {
                 ));
             }
         }
-        let log_level = match self.opt_str("log_level")?.as_deref() {
-            None | Some("info") => LogLevel::Info,
-            Some("debug") => LogLevel::Debug,
-            Some("warn") => LogLevel::Warn,
-            Some("error") => LogLevel::Error,
-            Some(other) => {
-                return Err(self.invalid(
-                    "log_level",
-                    "one of \"debug\", \"info\", \"warn\", \"error\"",
-                    &format!("\"{other}\""),
-                ))
+        // The Node sidecar's level names too (`warning`, `notice`; anything else: info).
+        let log_level = match self.opt_str("log_level")? {
+            None => LogLevel::Info,
+            Some(text) => {
+                let (level, warning) = node::log_level(&text);
+                warnings.extend(warning.map(|w| format!("{}: {w}", self.path)));
+                level
             }
+        };
+        let confirmation_timeout = match self
+            .get("confirmation_timeout_ms")
+            .and_then(|v| node::confirmation_timeout(v, 30_000))
+        {
+            Some((ms, warning)) => {
+                warnings.extend(warning.map(|w| format!("{}: {w}", self.path)));
+                Duration::from_millis(ms.min(86_400_000))
+            }
+            None => self.ms("confirmation_timeout_ms", 30_000, 1)?,
         };
         let (metrics_listen, metrics_public) = self.metrics_listen()?;
         warnings.extend(
@@ -898,9 +940,10 @@ impl Raw<'_> {
             wake_commands,
             unwoken_targets,
             allow_hub_commands,
+            agent_starts_itself,
             claude_command,
             ollama_url,
-            confirmation_timeout: self.ms("confirmation_timeout_ms", 30_000, 1)?,
+            confirmation_timeout,
             progress_interval: self.ms("progress_interval_ms", 60_000, 1)?,
             agent_progress_min: self.ms("agent_progress_min_ms", 1_000, 0)?,
             task_timeout: self.optional_ms("task_timeout_ms", 86_400_000)?,
@@ -1106,9 +1149,13 @@ impl Raw<'_> {
 
     fn unknown_keys(&self) -> Vec<String> {
         self.map
-            .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
-            .map(|k| {
+            .iter()
+            .filter(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                // A key of the Node sidecar: what stands in for it.
+                if let Some(w) = node::node_key_warning(k, v) {
+                    return format!("{}: {w}", self.path);
+                }
                 let closest = KNOWN_KEYS
                     .iter()
                     .map(|known| (strsim::damerau_levenshtein(k, known), *known))
@@ -1318,13 +1365,11 @@ impl Raw<'_> {
             .map(|s| self.resolve(&s)))
     }
 
+    /// A path with a default; `""` is the default too, as the Node sidecar read it.
     fn path_or(&self, key: &'static str, default: &str) -> Result<PathBuf, ConfigError> {
         match self.opt_str(key)? {
-            Some(s) if s.is_empty() => {
-                Err(self.invalid(key, "a non-empty path", "an empty string"))
-            }
-            Some(s) => Ok(self.resolve(&s)),
-            None => Ok(self.resolve(default)),
+            Some(s) if !s.is_empty() => Ok(self.resolve(&s)),
+            _ => Ok(self.resolve(default)),
         }
     }
 
@@ -1448,8 +1493,16 @@ mod tests {
         assert_eq!(c.route(Some("claude")).command(own), bundled("claude"));
         assert_eq!(c.route(Some("ollama")).command(own), bundled("ollama"));
         assert_eq!(c.route(Some("sidecar")).command(own), bundled("shell"));
+        // No wake command and nothing said: such tasks fail (no_wake_command)…
+        assert_eq!(c.route(Some("wake")), Route::Missing);
+        assert_eq!(c.route(None), Route::Missing);
+        assert!(!c.agent_starts_itself);
+        // …unless the agent starts by itself.
+        let c = with_keys(r#""agent_starts_itself":true"#).unwrap();
         assert_eq!(c.route(Some("wake")), Route::Unwoken);
         assert_eq!(c.route(None), Route::Unwoken);
+        assert_eq!(c.route(Some("claude")).command(own), bundled("claude"));
+        assert!(with_keys(r#""agent_starts_itself":"yes""#).is_err());
 
         let c = with_keys(
             r#""wake_command":"my-agent","wake_commands":{"claude":["my-claude"],"ollama":""},"allow_hub_commands":true,"claude_command":"/usr/local/bin/claude""#,
@@ -1634,7 +1687,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"token\"") && !e.contains("12345"), "{e}");
-        let e = load(r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#)
+        let e = load(r#"{"agent_id":"a","token":"t","hub_url":"ftp://h/ws"}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"hub_url\"") && e.contains("ws://"), "{e}");
@@ -1711,6 +1764,186 @@ mod tests {
             ("wss://hub:443/", "https://hub:443"),
         ] {
             assert_eq!(HubUrl::parse(ws).unwrap().api_base(), api, "{ws}");
+        }
+    }
+}
+
+/// The Node sidecar's configs and values, each mapped to its meaning here (see `node.rs`).
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_json(text, Path::new("/srv/sidecar/config.json"))
+    }
+
+    fn with(extra: &str) -> Result<Config, ConfigError> {
+        load(&format!(
+            r#"{{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws",{extra}}}"#
+        ))
+    }
+
+    fn warned(c: &Config, what: &str) -> bool {
+        c.warnings.iter().any(|w| w.contains(what))
+    }
+
+    #[test]
+    fn node_log_levels_map_to_ours() {
+        for (text, level, warns) in [
+            ("debug", LogLevel::Debug, false),
+            ("info", LogLevel::Info, false),
+            ("warn", LogLevel::Warn, false),
+            ("warning", LogLevel::Warn, false),
+            ("notice", LogLevel::Warn, true),
+            ("error", LogLevel::Error, false),
+            ("loud", LogLevel::Info, true),
+            ("WARNING", LogLevel::Info, true),
+            ("", LogLevel::Info, true),
+        ] {
+            let c = with(&format!(r#""log_level":"{text}""#)).unwrap();
+            assert_eq!(c.log_level, level, "{text}");
+            assert_eq!(warned(&c, "log_level"), warns, "{text}: {:?}", c.warnings);
+        }
+        // Not a string at all: refused, as before.
+        assert!(with(r#""log_level":5"#).is_err());
+    }
+
+    #[test]
+    fn a_confirmation_timeout_of_0_or_a_numeric_string_is_read_as_node_read_it() {
+        let c = with(r#""confirmation_timeout_ms":0"#).unwrap();
+        assert_eq!(c.confirmation_timeout, Duration::from_millis(30_000));
+        assert!(warned(&c, "confirmation_timeout_ms 0"), "{:?}", c.warnings);
+        let c = with(r#""confirmation_timeout_ms":"45000""#).unwrap();
+        assert_eq!(c.confirmation_timeout, Duration::from_millis(45_000));
+        assert!(warned(&c, "string \"45000\""), "{:?}", c.warnings);
+        let c = with(r#""confirmation_timeout_ms":"0""#).unwrap();
+        assert_eq!(c.confirmation_timeout, Duration::from_millis(30_000));
+        let c = with(r#""confirmation_timeout_ms":30000"#).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        for bad in [r#""30s""#, "-1", "1.5", r#""""#, r#""99999999999999""#] {
+            let e = with(&format!(r#""confirmation_timeout_ms":{bad}"#)).unwrap_err();
+            assert!(
+                e.to_string().contains("confirmation_timeout_ms"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_paths_are_the_defaults() {
+        let c = with(r#""results_dir":"","log_file":"","queue_file":"","status_file":"""#).unwrap();
+        assert_eq!(c.results_dir, PathBuf::from("/srv/sidecar/results"));
+        assert_eq!(c.log_file, PathBuf::from("/srv/sidecar/sidecar.log"));
+        assert_eq!(c.queue_file, PathBuf::from("/srv/sidecar/queue.json"));
+        assert_eq!(c.status_file, PathBuf::from("/srv/sidecar/status.json"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn an_http_hub_url_is_its_socket() {
+        let url = |text: &str| {
+            let c = load(&format!(
+                r#"{{"agent_id":"a1","token":"s3cret","hub_url":"{text}"}}"#
+            ))
+            .unwrap();
+            (
+                c.hub_url.as_str().to_string(),
+                warned(&c, "is an HTTP address"),
+            )
+        };
+        assert_eq!(
+            url("http://127.0.0.1:4000"),
+            ("ws://127.0.0.1:4000/ws".into(), true)
+        );
+        assert_eq!(
+            url("http://127.0.0.1:4000/"),
+            ("ws://127.0.0.1:4000/ws".into(), true)
+        );
+        assert_eq!(
+            url("https://hub.example"),
+            ("wss://hub.example/ws".into(), true)
+        );
+        assert_eq!(
+            url("https://hub.example/agentcom/ws"),
+            ("wss://hub.example/agentcom/ws".into(), true)
+        );
+        assert_eq!(
+            url("HTTP://127.0.0.1:4000"),
+            ("ws://127.0.0.1:4000/ws".into(), true)
+        );
+        // What the Node onboarding script wrote for a hub address without a port.
+        assert_eq!(
+            url("wss://hub.example:/ws"),
+            ("wss://hub.example/ws".into(), false)
+        );
+        assert_eq!(
+            url("ws://127.0.0.1:4000/ws"),
+            ("ws://127.0.0.1:4000/ws".into(), false)
+        );
+        // The HTTP API follows the socket.
+        let c =
+            load(r#"{"agent_id":"a1","token":"t","hub_url":"https://hub.example:8443"}"#).unwrap();
+        assert_eq!(c.hub_url.api_base(), "https://hub.example:8443");
+    }
+
+    #[test]
+    fn node_only_keys_each_get_their_own_warning_not_the_unknown_key_one() {
+        let c = with(
+            r#""hub_api_url":"http://hub:4000","repo_dir":"/home/a/repo","reviewer":"","workspace":"/w","pm2_name":"x""#,
+        )
+        .unwrap();
+        for (key, _) in NODE_KEYS {
+            let w: Vec<_> = c
+                .warnings
+                .iter()
+                .filter(|w| w.contains(&format!("\"{key}\"")))
+                .collect();
+            assert_eq!(w.len(), 1, "{key}: {:?}", c.warnings);
+            assert!(
+                w[0].contains("of the Node sidecar is ignored"),
+                "{key}: {w:?}"
+            );
+            assert!(!w[0].contains("unknown key"), "{key}: {w:?}");
+        }
+        assert!(warned(&c, "unknown key \"pm2_name\""), "{:?}", c.warnings);
+    }
+
+    proptest! {
+        /// Any string is a log level: one of ours, or info with a warning.
+        #[test]
+        fn every_log_level_string_loads(text in "\\PC{0,12}") {
+            let c = with(&format!(r#""log_level":{}"#, Value::from(text.clone()))).unwrap();
+            let ours = ["debug", "info", "warn", "warning", "error"].contains(&text.as_str());
+            prop_assert_eq!(warned(&c, "log_level"), !ours);
+        }
+
+        /// Every whole number in a string is that number (0: the default).
+        #[test]
+        fn numeric_strings_are_their_numbers(n in 0u64..=86_400_000) {
+            let c = with(&format!(r#""confirmation_timeout_ms":"{n}""#)).unwrap();
+            let expect = if n == 0 { 30_000 } else { n };
+            prop_assert_eq!(c.confirmation_timeout, Duration::from_millis(expect));
+        }
+
+        /// An http(s):// address with any host, port and path is the same place's socket.
+        #[test]
+        fn http_addresses_become_sockets(
+            tls in any::<bool>(),
+            host in "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5})?",
+            port in proptest::option::of(1u16..),
+            path in proptest::option::of("(/[a-z0-9]{1,6}){1,3}"),
+        ) {
+            let scheme = if tls { "https" } else { "http" };
+            let port_text = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let path_text = path.clone().unwrap_or_default();
+            let c = load(&format!(
+                r#"{{"agent_id":"a1","token":"t","hub_url":"{scheme}://{host}{port_text}{path_text}"}}"#
+            )).unwrap();
+            let ws = if tls { "wss" } else { "ws" };
+            let expect = format!("{ws}://{host}{port_text}{}", path.unwrap_or_else(|| "/ws".into()));
+            prop_assert_eq!(c.hub_url.as_str(), expect.as_str());
+            prop_assert_eq!(c.hub_url.is_tls(), tls);
         }
     }
 }

@@ -197,6 +197,60 @@ enum Command {
         /// Serve /healthz, /readyz and /metrics on this loopback address
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Then send the new agent a test task through the hub and wait for it to be
+        /// completed (start its sidecar meanwhile)
+        #[arg(long)]
+        test_task: bool,
+        /// How long --test-task waits, in seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        test_timeout: u64,
+    },
+    /// Submit a task through the hub's API (POST /api/tasks) and print its id
+    Submit {
+        /// The task's description
+        description: String,
+        /// The hub's HTTP address (default: from the config's hub_url)
+        #[arg(long, value_name = "URL")]
+        hub: Option<String>,
+        /// The agent it is meant for (assign_to; the hub honours it for trivial and complex
+        /// tasks, see --complexity)
+        #[arg(long, value_name = "AGENT")]
+        to: Option<String>,
+        /// urgent, high, normal or low
+        #[arg(long, value_name = "P")]
+        priority: Option<String>,
+        /// A JSON object for the task's metadata
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+        /// complexity_tier: trivial, standard, complex
+        #[arg(long, value_name = "TIER")]
+        complexity: Option<String>,
+        /// Push it straight to the --to agent (POST /api/admin/push-task): not routed, its
+        /// sidecar runs its wake_command; the hub keeps no record of it
+        #[arg(long)]
+        push: bool,
+        /// Follow the task (GET /api/tasks/:id) to its end and print how it ended
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
+        /// A file holding the token (instead of the config's; needs --hub)
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// PEM file of extra CA certificates for an https:// hub (default: the config's)
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Revoke the agent's token at the hub (DELETE /admin/tokens/:agent_id) and say what to
+    /// remove on this machine
+    Unregister {
+        /// The hub's HTTP address (default: from the config's hub_url)
+        #[arg(long, value_name = "URL")]
+        hub: Option<String>,
+        /// PEM file of extra CA certificates for an https:// hub (default: the config's)
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Do one task as a bundled agent (started by the sidecar as a wake command: the task in
     /// TASK_FILE, the answer in RESULTS_DIR)
@@ -227,6 +281,8 @@ fn main() {
             state_dir,
             ca_file,
             metrics_listen,
+            test_task,
+            test_timeout,
         } => {
             let config = config::locate(cli.config.as_deref());
             // `--token-file` without a path: beside the config, named after it.
@@ -241,6 +297,40 @@ fn main() {
                 state_dir: state_dir.map(|d| std::path::absolute(&d).unwrap_or(d)),
                 ca_file: ca_file.map(|f| std::path::absolute(&f).unwrap_or(f)),
                 metrics_listen,
+                test_task: test_task.then(|| std::time::Duration::from_secs(test_timeout)),
+            })
+        }
+        Command::Submit {
+            description,
+            hub,
+            to,
+            priority,
+            metadata,
+            complexity,
+            push,
+            wait,
+            timeout,
+            token_file,
+            ca_file,
+        } => register::ops::run_submit(register::ops::SubmitOptions {
+            hub,
+            description,
+            to,
+            priority,
+            metadata,
+            complexity,
+            push,
+            wait,
+            timeout: std::time::Duration::from_secs(timeout),
+            token_file,
+            config: config::locate(cli.config.as_deref()),
+            ca_file,
+        }),
+        Command::Unregister { hub, ca_file } => {
+            register::ops::run_unregister(register::ops::UnregisterOptions {
+                hub,
+                config: config::locate(cli.config.as_deref()),
+                ca_file,
             })
         }
     };

@@ -106,8 +106,8 @@ fn wrong_types_and_values_name_the_key_and_never_echo_the_token() {
             "wake_retry_delays_ms",
         ),
         (json!({"max_frame_bytes": 10}), "max_frame_bytes"),
-        (json!({"hub_url": "http://hub:4000/ws"}), "hub_url"),
-        (json!({"log_level": "loud"}), "log_level"),
+        (json!({"hub_url": "ftp://hub:4000/ws"}), "hub_url"),
+        (json!({"log_level": 5}), "log_level"),
         (json!({"ca_file": "missing-ca.pem"}), "ca_file"),
         (json!({"token": ["sekrit-token"]}), "token"),
     ];

@@ -80,7 +80,7 @@ fn a_registered_agent_gets_a_private_config_and_its_sidecar_identifies_and_repor
     for step in [
         "check-config --config",
         "agentcom-sidecar --config",
-        "/api/tasks",
+        "agentcom-sidecar submit --config",
         "running-a-fleet.md",
     ] {
         assert!(stdout.contains(step), "{step} missing from:\n{stdout}");
@@ -150,7 +150,8 @@ fn with_token_file_the_token_goes_to_its_own_file() {
     let token = std::fs::read_to_string(&token_path).unwrap();
     assert!(token.ends_with('\n') && token.trim().len() > 8);
     assert!(!text(&out.stdout).contains(token.trim()));
-    assert!(text(&out.stdout).contains("$(cat "));
+    // The test task goes through `submit`, which reads the token where the config says.
+    assert!(text(&out.stdout).contains("agentcom-sidecar submit --config "));
 
     // The sidecar identifies with it.
     let mut config = config;

@@ -1,7 +1,8 @@
 //! The hub's HTTP side, as its `Endpoint` serves it: `/health`, `/api/agents`, the task API
 //! (`POST /api/tasks`, `GET /api/tasks[/:id]`, `POST /api/tasks/:id/cancel`), the admin
-//! routes (push-task, restart an agent), `POST /api/onboard/register` and the room
-//! (`POST /api/room/message`, `POST /api/room/message/human`, `GET /api/room/messages`); and, for the dev hub
+//! routes (push-task, restart an agent, `DELETE /admin/tokens/:agent_id`),
+//! `POST /api/onboard/register` and the room (`POST /api/room/message`,
+//! `POST /api/room/message/human`, `GET /api/room/messages`); and, for the dev hub
 //! only, `/api/events`, the recorded events for clients in other processes (the benchmark).
 //! Authenticated routes take `Authorization: Bearer <token>` with any agent's token.
 
@@ -47,6 +48,7 @@ pub(crate) fn routes(app: &mut web::ServiceConfig) {
             web::post().to(room_message_human),
         )
         .route("/api/room/messages", web::get().to(room_messages))
+        .route("/admin/tokens/{agent_id}", web::delete().to(revoke_token))
         .route("/api/events", web::get().to(events))
         .default_service(web::to(|| async {
             reply(404, json!({"error": "not_found"}))
@@ -184,6 +186,22 @@ async fn restart_agent(
             json!({"error": "agent_not_connected", "agent_id": agent_id}),
         )
     }
+}
+
+/// `DELETE /admin/tokens/:agent_id`: the agent's tokens are revoked (any authenticated
+/// agent may, as on the hub; an unknown agent id is no error there either): 200
+/// `{"status":"revoked","agent_id"}`. Its open sessions stay; its next identify fails.
+async fn revoke_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    hub: web::Data<Hub>,
+) -> HttpResponse {
+    if authenticated(&req, &hub).is_none() {
+        return unauthorized();
+    }
+    let agent_id = path.into_inner();
+    hub.with_core(|core| core.tokens.revoke(&agent_id));
+    reply(200, json!({"status": "revoked", "agent_id": agent_id}))
 }
 
 /// `POST /api/onboard/register` (no auth): `{"agent_id":…}` → 201 with a new token and the

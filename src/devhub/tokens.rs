@@ -88,6 +88,13 @@ impl Tokens {
         self.by_token.values().any(|agent| agent == agent_id)
     }
 
+    /// Forgets every token of `agent_id` (the hub's `Auth.revoke`); how many there were.
+    pub fn revoke(&mut self, agent_id: &str) -> usize {
+        let before = self.by_token.len();
+        self.by_token.retain(|_, agent| agent != agent_id);
+        before - self.by_token.len()
+    }
+
     /// A new token for a new agent id: 32 random bytes in lowercase hex, as the hub makes them.
     pub fn register(&mut self, agent_id: &str) -> Result<String, RegisterError> {
         if self.has_agent(agent_id) {

@@ -53,6 +53,7 @@ pub fn config_text(options: &Options, hub: &HubAddress, token: TokenPlace<'_>) -
             ("wake_commands", json!({})),
             ("ollama_url", Value::Null),
             ("allow_hub_commands", json!(false)),
+            ("agent_starts_itself", json!(false)),
             ("claude_command", json!("claude")),
             ("confirmation_timeout_ms", json!(30000)),
             ("wake_retry_delays_ms", json!([5000, 15000, 30000])),

@@ -80,51 +80,101 @@ pub(super) fn request(
     agent_id: &str,
     tls: std::sync::Arc<rustls::ClientConfig>,
 ) -> Result<Secret, Failure> {
-    let url = hub.register_url();
+    let (status, body) = send(
+        hub,
+        &tls,
+        Call {
+            method: awc::http::Method::POST,
+            url: hub.register_url(),
+            bearer: None,
+            body: Some(json!({ "agent_id": agent_id })),
+        },
+    )?;
+    interpret(hub, agent_id, status, &body)
+}
+
+/// One request to the hub: its method, URL, token (sent as `Authorization: Bearer`, never
+/// shown) and JSON body.
+pub struct Call<'a> {
+    pub method: awc::http::Method,
+    pub url: String,
+    pub bearer: Option<&'a Secret>,
+    pub body: Option<Value>,
+}
+
+/// Sends one request and reads its answer (status, body), within [`REQUEST_TIMEOUT`].
+/// Redirects are not followed: the request and its answer (a token) would follow the hub's
+/// word anywhere, https:// to http:// included; a 3xx is an error that names where it
+/// pointed. A connection failure is [`Failure::Unreachable`] or [`Failure::Tls`].
+pub fn send(
+    hub: &HubAddress,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    call: Call<'_>,
+) -> Result<(u16, Vec<u8>), Failure> {
     let connector = awc::Connector::new()
-        .rustls_0_23(tls)
+        .rustls_0_23(tls.clone())
         .timeout(REQUEST_TIMEOUT)
         .handshake_timeout(REQUEST_TIMEOUT);
-    let answer =
-        actix_rt::System::new().block_on(async {
-            // No redirects: the request and its answer (the token) would follow the hub's
-            // word anywhere, https:// to http:// included. A 3xx is an error that names where
-            // it pointed.
-            let client = awc::Client::builder()
-                .connector(connector)
-                .timeout(REQUEST_TIMEOUT)
-                .disable_redirects()
-                .finish();
-            let mut response = client
-                .post(&url)
-                .insert_header((
-                    "User-Agent",
-                    concat!("agentcom-sidecar/", env!("CARGO_PKG_VERSION")),
-                ))
-                .send_json(&json!({ "agent_id": agent_id }))
+    actix_rt::System::new().block_on(async {
+        let client = awc::Client::builder()
+            .connector(connector)
+            .timeout(REQUEST_TIMEOUT)
+            .disable_redirects()
+            .finish();
+        let mut request = client.request(call.method, &call.url).insert_header((
+            "User-Agent",
+            concat!("agentcom-sidecar/", env!("CARGO_PKG_VERSION")),
+        ));
+        if let Some(token) = call.bearer {
+            request =
+                request.insert_header(("Authorization", format!("Bearer {}", token.expose())));
+        }
+        let sent = match &call.body {
+            Some(body) => request.send_json(body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(|e| unreachable(hub, &e))?;
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| short(&String::from_utf8_lossy(l.as_bytes())));
+        if (300..400).contains(&status) {
+            return Err(Failure::Redirected {
+                hub: hub.api.clone(),
+                status,
+                location: location.unwrap_or_else(|| "nowhere (no Location header)".into()),
+            });
+        }
+        let body =
+            response
+                .body()
+                .limit(MAX_ANSWER_BYTES)
                 .await
-                .map_err(|e| unreachable(hub, &e))?;
-            let status = response.status().as_u16();
-            let location = response
-                .headers()
-                .get("location")
-                .map(|l| short(&String::from_utf8_lossy(l.as_bytes())));
-            if (300..400).contains(&status) {
-                return Err(Failure::Redirected {
-                    hub: hub.api.clone(),
-                    status,
-                    location: location.unwrap_or_else(|| "nowhere (no Location header)".into()),
-                });
-            }
-            let body = response.body().limit(MAX_ANSWER_BYTES).await.map_err(|e| {
-                Failure::Unreachable {
+                .map_err(|e| Failure::Unreachable {
                     hub: hub.api.clone(),
                     reason: format!("reading the answer: {e}"),
-                }
-            })?;
-            Ok::<_, Failure>((status, body))
-        })?;
-    interpret(hub, agent_id, answer.0, &answer.1)
+                })?;
+        Ok::<_, Failure>((status, body.to_vec()))
+    })
+}
+
+/// The error text of a hub's answer: its `errors` or `error` (with `message`), or the body.
+pub fn detail(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let main = v.get("errors").or_else(|| v.get("error")).map(|e| match e {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            match (main, v.get("message").and_then(Value::as_str)) {
+                (Some(m), Some(msg)) => short(&format!("{m}: {msg}")),
+                (Some(m), None) => short(&m),
+                (None, _) => short(&v.to_string()),
+            }
+        }
+        Err(_) => short(&String::from_utf8_lossy(body)),
+    }
 }
 
 /// What the hub's answer means.
@@ -225,7 +275,7 @@ fn unreachable(hub: &HubAddress, e: &awc::error::SendRequestError) -> Failure {
     }
 }
 
-fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     let s = s.trim();
     match s.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &s[..i]),

@@ -16,6 +16,7 @@
 
 pub mod config_file;
 pub mod hub;
+pub mod ops;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct Options {
     /// Extra CA certificates for an `https://` hub; also written as `ca_file`.
     pub ca_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// After writing the config, send a test task to the new agent and wait this long for it
+    /// to be completed (the operator starts the sidecar meanwhile).
+    pub test_task: Option<std::time::Duration>,
 }
 
 /// Why `register` did not finish. Each message says what to do; none shows the token.
@@ -84,6 +88,16 @@ pub enum Failure {
         status: u16,
         location: String,
     },
+    #[error("{0}")]
+    Config(String),
+    #[error("the hub at {hub} refused the token (401: {detail}): is it this hub's token for this agent, and not revoked?")]
+    Unauthorized { hub: String, detail: String },
+    #[error("the hub at {hub} does not allow this agent to do that (403: {detail}); ask the hub's administrator")]
+    Forbidden { hub: String, detail: String },
+    #[error("{url} was not found (404: {detail})")]
+    NotFound { url: String, detail: String },
+    #[error("the hub at {hub} refused: conflict (409: {detail})")]
+    Conflict { hub: String, detail: String },
     #[error("cannot reach the hub at {hub}: {reason}")]
     Unreachable { hub: String, reason: String },
     #[error("TLS with the hub at {hub} failed: {reason}. A hub behind a private CA needs --ca-file PATH (its PEM certificates)")]
@@ -101,10 +115,65 @@ pub fn run(options: Options) -> i32 {
     match register(&options) {
         Ok(report) => {
             let _ = std::io::stdout().lock().write_all(report.as_bytes());
-            0
+            match options.test_task {
+                Some(wait) => test_task(&options, wait),
+                None => 0,
+            }
         }
         Err(failure) => {
             eprintln!("{}: register: {failure}", env!("CARGO_PKG_NAME"));
+            1
+        }
+    }
+}
+
+/// `--test-task`: a trivial task for the new agent through the hub's API, followed until it
+/// is completed (or `wait` passed), each step told. 0 completed, 1 refused or failed, 3 not
+/// completed in time.
+fn test_task(options: &Options, wait: std::time::Duration) -> i32 {
+    let config = absolute(&options.config);
+    println!(
+        "\nTest task: 1/3 reading the token from {}",
+        config.display()
+    );
+    let run = || -> Result<ops::End, Failure> {
+        let access = ops::access(
+            Some(&options.hub),
+            None,
+            &config,
+            options.ca_file.as_deref(),
+        )?;
+        let id = ops::create_task(&access, ops::test_task_body(&options.agent_id))?;
+        println!(
+            "Test task: 2/3 submitted {id} (trivial, assign_to \"{}\"): waiting up to {} s for it to be completed; start the sidecar now if it is not running (step 2 above)",
+            options.agent_id,
+            wait.as_secs()
+        );
+        ops::follow(&access, &id, wait, &mut |line| println!("  {line}"))
+    };
+    match run() {
+        Ok(end) if end.completed() => {
+            println!("Test task: 3/3 {}", end.summary());
+            println!(
+                "agent \"{}\" works: hub -> sidecar -> agent -> hub",
+                options.agent_id
+            );
+            0
+        }
+        Ok(end) => {
+            println!("Test task: 3/3 {}", end.summary());
+            eprintln!(
+                "{}: register: the test task did not complete; the agent is registered and its config written. Look at the sidecar's log (task_received, task_failed) and `agentcom-sidecar status --config {}`",
+                env!("CARGO_PKG_NAME"),
+                config.display()
+            );
+            end.exit_code()
+        }
+        Err(failure) => {
+            eprintln!(
+                "{}: register: test task: {failure} (the agent is registered and its config written)",
+                env!("CARGO_PKG_NAME")
+            );
             1
         }
     }
@@ -218,30 +287,32 @@ fn next_steps(options: &Options, hub: &HubAddress, config: &Path, token: Option<
         "registered agent \"{id}\" on the hub at {} (hub_url {})\nwrote {c} (mode 600): a complete config, every key at its default\n",
         hub.api, hub.ws
     );
-    let bearer = match token {
-        Some(t) => {
-            out.push_str(&format!(
-                "wrote {} (mode 600): the token, named by \"token_file\" in the config\n",
-                t.display()
-            ));
-            format!("$(cat {})", t.display())
-        }
-        None => format!("$(jq -r .token {c})"),
-    };
+    if let Some(t) = token {
+        out.push_str(&format!(
+            "wrote {} (mode 600): the token, named by \"token_file\" in the config\n",
+            t.display()
+        ));
+    }
     out.push_str(&format!(
         "\nNext:\n\
          1. Set \"wake_command\" in {c} (the command that starts your agent for a task;\n   \
-            without it the sidecar expects the agent to start by itself), then check it:\n     \
+            without it such a task fails with reason no_wake_command, unless you set\n   \
+            \"agent_starts_itself\": true), then check it:\n     \
               agentcom-sidecar check-config --config {c}\n\
-         2. Start the sidecar:\n     \
-              agentcom-sidecar --config {c}\n   \
-            or as a service: docs/usage/running-as-a-service.md (one agent),\n   \
-            docs/usage/running-a-fleet.md (several on one machine).\n\
-         3. Push it a test task through the hub, and watch the sidecar's log:\n     \
-              curl -X POST {}/api/tasks -H \"Authorization: Bearer {bearer}\" \\\n       \
-                -H 'Content-Type: application/json' \\\n       \
-                -d '{{\"description\": \"Say hello\", \"assign_to\": \"{id}\"}}'\n",
-        hub.api
+         2. Start the sidecar, with one of:\n     \
+              systemd (template unit, config as /etc/agentcom-sidecar/{id}.json):\n       \
+                systemctl enable --now agentcom-sidecar@{id}\n     \
+              pm2:\n       \
+                pm2 start agentcom-sidecar --name agentcom-{id} --no-treekill --kill-timeout 10000 -- --config {c}\n     \
+              by hand:\n       \
+                agentcom-sidecar --config {c}\n   \
+            (docs/usage/running-as-a-service.md, docs/usage/running-a-fleet.md)\n\
+         3. Send it a test task and wait for the result (a trivial task assigned to \"{id}\":\n   \
+            its sidecar's bundled shell agent answers it without running anything):\n     \
+              agentcom-sidecar submit --config {c} --to {id} --complexity trivial \\\n       \
+                --metadata '{{\"onboarding_test\": true}}' --wait \"Onboarding test\"\n   \
+            and one that runs your wake_command (pushed to this agent, not routed):\n     \
+              agentcom-sidecar submit --config {c} --to {id} --push \"Say hello\"\n",
     ));
     out
 }
@@ -260,6 +331,7 @@ mod tests {
             state_dir: state_dir.map(PathBuf::from),
             ca_file: None,
             metrics_listen: None,
+            test_task: None,
         }
     }
 

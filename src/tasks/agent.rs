@@ -10,7 +10,7 @@
 use serde_json::{Map, Value};
 
 use super::effects::{Effect, FileOp, Timer, WakeOrder, WakeOutcome};
-use super::machine::{Deferred, Machine};
+use super::machine::{Deferred, Machine, WakeRule};
 use super::model::{Agent, Outcome, Role};
 use crate::config::LogLevel;
 use crate::protocol::{clip, Outgoing, TEXT_MAX};
@@ -26,16 +26,11 @@ impl Machine {
             return;
         }
         match task.agent.clone() {
-            Agent::NotWoken => {
-                if self.cfg.wake.wakes(task.target_type.as_deref()) {
-                    self.start_wake(task_id, 1);
-                } else {
-                    // The agent starts by itself: look for its files.
-                    self.out.push(Effect::Rescan {
-                        task_id: Some(task_id.to_string()),
-                    });
-                }
-            }
+            Agent::NotWoken => match self.cfg.wake.rule(task.target_type.as_deref()) {
+                WakeRule::Wake => self.start_wake(task_id, 1),
+                WakeRule::SelfStart => self.await_self_start(task_id),
+                WakeRule::Missing => self.no_wake_command(task_id),
+            },
             Agent::WakeFailed {
                 wake_id, attempt, ..
             } => self.after_failed_attempt(task_id, wake_id, attempt),
@@ -46,6 +41,114 @@ impl Machine {
             Agent::Waking { .. } | Agent::Woken { .. } => {}
             Agent::GaveUp => {}
         }
+    }
+
+    /// No command starts this task's agent, and the config says it starts by itself: look
+    /// for its files, and give it the confirmation timeout to write `.started`.
+    pub(super) fn await_self_start(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        let lease_at_ms = task.lease_start();
+        let target = task.target_type.clone();
+        let timeout = self.cfg.confirmation_timeout;
+        let deadline_ms = self.now_ms + timeout.as_millis() as u64;
+        let deadline = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(deadline_ms),
+        );
+        self.note(
+            LogLevel::Info,
+            "agent_self_start_wait",
+            vec![
+                ("task_id", task_id.into()),
+                ("target_type", target.map_or(Value::Null, Value::from)),
+                ("timeout_ms", (timeout.as_millis() as u64).into()),
+                ("deadline", deadline.to_string().into()),
+                (
+                    "note",
+                    "no wake command runs for this task: the agent starts by itself and must write <task_id>.started by the deadline".into(),
+                ),
+            ],
+        );
+        self.out.push(Effect::Rescan {
+            task_id: Some(task_id.to_string()),
+        });
+        self.out.push(Effect::Arm {
+            timer: Timer::SelfStart {
+                task_id: task_id.to_string(),
+                lease_at_ms,
+            },
+            after: timeout,
+        });
+    }
+
+    /// No command starts this task's agent, and nothing says it starts by itself: the task
+    /// fails at once, with the keys that would have given it one.
+    pub(super) fn no_wake_command(&mut self, task_id: &str) {
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        let target = task.target_type.clone();
+        let error = match &target {
+            Some(t) => format!(
+                "the sidecar has no wake command for this task (routing target \"{t}\"): set \"wake_command\" or \"wake_commands\": {{\"{t}\": …}} in its config, or \"agent_starts_itself\": true if the agent starts by itself"
+            ),
+            None => "the sidecar has no wake command for this task (no routing target): set \"wake_command\" in its config, or \"agent_starts_itself\": true if the agent starts by itself".to_string(),
+        };
+        self.note(
+            LogLevel::Error,
+            "no_wake_command",
+            vec![
+                ("task_id", task_id.into()),
+                ("target_type", target.map_or(Value::Null, Value::from)),
+                ("error", error.clone().into()),
+            ],
+        );
+        if let Some(t) = self.task_mut(task_id) {
+            t.agent = Agent::GaveUp;
+        }
+        self.conclude(
+            task_id,
+            Outcome::Failed {
+                reason: "no_wake_command".into(),
+                error,
+            },
+            None,
+        );
+    }
+
+    /// The self-starting agent of a task did not confirm in time: the task fails.
+    pub(super) fn on_self_start_timeout(&mut self, task_id: &str, lease_at_ms: u64) {
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        if task.role != Role::Held
+            || !task.in_progress()
+            || task.agent != Agent::NotWoken
+            || task.lease_start() != lease_at_ms
+        {
+            return;
+        }
+        let ms = self.cfg.confirmation_timeout.as_millis() as u64;
+        self.note(
+            LogLevel::Warn,
+            "confirmation_timeout",
+            vec![("task_id", task_id.into()), ("timeout_ms", ms.into())],
+        );
+        if let Some(t) = self.task_mut(task_id) {
+            t.agent = Agent::GaveUp;
+        }
+        let error = format!(
+            "no {task_id}.started within confirmation_timeout_ms ({ms} ms): no wake command runs for this task, and the agent that starts by itself did not confirm"
+        );
+        self.conclude(
+            task_id,
+            Outcome::Failed {
+                reason: "confirmation_timeout".into(),
+                error,
+            },
+            None,
+        );
     }
 
     /// Records attempt `attempt` on disk; it is spawned once that is durable.

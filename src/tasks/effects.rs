@@ -136,6 +136,9 @@ pub enum Timer {
     Confirmation { task_id: String, wake_id: u64 },
     /// Retry after failed attempt `wake_id`.
     WakeRetry { task_id: String, wake_id: u64 },
+    /// A task whose agent starts by itself (no wake command) has not confirmed within the
+    /// confirmation timeout of its lease at `lease_at_ms`.
+    SelfStart { task_id: String, lease_at_ms: u64 },
     /// `task_timeout`: the held task leased at `lease_at_ms` (accepted, or pushed again and
     /// adopted) has run too long.
     TaskTimeout { task_id: String, lease_at_ms: u64 },

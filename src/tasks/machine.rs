@@ -59,21 +59,41 @@ pub struct Settings {
 
 /// Which routing targets have a wake command: `default` (`wake_command`) applies to all but
 /// `none`, `types` (`wake_commands` and the bundled agents' targets) to those target types;
-/// `none` (empty `wake_commands` entries) are never woken.
+/// `none` (empty `wake_commands` entries) are never woken: their agent starts by itself. A
+/// task that has no command by these rules starts by itself only with `self_start`
+/// (`agent_starts_itself`); otherwise it fails at once (`no_wake_command`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WakeTargets {
     pub default: bool,
     pub types: BTreeSet<String>,
     pub none: BTreeSet<String>,
+    pub self_start: bool,
+}
+
+/// What becomes of a task that is to be started, by its routing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeRule {
+    /// Its wake command runs.
+    Wake,
+    /// Nothing runs: the agent starts by itself and confirms within the confirmation timeout.
+    SelfStart,
+    /// No wake command, and the config does not say the agent starts by itself: it fails.
+    Missing,
 }
 
 impl WakeTargets {
-    pub fn wakes(&self, target_type: Option<&str>) -> bool {
+    pub fn rule(&self, target_type: Option<&str>) -> WakeRule {
         match target_type {
-            Some(t) if self.none.contains(t) => false,
-            Some(t) if self.types.contains(t) => true,
-            _ => self.default,
+            Some(t) if self.none.contains(t) => WakeRule::SelfStart,
+            Some(t) if self.types.contains(t) => WakeRule::Wake,
+            _ if self.default => WakeRule::Wake,
+            _ if self.self_start => WakeRule::SelfStart,
+            _ => WakeRule::Missing,
         }
+    }
+
+    pub fn wakes(&self, target_type: Option<&str>) -> bool {
+        self.rule(target_type) == WakeRule::Wake
     }
 }
 

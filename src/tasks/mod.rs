@@ -36,9 +36,11 @@ mod props;
 mod tests;
 #[cfg(test)]
 mod tests_agent;
+#[cfg(test)]
+mod tests_wake;
 
 pub use effects::{
     Answer, Assign, Effect, Event, FileOp, Note, Persist, Timer, WakeOrder, WakeOutcome,
 };
-pub use machine::{DiskFacts, Machine, Settings, WakeTargets};
+pub use machine::{DiskFacts, Machine, Settings, WakeRule, WakeTargets};
 pub use model::{valid_task_id, QueueState, ReportKind};

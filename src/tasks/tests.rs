@@ -27,6 +27,7 @@ pub(super) fn settings() -> Settings {
             default: true,
             types: BTreeSet::new(),
             none: BTreeSet::new(),
+            self_start: false,
         },
         keep_released: 8,
         keep_released_bytes: 64 * 1024,
@@ -51,14 +52,16 @@ impl H {
     }
 
     pub fn with(state: QueueState, disk: BTreeMap<String, DiskFacts>, process_start: bool) -> H {
-        let (m, effects) = Machine::start(
-            settings(),
-            state,
-            disk,
-            BTreeSet::new(),
-            process_start,
-            1_000,
-        );
+        H::with_settings(settings(), state, disk, process_start)
+    }
+
+    pub fn with_settings(
+        cfg: Settings,
+        state: QueueState,
+        disk: BTreeMap<String, DiskFacts>,
+        process_start: bool,
+    ) -> H {
+        let (m, effects) = Machine::start(cfg, state, disk, BTreeSet::new(), process_start, 1_000);
         let mut h = H {
             m,
             now: 1_000,

@@ -64,6 +64,10 @@ impl Machine {
                     );
                 }
             }
+            Timer::SelfStart {
+                task_id,
+                lease_at_ms,
+            } => self.on_self_start_timeout(&task_id, lease_at_ms),
             Timer::Progress { session } => self.on_progress_timer(session),
             Timer::AgentProgress { task_id } => {
                 let held = self.task(&task_id).is_some_and(|t| t.in_progress());
@@ -200,6 +204,9 @@ impl Machine {
             return;
         };
         let (role, agent, in_progress) = (task.role, task.agent.clone(), task.in_progress());
+        let self_start =
+            self.cfg.wake.rule(task.target_type.as_deref()) == super::machine::WakeRule::SelfStart;
+        let lease_at_ms = task.lease_start();
         if in_progress {
             self.arm_task_timeout(task_id);
         }
@@ -219,6 +226,16 @@ impl Machine {
                 wake_id, attempt, ..
             } if role == Role::Held && in_progress => {
                 self.after_failed_attempt(task_id, wake_id, attempt);
+            }
+            // An agent that starts by itself gets its confirmation window again.
+            Agent::NotWoken if role == Role::Held && in_progress && self_start => {
+                self.out.push(Effect::Arm {
+                    timer: Timer::SelfStart {
+                        task_id: task_id.to_string(),
+                        lease_at_ms,
+                    },
+                    after: self.cfg.confirmation_timeout,
+                });
             }
             _ => {}
         }

@@ -49,6 +49,8 @@ pub fn fast_config(hub_url: &str) -> Value {
         "connect_timeout_ms": 2000,
         "shutdown_timeout_ms": 2000,
         "log_level": "debug",
+        // Tests that give no wake command play the agent themselves.
+        "agent_starts_itself": true,
     })
 }
 
