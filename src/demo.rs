@@ -9,8 +9,12 @@
 //! goes by on stdout next to the hub's presence lines (at `info`: no heartbeats). Once the
 //! hub has the result, the demo ends the story with a summary: the task, the agent's output
 //! as the hub received it, the time it took, where the files are, and a command that pushes
-//! another task (each later task gets a summary of its own). Ctrl-C stops both in good
-//! order.
+//! another task (each later task gets a summary of its own). Then a second task, routed
+//! the way the hub routes standard tasks (to `ollama`), is done by the bundled Ollama agent
+//! (`agentcom-sidecar agent ollama`) against a small stand-in Ollama server the demo starts
+//! on loopback: its text streams to the hub's live view, and the summary shows the model,
+//! the tokens and how much of the text the live view received. Nothing needs to be
+//! installed. Ctrl-C stops everything in good order.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::devhub::ollama::{OllamaBehaviour, StandinOllama};
 use crate::devhub::{DevHub, DevHubOptions, HubEventKind};
 
 const AGENT: &str = "demo-agent";
@@ -27,7 +32,18 @@ const SAMPLE_AGENT: &str = include_str!("../config/sample-agent.sh");
 
 /// Runs the demo to its end; returns the exit code.
 pub fn run() -> i32 {
-    match start() {
+    // The model server the bundled Ollama agent talks to: a stand-in on loopback.
+    let ollama = match StandinOllama::start(OllamaBehaviour::Reply) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "{}: demo could not start: a stand-in Ollama server: {e}",
+                env!("CARGO_PKG_NAME")
+            );
+            return 1;
+        }
+    };
+    match start(&ollama.url()) {
         Ok((hub, config, dir)) => {
             let hub = Arc::new(hub);
             let token = config.token.expose().to_string();
@@ -36,6 +52,7 @@ pub fn run() -> i32 {
             std::thread::spawn(move || push_sample_task(&pusher, &token, &files));
             let code = crate::runtime::run(config);
             drop(hub);
+            drop(ollama);
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "demo: stopped; its files are in {}", dir.display());
             code
@@ -47,7 +64,7 @@ pub fn run() -> i32 {
     }
 }
 
-fn start() -> Result<(DevHub, Config, PathBuf), String> {
+fn start(ollama_url: &str) -> Result<(DevHub, Config, PathBuf), String> {
     let token = format!("demo-{:016x}", fastrand::u64(..));
     let hub = DevHub::start(DevHubOptions {
         tokens: Some(HashMap::from([(AGENT.to_string(), token.clone())])),
@@ -65,14 +82,16 @@ fn start() -> Result<(DevHub, Config, PathBuf), String> {
         "heartbeat_timeout_ms": 2000,
         // Every event is in the log file; stdout tells the story without the heartbeats.
         "log_level": "info",
+        // The hub routes standard tasks here (identify's `ollama_url`).
+        "ollama_url": ollama_url,
     });
     let agent = dir.join("sample-agent.sh");
     std::fs::write(&agent, SAMPLE_AGENT).map_err(|e| format!("{}: {e}", agent.display()))?;
-    // The sample agent does every task, whatever the hub routed it to (no bundled agent).
+    // The sample agent plays the operator's own agent (un-routed, `sidecar` and `claude`
+    // tasks); `ollama` tasks go to the bundled Ollama agent.
     let command = format!("sh '{}'", agent.display());
     config["wake_command"] = command.clone().into();
-    config["wake_commands"] =
-        serde_json::json!({"ollama": command, "claude": command, "sidecar": command});
+    config["wake_commands"] = serde_json::json!({"claude": command, "sidecar": command});
     let path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
     write_private(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -98,9 +117,11 @@ fn push_sample_task(hub: &DevHub, token: &str, dir: &Path) {
         return;
     }
     std::thread::sleep(Duration::from_secs(1));
+    // Trivial: the hub routes it to `sidecar`, which the sample agent does here.
     let body = serde_json::json!({
         "description": "Say hello to the new operator",
         "metadata": {"source": "demo"},
+        "complexity_tier": "trivial",
     })
     .to_string();
     say(&format!(
@@ -149,7 +170,28 @@ fn push_sample_task(hub: &DevHub, token: &str, dir: &Path) {
         // The story ends with the sidecar's `task_ack`: the summary comes after it.
         wait_for_ack(&dir.join("sidecar.log"), &id, Duration::from_secs(3));
         say(&summary(hub, token, dir, &id, &outcome, took, first));
+        if first {
+            submit_routed(hub, token);
+        }
         first = false;
+    }
+}
+
+/// A standard task: the hub routes it to `ollama`, and the bundled Ollama agent does it
+/// against the stand-in model server.
+fn submit_routed(hub: &DevHub, token: &str) {
+    let body = serde_json::json!({
+        "description": "Explain how to make a small, safe change to a code base",
+        "metadata": {"source": "demo"},
+        "complexity_tier": "standard",
+    })
+    .to_string();
+    say("demo: submitting a standard task: the hub routes it to `ollama`, and the bundled Ollama agent does it against a stand-in model server (its text streams to the hub's live view)");
+    if let Err(e) = http_post(hub.addr(), "/api/tasks", token, &body) {
+        eprintln!(
+            "{}: demo could not submit its routed task: {e}",
+            env!("CARGO_PKG_NAME")
+        );
     }
 }
 
@@ -179,6 +221,13 @@ fn summary(
         .unwrap_or_default();
     let mut text =
         format!("\ndemo: task {task_id} {outcome}{took}\n  the agent's output: {output}\n");
+    if let Some(model) = result["model_used"].as_str() {
+        let live = hub.progress_text(task_id);
+        text.push_str(&format!(
+            "  done by the bundled agent with model {model}: {} tokens in, {} out, {} ms; the hub's live view got {} characters of its text as it streamed\n",
+            result["tokens_in"], result["tokens_out"], result["execution_ms"], live.chars().count()
+        ));
+    }
     if let Some(error) = task["last_error"].as_str() {
         text.push_str(&format!("  error: {error}\n"));
     }

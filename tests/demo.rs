@@ -126,6 +126,19 @@ fn the_demo_ends_with_a_summary_of_its_task_and_stops_cleanly() {
     assert!(text.contains(" ws_open conn=1 "), "{text}");
     assert!(text.contains(" identified session=1 "), "{text}");
 
+    // Then a routed task done by the bundled Ollama agent against the demo's stand-in model
+    // server: the model's text, its tokens, and the hub's live view of the stream.
+    let text = wait_summaries(&seen, 2);
+    let routed = text
+        .lines()
+        .find(|l| l.contains("done by the bundled agent with model standin-coder"))
+        .unwrap_or_else(|| panic!("no routed task done by the bundled agent:\n{text}"));
+    assert!(!routed.contains("got 0 characters"), "{routed}");
+    assert!(
+        text.contains("the agent's output: Here is the plan."),
+        "{text}"
+    );
+
     // The command it gives pushes another task, which gets a summary of its own.
     let curl = text
         .lines()
@@ -150,8 +163,8 @@ fn the_demo_ends_with_a_summary_of_its_task_and_stops_cleanly() {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-    let text = wait_summaries(&seen, 2);
-    assert!(text.matches(" completed").count() >= 2, "{text}");
+    let text = wait_summaries(&seen, 3);
+    assert!(text.matches(" completed").count() >= 3, "{text}");
 
     // SIGTERM: both stop in good order.
     // SAFETY: kill(2) on our own child's pid.

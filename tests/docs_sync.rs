@@ -329,7 +329,9 @@ fn every_word_on_wake_timeout_kills_says_a_confirmed_agent_is_spared() {
     for path in docs {
         for passage in passages(&repo_file(&path)) {
             // (`room_wake_timeout_ms` is the room command's own timeout: it has no exception.)
-            let about_wake = passage.replace("room_wake_timeout", "").contains("wake_timeout");
+            let about_wake = passage
+                .replace("room_wake_timeout", "")
+                .contains("wake_timeout");
             if about_wake && passage.contains("kill") {
                 assert!(
                     passage.contains("confirm") || passage.contains(".started"),

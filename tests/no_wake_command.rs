@@ -112,7 +112,14 @@ fn a_self_starting_agent_is_waited_for_and_one_that_never_starts_times_out() {
     let complete = wait_task_frame(&hub, "task_complete", "t-self", 1);
     assert_eq!(complete["result"]["output"], "by itself");
 
-    // One that never starts: confirmation_timeout after the window.
+    // One that never starts: confirmation_timeout after the window. On a sidecar of its own:
+    // raw tasks are not in the hub's queue, so the report above is refused (`not_found`) and
+    // the sidecar identifies again, whose `state_report` would abort the next raw task.
+    let hub = self::hub();
+    let sidecar = self::sidecar(
+        &hub,
+        json!({"agent_starts_itself": true, "confirmation_timeout_ms": 1500}),
+    );
     let before = std::time::Instant::now();
     assign(&hub, json!({"task_id": "t-never", "generation": 1}));
     let failed = wait_task_frame(&hub, "task_failed", "t-never", 1);
