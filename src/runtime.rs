@@ -62,6 +62,12 @@ pub fn run_with(mut config: Config, make_children: impl FnOnce() -> Vec<ChildSpe
         let env = Env::new(config, bus, log);
         let children = make_children();
         Supervisor::new(env, children).start();
+        // Start-up is done within a second or two: from then on only the code the sidecar
+        // runs stays mapped (see `process::release_unused_code`).
+        actix_rt::spawn(async {
+            actix_rt::time::sleep(std::time::Duration::from_secs(2)).await;
+            crate::process::release_unused_code();
+        });
     });
     match system.run_with_code() {
         Ok(code) => code,
