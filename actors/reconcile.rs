@@ -118,7 +118,7 @@ impl ReconcileActor {
         let url = format!(
             "{}/api/tasks?status=assigned&assigned_to={}",
             config.hub_url.api_base(),
-            percent_encode(&config.agent_id)
+            crate::register::hub::percent_encode(&config.agent_id)
         );
         let token = format!("Bearer {}", config.token.expose());
         log_event!(
@@ -237,18 +237,6 @@ fn assign_frame(task: &Value, agent_id: &str) -> Option<String> {
     Some(Value::Object(frame).to_string())
 }
 
-/// An agent id in a query string (RFC 3986 unreserved characters as they are).
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl Actor for ReconcileActor {
     type Context = Context<Self>;
 
@@ -340,6 +328,9 @@ mod tests {
         let mut queued = record.clone();
         queued["status"] = json!("queued");
         assert!(assign_frame(&queued, "a1").is_none());
-        assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(
+            crate::register::hub::percent_encode("a b/é"),
+            "a%20b%2F%C3%A9"
+        );
     }
 }

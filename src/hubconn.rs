@@ -20,6 +20,16 @@ pub type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
 /// The awc client for the hub: our TLS config (bundled roots plus `ca_file`, ALPN
 /// `http/1.1`), `TCP_NODELAY`, and `connect_timeout` on every stage.
 pub fn build_client(config: &Config) -> Result<awc::Client, String> {
+    client(config, true)
+}
+
+/// The awc client for the hub's HTTP API: the same, and no redirects (the request carries
+/// the token: it goes nowhere the config did not name).
+pub fn build_api_client(config: &Config) -> Result<awc::Client, String> {
+    client(config, false)
+}
+
+fn client(config: &Config, redirects: bool) -> Result<awc::Client, String> {
     let tls = crate::tls::client_config(config.ca_file.as_deref())?;
     // No `max_http_version`, on the connector or the builder: it replaces the TLS config (and
     // `ca_file` with it) by awc's default. Ours already offers only HTTP/1.1 in ALPN.
@@ -28,25 +38,14 @@ pub fn build_client(config: &Config) -> Result<awc::Client, String> {
         .rustls_0_23(tls)
         .timeout(config.connect_timeout)
         .handshake_timeout(config.connect_timeout);
-    Ok(awc::Client::builder()
+    let builder = awc::Client::builder()
         .connector(connector)
-        .timeout(config.connect_timeout)
-        .finish())
-}
-
-/// The awc client for the hub's HTTP API: the same TLS and timeouts, and no redirects (the
-/// request carries the token: it goes nowhere the config did not name).
-pub fn build_api_client(config: &Config) -> Result<awc::Client, String> {
-    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
-    let connector = awc::Connector::new()
-        .rustls_0_23(tls)
-        .timeout(config.connect_timeout)
-        .handshake_timeout(config.connect_timeout);
-    Ok(awc::Client::builder()
-        .connector(connector)
-        .timeout(config.connect_timeout)
-        .disable_redirects()
-        .finish())
+        .timeout(config.connect_timeout);
+    Ok(if redirects {
+        builder.finish()
+    } else {
+        builder.disable_redirects().finish()
+    })
 }
 
 /// Writes the session's queued messages in order until the queue closes or a write fails.

@@ -270,7 +270,10 @@ mod tests {
         let before = rss_file_kib();
         super::release_unused_code();
         let after = rss_file_kib();
-        assert!(after < before, "file-backed RSS {before} KiB -> {after} KiB");
+        assert!(
+            after < before,
+            "file-backed RSS {before} KiB -> {after} KiB"
+        );
         // The code still runs (it is mapped back as it runs).
         let text = format!("{:?}", serde_json::json!({"still": ["runs", 1]}));
         assert!(text.contains("runs"));

@@ -320,7 +320,11 @@ fn a_result_written_in_pieces_is_read_once_complete_and_a_rename_at_once() {
     assert_eq!(complete["result"]["output"], json!({"lines": [1, 2, 3]}));
     wait_status(&hub, &pieces, "completed");
 
-    let rename = submit(&hub, json!({"description": "renamed into place"}));
+    // It fails: no retry (the hub would push it again as a new lifetime, a new agent).
+    let rename = submit(
+        &hub,
+        json!({"description": "renamed into place", "max_retries": 0}),
+    );
     wait_task_frame(&hub, "task_accepted", &rename, 1);
     let tmp = sidecar.results_dir().join("writing.tmp");
     std::fs::write(

@@ -74,6 +74,19 @@ impl HubAddress {
         crate::config::cleartext_warning(&self.api, self.is_tls())
     }
 }
+/// Text as one URL path segment or query value: RFC 3986's unreserved characters as they
+/// are, every other byte percent-encoded.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `POST /api/onboard/register`; the token of a 201.
 pub(super) fn request(
     hub: &HubAddress,

@@ -413,14 +413,7 @@ fn unregister(o: &UnregisterOptions) -> Result<String, Failure> {
 /// An agent id as one path segment (ids are letters, digits, `.`, `_`, `-` in practice;
 /// anything else is percent-encoded).
 fn path_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    super::hub::percent_encode(id)
 }
 
 /// After the revocation: what is left on this machine, with its paths.
