@@ -300,6 +300,7 @@ fn http_post(
 /// that existed (whoever made it could have put their own script where the demo's agent
 /// goes).
 fn private_temp_dir() -> std::io::Result<PathBuf> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
