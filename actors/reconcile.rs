@@ -22,7 +22,7 @@ use actix::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::hub::{AnnounceSession, SessionIdentified, SessionLost, TaskEventFromHub};
-use super::queue::{AnnounceTasks, TasksChanged};
+use super::queue::{AnnounceTasks, TaskEnded, TasksChanged};
 use super::{Child, Env, Stop};
 use crate::bus::Bus;
 use crate::log_event;
@@ -31,6 +31,10 @@ use crate::tasks::{Assign, Event};
 
 /// Largest answer read from the hub's task list.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// A task that left the sidecar's hands this recently is never taken from the hub's list:
+/// the list may have been made before the hub handled the task's report (a new lifetime of
+/// the same id comes by push).
+const RECENTLY_ENDED: std::time::Duration = std::time::Duration::from_secs(300);
 /// Fields of the hub's task record that a `task_assign` carries.
 const ASSIGN_FIELDS: &[&str] = &[
     "description",
@@ -54,6 +58,8 @@ pub struct ReconcileActor {
     session: Option<u64>,
     /// The tasks the sidecar has in hand (held or recovering): not asked about.
     in_hand: Vec<String>,
+    /// Tasks that ended lately, and when (see [`RECENTLY_ENDED`]); at most 64.
+    ended: std::collections::VecDeque<(String, std::time::Instant)>,
     ticker: Option<SpawnHandle>,
     asking: bool,
     /// The last request failed (logged once until one succeeds).
@@ -67,6 +73,7 @@ impl ReconcileActor {
             env: env.clone(),
             session: None,
             in_hand: Vec::new(),
+            ended: std::collections::VecDeque::new(),
             ticker: None,
             asking: false,
             failing: false,
@@ -191,7 +198,11 @@ impl ReconcileActor {
             let Some(TaskIdField::Str(task_id)) = &a.task_id else {
                 continue;
             };
-            if self.in_hand.contains(task_id) {
+            let ended_lately = self
+                .ended
+                .iter()
+                .any(|(id, at)| id == task_id && at.elapsed() < RECENTLY_ENDED);
+            if self.in_hand.contains(task_id) || ended_lately {
                 continue;
             }
             log_event!(
@@ -255,6 +266,7 @@ impl Child for ReconcileActor {
         bus.register(addr.clone().recipient::<SessionIdentified>());
         bus.register(addr.clone().recipient::<SessionLost>());
         bus.register(addr.clone().recipient::<TasksChanged>());
+        bus.register(addr.clone().recipient::<TaskEnded>());
     }
 }
 
@@ -288,6 +300,17 @@ impl Handler<SessionLost> for ReconcileActor {
                 ctx.cancel_future(t);
             }
         }
+    }
+}
+
+impl Handler<TaskEnded> for ReconcileActor {
+    type Result = ();
+    fn handle(&mut self, msg: TaskEnded, _: &mut Context<Self>) {
+        if self.ended.len() >= 64 {
+            self.ended.pop_front();
+        }
+        self.ended
+            .push_back((msg.task_id, std::time::Instant::now()));
     }
 }
 

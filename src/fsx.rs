@@ -151,8 +151,12 @@ pub fn open_private(path: &Path, access: Access) -> io::Result<File> {
         }
     }
     // Only a file of the sidecar's own is made private: never a device such as /dev/null.
+    // A log file someone else owns (that this user may append to) keeps its mode.
     if file.metadata()?.is_file() {
-        set_private(&file)?;
+        let made_private = set_private(&file);
+        if access != Access::LogSink {
+            made_private?;
+        }
     }
     Ok(file)
 }

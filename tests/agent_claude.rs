@@ -99,7 +99,8 @@ fn argv(run: &AgentRun) -> Vec<String> {
 }
 
 #[test]
-fn a_hostile_prompt_arrives_as_one_argument_intact_and_the_events_become_the_result() {
+fn a_hostile_prompt_arrives_intact_on_stdin_never_on_the_command_line_and_the_events_become_the_result(
+) {
     let marker = tempfile::tempdir().unwrap();
     let m = marker.path().display();
     let description = format!(
@@ -113,16 +114,14 @@ fn a_hostile_prompt_arrives_as_one_argument_intact_and_the_events_become_the_res
     let run = run("ok", &f, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let args = argv(&run);
-    assert_eq!(args.len(), 7, "{args:#?}");
+    assert_eq!(args.len(), 6, "{args:#?}");
     assert_eq!(args[0], "-p");
-    assert!(
-        args[1].ends_with(&format!("\n\n{description}")),
-        "{:?}",
-        args[1]
-    );
-    assert!(args[1].contains("Repository: acme/widgets"));
+    let stdin = std::fs::read_to_string(run.path().join("bin/stdin")).unwrap();
+    assert!(stdin.ends_with(&format!("\n\n{description}")), "{stdin:?}");
+    assert!(stdin.contains("Repository: acme/widgets"));
+    assert!(!args.iter().any(|a| a.contains("Fix it")), "{args:#?}");
     assert_eq!(
-        &args[2..],
+        &args[1..],
         [
             "--output-format",
             "stream-json",
@@ -162,7 +161,7 @@ fn a_hostile_prompt_arrives_as_one_argument_intact_and_the_events_become_the_res
 fn the_hub_literal_claude_model_is_left_to_the_tool_and_whole_messages_are_streamed() {
     let run = run("messages", &claude_task("t-msg", "claude", json!({})), &[]);
     let args = argv(&run);
-    assert_eq!(&args[2..], ["--output-format", "stream-json", "--verbose"]);
+    assert_eq!(&args[1..], ["--output-format", "stream-json", "--verbose"]);
     let r = run.result();
     assert_eq!(r["output"], "One. Two.");
     assert_eq!(r["model_used"], "claude-haiku-4-5");

@@ -2,10 +2,10 @@
 //! mode with streamed JSON output.
 //!
 //! The program is `AGENTCOM_CLAUDE_COMMAND` (default `claude`, looked up on `PATH`), run with
-//! an argument list, never through a shell: `-p <prompt> --output-format stream-json
-//! --verbose [--model <M>]`, in the repository directory. The prompt (system prompt, a blank
-//! line, the description) is one argument; over 100 KiB it goes on stdin instead (`-p`
-//! without a prompt argument reads it there). `--model` is left out when the task names no
+//! an argument list, never through a shell: `-p --output-format stream-json --verbose
+//! [--model <M>]`, in the repository directory. The prompt (system prompt, a blank line, the
+//! description) goes on its stdin (`-p` without a prompt argument reads it there), never on
+//! the command line that other local users can read. `--model` is left out when the task names no
 //! model or the hub's literal `claude` (the tool's own default then applies).
 //!
 //! The output's lines are JSON events: text in `content_block_delta` events (`delta.text`,
@@ -24,8 +24,6 @@ use super::proc::{self, Stream};
 use super::task::{Progress, Tail, Task, Utf8Stream};
 use super::{ms, Answer, Failure, Model, Prompt};
 
-/// Prompts larger than this go on stdin instead of the command line.
-pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
 /// The most of a line of output kept (longer lines are not parsed).
 const LINE_MAX: usize = 8 << 20;
 
@@ -130,13 +128,10 @@ impl Model for Claude {
     ) -> Result<Answer, Failure> {
         let text = format!("{}\n\n{}", prompt.system.trim_end(), prompt.user);
         let mut cmd = Command::new(&self.program);
+        // The prompt goes on stdin, never on the command line: the task's text is not for
+        // other local users to read in /proc/PID/cmdline (`ps`).
         cmd.arg("-p");
-        let stdin = if text.len() > ARGV_PROMPT_MAX {
-            Some(text.into_bytes())
-        } else {
-            cmd.arg(text);
-            None
-        };
+        let stdin = Some(text.into_bytes());
         cmd.args(["--output-format", "stream-json", "--verbose"]);
         if let Some(m) = &self.model {
             cmd.args(["--model", m]);

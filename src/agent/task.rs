@@ -189,11 +189,14 @@ impl Task {
         self.timeout_or(default)
     }
 
-    /// The directory the work and its verification happen in: `metadata.repo_dir`, else the
-    /// agent's working directory.
+    /// The directory the work and its verification happen in: `metadata.repo_dir` when the
+    /// operator lets the hub direct the work (`allow_hub_commands`), else the agent's working
+    /// directory. A directory named by the hub could be anything this user can read (the
+    /// home directory, say): the claude tool works in it, and `file_exists` and `git_clean`
+    /// report on it.
     pub fn repo_dir(&self) -> PathBuf {
         match self.metadata().get("repo_dir").and_then(Value::as_str) {
-            Some(d) if !d.is_empty() => PathBuf::from(d),
+            Some(d) if !d.is_empty() && self.env.allow_hub_commands => PathBuf::from(d),
             _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         }
     }

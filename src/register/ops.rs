@@ -343,7 +343,11 @@ pub fn follow(
     let deadline = Instant::now() + timeout;
     let mut last = (String::new(), Value::Null);
     loop {
-        let (_, task) = access.call(Method::GET, &format!("/api/tasks/{id}"), None)?;
+        let (_, task) = access.call(
+            Method::GET,
+            &format!("/api/tasks/{}", super::hub::percent_encode(id)),
+            None,
+        )?;
         let status = task["status"].as_str().unwrap_or("unknown").to_string();
         let now = (status.clone(), task["assigned_to"].clone());
         if now != last {

@@ -95,15 +95,21 @@ impl Machine {
             }
             return self.refuse_busy(&a, &busy_id);
         }
-        if self
+        let was_parked = self
             .parked
             .as_ref()
-            .is_some_and(|p| p.assign.task_id == a.task_id)
-        {
-            // Pushed again with the slot free: taken as any push.
-            self.parked = None;
-        }
+            .is_some_and(|p| p.assign.task_id == a.task_id);
+        // Pushed again (or found by the reconciliation) with the slot free: taken as any
+        // push; and the hub's FSM, which was not tracking it, starts over with it (see
+        // `parking.rs`).
+        self.parked = self.parked.take().filter(|_| !was_parked);
         self.accept(a);
+        if let (true, Some(session)) = (was_parked, self.session) {
+            self.out.push(Effect::Reidentify {
+                session,
+                reason: "a parked task took the slot: the hub's FSM, idle since the last task ended, starts over assigned to it",
+            });
+        }
     }
 
     /// Refuses a task pushed while `busy_id` is in progress (and it cannot be parked: see

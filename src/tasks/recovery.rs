@@ -44,16 +44,23 @@ impl Machine {
                 break;
             }
         }
-        for (i, id) in released
+        // The byte cut takes only tasks whose result it is about: one whose agent may still
+        // run without a result yet is kept (forgetting it would let a push of the same id
+        // start a second agent beside it).
+        let forget: Vec<(String, &'static str)> = released
             .into_iter()
-            .take(by_count.max(by_bytes))
             .enumerate()
-        {
-            let reason = if i < by_count {
-                "keep_released reached"
-            } else {
-                "keep_released_bytes reached"
-            };
+            .filter_map(|(i, id)| {
+                if i < by_count {
+                    Some((id, "keep_released reached"))
+                } else if i < by_bytes && self.task(&id).is_some_and(|t| t.outcome.is_some()) {
+                    Some((id, "keep_released_bytes reached"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in forget {
             self.note(
                 LogLevel::Info,
                 "task_forgotten",

@@ -762,3 +762,39 @@ fn released_results_past_keep_released_bytes_are_forgotten_oldest_first() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn the_byte_budget_never_forgets_a_released_task_whose_agent_may_still_run() {
+    let mut h = H::new();
+    h.up(1);
+    // Oldest: cancelled while its wake command runs, no result yet (its agent may run).
+    h.assign("running", 1);
+    h.ev(Event::Cancelled {
+        task_id: "running".into(),
+    });
+    for i in 0..3 {
+        let id = format!("t{i}");
+        h.assign(&id, 1);
+        h.ev(Event::Cancelled {
+            task_id: id.clone(),
+        });
+        h.ev(Event::ResultSeen {
+            task_id: id,
+            result: Ok(obj(
+                json!({"status": "success", "output": "x".repeat(25_000)}),
+            )),
+        });
+    }
+    let kept: Vec<&str> = h
+        .state()
+        .tasks
+        .iter()
+        .filter(|t| t.role == Role::Released)
+        .map(|t| t.task_id.as_str())
+        .collect();
+    assert_eq!(
+        kept,
+        ["running", "t1", "t2"],
+        "only results are cut by bytes"
+    );
+}
