@@ -83,7 +83,18 @@ fn the_demo_ends_with_a_summary_of_its_task_and_stops_cleanly() {
     let child = &mut demo.0;
     let seen = collect(child.stdout.take().unwrap());
     let errors = collect(child.stderr.take().unwrap());
-    let text = wait_summaries(&seen, 1);
+    wait_summaries(&seen, 1);
+    // The whole first summary (its last line comes after the command to copy): a snapshot
+    // taken earlier may end in the middle of that command.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = seen.lock().unwrap().clone();
+        if text.contains("Ctrl-C stops the demo.") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no whole summary:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
 
     // The summary names the task, what the agent made of it, and where the files are.
     let task_id = text
@@ -128,7 +139,16 @@ fn the_demo_ends_with_a_summary_of_its_task_and_stops_cleanly() {
 
     // Then a routed task done by the bundled Ollama agent against the demo's stand-in model
     // server: the model's text, its tokens, and the hub's live view of the stream.
-    let text = wait_summaries(&seen, 2);
+    wait_summaries(&seen, 2);
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = seen.lock().unwrap().clone();
+        if text.contains("characters of its text as it streamed") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no routed summary:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let routed = text
         .lines()
         .find(|l| l.contains("done by the bundled agent with model standin-coder"))
