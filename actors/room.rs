@@ -28,7 +28,6 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -278,18 +277,9 @@ impl RoomActor {
                     EnvValue::Omitted => cmd.env(format!("{name}_OMITTED"), "1"),
                 };
             }
-            cmd.env("ROOM_MESSAGE_FILE", &file)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .kill_on_drop(false);
-            proctree::detach(&mut cmd);
+            cmd.env("ROOM_MESSAGE_FILE", &file);
             // No service-manager or credential variable, no inherited descriptor.
-            crate::process::confine(&mut cmd);
-            let mut guard = crate::process::spawn_guard();
-            let child = cmd.spawn()?;
-            crate::process::own_child(&mut guard, child.id());
-            Ok(child)
+            crate::process::spawn_agent(&mut cmd, out, err)
         });
         let mut child = match spawned {
             Ok(child) => child,

@@ -225,18 +225,9 @@ impl WakerActor {
             cmd.env("AGENTCOM_CLAUDE_COMMAND", &config.claude_command);
             cmd.env("TASK_FILE", &task.task_file)
                 .env("RESULTS_DIR", &config.results_dir)
-                .env("WAKE_ATTEMPT", task.attempt.to_string())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .kill_on_drop(false);
-            proctree::detach(&mut cmd);
+                .env("WAKE_ATTEMPT", task.attempt.to_string());
             // No service-manager or credential variable, no inherited descriptor.
-            crate::process::confine(&mut cmd);
-            let mut guard = crate::process::spawn_guard();
-            let child = cmd.spawn()?;
-            crate::process::own_child(&mut guard, child.id());
-            Ok(child)
+            crate::process::spawn_agent(&mut cmd, out, err)
         });
         let timeout = config.wake_timeout;
         let confirmed = Rc::new(Cell::new(false));

@@ -142,6 +142,27 @@ pub fn confine(cmd: &mut tokio::process::Command) {
     }
 }
 
+/// Starts a command the way every agent process is started (wake commands, room wake
+/// commands): stdin from /dev/null, stdout and stderr to `out` and `err`, a process group of
+/// its own ([`crate::proctree::detach`]), [`confine`]d, not killed when its handle is
+/// dropped, and recorded for the PID-1 reaper while it is spawned.
+pub fn spawn_agent(
+    cmd: &mut tokio::process::Command,
+    out: std::process::Stdio,
+    err: std::process::Stdio,
+) -> std::io::Result<tokio::process::Child> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(false);
+    crate::proctree::detach(cmd);
+    confine(cmd);
+    let mut guard = spawn_guard();
+    let child = cmd.spawn()?;
+    own_child(&mut guard, child.id());
+    Ok(child)
+}
+
 /// The children the waker spawned and still waits for (kept only when the sidecar is PID 1,
 /// so the reaper leaves them to the waker).
 static OWN_CHILDREN: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
