@@ -15,16 +15,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn run(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("SIDECAR_CONFIG")
-        .output()
-        .expect("binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    run_in(cwd, args)
 }
 
 /// A config for [`AGENT`] with [`TOKEN`] at `hub_url`, in `dir`.

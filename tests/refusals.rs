@@ -159,40 +159,6 @@ fn a_wrong_token_shows_in_status_readyz_and_metrics_until_the_token_is_fixed() {
     assert!(!status(&sidecar, false).contains("hub says:"));
 }
 
-/// Another client, identified as [`AGENT`], has the hub lock the agent out: frames the hub
-/// refuses until the violation threshold closes it with 1008 and the cooldown begins.
-fn lock_out(hub: &DevHub, violations: usize) {
-    use awc::ws::{Frame, Message};
-    use futures_util::{SinkExt, StreamExt};
-    actix_rt::System::new().block_on(async {
-        let (_, mut ws) = awc::Client::new()
-            .ws(hub.ws_url())
-            .connect()
-            .await
-            .expect("connects");
-        let identify = json!({"type": "identify", "agent_id": AGENT, "token": TOKEN,
-            "name": AGENT, "status": "idle", "capabilities": [], "client_type": "sidecar",
-            "protocol_version": 1});
-        let mut frames = vec![identify];
-        frames.extend((0..violations).map(|_| json!({"type": "task_rejected"})));
-        for frame in frames {
-            ws.send(Message::Text(frame.to_string().into()))
-                .await
-                .expect("sent");
-        }
-        loop {
-            match tokio::time::timeout(WAIT, ws.next()).await {
-                Ok(Some(Ok(Frame::Close(reason)))) => {
-                    assert_eq!(reason.map(|r| u16::from(r.code)), Some(1008));
-                    break;
-                }
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no close from the hub: {other:?}"),
-            }
-        }
-    });
-}
-
 #[test]
 fn a_lockout_shows_its_cooldown_and_clears_once_identified() {
     let cooldown = Duration::from_secs(4);

@@ -13,17 +13,9 @@ use common::*;
 use serde_json::{json, Value};
 
 fn register(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("register")
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("SIDECAR_CONFIG")
-        .output()
-        .expect("binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let mut all = vec!["register"];
+    all.extend_from_slice(args);
+    run_in(cwd, &all)
 }
 
 fn mode(path: &Path) -> u32 {

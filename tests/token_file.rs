@@ -38,10 +38,6 @@ fn check_config(dir: &Path, config: &Value, env: &[(&str, &Path)]) -> Output {
     cmd.output().expect("binary runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn the_token_is_read_from_a_file_beside_the_config_and_never_shown() {
     let hub = hub();

@@ -616,3 +616,54 @@ pub fn sidecar_with_script_via(
     wait_identified(hub, before + 1);
     sidecar
 }
+
+/// Another client, identified as [`AGENT`], has the hub lock the agent out: `violations`
+/// frames the hub refuses, until the violation threshold closes it with 1008 and the
+/// agent's identify cooldown begins.
+pub fn lock_out(hub: &DevHub, violations: usize) {
+    use awc::ws::{Frame, Message};
+    use futures_util::{SinkExt, StreamExt};
+    actix_rt::System::new().block_on(async {
+        let (_, mut ws) = awc::Client::new()
+            .ws(hub.ws_url())
+            .connect()
+            .await
+            .expect("connects");
+        let identify = json!({"type": "identify", "agent_id": AGENT, "token": TOKEN,
+            "name": AGENT, "status": "idle", "capabilities": [], "client_type": "sidecar",
+            "protocol_version": 1});
+        let mut frames = vec![identify];
+        frames.extend((0..violations).map(|_| json!({"type": "task_rejected"})));
+        for frame in frames {
+            ws.send(Message::Text(frame.to_string().into()))
+                .await
+                .expect("sent");
+        }
+        loop {
+            match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Frame::Close(reason)))) => {
+                    assert_eq!(reason.map(|r| u16::from(r.code)), Some(1008));
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close from the hub: {other:?}"),
+            }
+        }
+    });
+}
+
+/// Runs the binary with `args` in `cwd` (no `SIDECAR_CONFIG` from the test's environment)
+/// to its end.
+pub fn run_in(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SIDECAR_CONFIG")
+        .output()
+        .expect("binary runs")
+}
+
+/// Output bytes as text (lossy).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
