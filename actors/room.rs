@@ -127,29 +127,21 @@ impl RoomActor {
         let from = room::shown(&message.from, SHOWN_CHARS);
         // Info when a room wake command is set; without one, chat is not the sidecar's
         // business and stays at debug.
-        if configured {
-            log_event!(
-                self.env.log,
-                Info,
-                "room_message_received",
-                from = from,
-                seq = message.seq,
-                message_type = shown_type,
-                bytes = message.text.len(),
-                timestamp = message.timestamp
-            );
+        let level = if configured {
+            crate::config::LogLevel::Info
         } else {
-            log_event!(
-                self.env.log,
-                Debug,
-                "room_message_received",
-                from = from,
-                seq = message.seq,
-                message_type = shown_type,
-                bytes = message.text.len(),
-                timestamp = message.timestamp
-            );
-        }
+            crate::config::LogLevel::Debug
+        };
+        log_event!(
+            self.env.log,
+            [level],
+            "room_message_received",
+            from = from,
+            seq = message.seq,
+            message_type = shown_type,
+            bytes = message.text.len(),
+            timestamp = message.timestamp
+        );
         log_event!(
             self.env.log,
             Debug,

@@ -53,6 +53,16 @@ pub struct LogRecord {
 /// ([`field`]).
 #[macro_export]
 macro_rules! log_event {
+    // A level decided at run time: `log_event!(log, [level], "event", …)`.
+    ($log:expr, [$level:expr], $event:expr $(, $key:ident = $value:expr)* $(,)?) => {{
+        #[allow(unused_imports)]
+        use $crate::log::field::{ViaPath as _, ViaSerialize as _};
+        $log.emit(
+            $level,
+            $event,
+            vec![$((stringify!($key), (&$crate::log::field::Field(&$value)).log_value())),*],
+        )
+    }};
     ($log:expr, $level:ident, $event:expr $(, $key:ident = $value:expr)* $(,)?) => {{
         #[allow(unused_imports)]
         use $crate::log::field::{ViaPath as _, ViaSerialize as _};

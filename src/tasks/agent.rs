@@ -104,13 +104,18 @@ impl Machine {
                 ("error", error.clone().into()),
             ],
         );
+        self.give_up(task_id, "no_wake_command", error);
+    }
+
+    /// No agent will run for the task: it fails with `reason`.
+    fn give_up(&mut self, task_id: &str, reason: &str, error: String) {
         if let Some(t) = self.task_mut(task_id) {
             t.agent = Agent::GaveUp;
         }
         self.conclude(
             task_id,
             Outcome::Failed {
-                reason: "no_wake_command".into(),
+                reason: reason.into(),
                 error,
             },
             None,
@@ -135,20 +140,10 @@ impl Machine {
             "confirmation_timeout",
             vec![("task_id", task_id.into()), ("timeout_ms", ms.into())],
         );
-        if let Some(t) = self.task_mut(task_id) {
-            t.agent = Agent::GaveUp;
-        }
         let error = format!(
             "no {task_id}.started within confirmation_timeout_ms ({ms} ms): no wake command runs for this task, and the agent that starts by itself did not confirm"
         );
-        self.conclude(
-            task_id,
-            Outcome::Failed {
-                reason: "confirmation_timeout".into(),
-                error,
-            },
-            None,
-        );
+        self.give_up(task_id, "confirmation_timeout", error);
     }
 
     /// Records attempt `attempt` on disk; it is spawned once that is durable.
@@ -355,17 +350,7 @@ impl Machine {
                         ("error", error.clone().into()),
                     ],
                 );
-                if let Some(t) = self.task_mut(task_id) {
-                    t.agent = Agent::GaveUp;
-                }
-                self.conclude(
-                    task_id,
-                    Outcome::Failed {
-                        reason: "wake_failed".into(),
-                        error,
-                    },
-                    None,
-                );
+                self.give_up(task_id, "wake_failed", error);
             }
         }
     }
