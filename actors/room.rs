@@ -307,7 +307,9 @@ impl RoomActor {
         self.running = Some((seq, Some(tree.clone())));
         log_event!(self.env.log, Info, "room_wake", seq = seq, pid = pid);
         let timeout = self.env.config.room_wake_timeout;
+        let own = crate::process::OwnChild(pid);
         let ended = async move {
+            let _own = own;
             let ended = match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) => Ended::Exited(status),
                 Ok(Err(e)) => Ended::Failed(format!("waiting for the room wake command: {e}")),
@@ -317,7 +319,6 @@ impl RoomActor {
                     Ended::TimedOut
                 }
             };
-            crate::process::child_done(pid);
             let output = actix_rt::task::spawn_blocking(move || read_output(&output_file, offset))
                 .await
                 .unwrap_or_default();

@@ -261,8 +261,10 @@ impl WakerActor {
                         offset,
                     },
                 );
+                let own = crate::process::OwnChild(pid);
                 futures_util::future::Either::Left(async move {
-                    let ended = match tokio::time::timeout(timeout, child.wait()).await {
+                    let _own = own;
+                    match tokio::time::timeout(timeout, child.wait()).await {
                         Ok(Ok(status)) => Ended::Exited(status),
                         Ok(Err(e)) => Ended::Failed(format!("waiting for the wake command: {e}")),
                         // A confirmed agent runs inside its wake command: let it.
@@ -275,9 +277,7 @@ impl WakerActor {
                             let _ = child.wait().await;
                             Ended::TimedOut
                         }
-                    };
-                    crate::process::child_done(pid);
-                    ended
+                    }
                 })
             }
             Err(e) => {

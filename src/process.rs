@@ -183,7 +183,18 @@ pub fn own_child(guard: &mut Option<MutexGuard<'static, Option<HashSet<u32>>>>, 
     }
 }
 
-/// The waker has the exit status of `pid`: it is no longer its to reap.
+/// Held by whoever waits for a child it recorded with [`own_child`]: when it goes (the wait
+/// ended, or was dropped with its actor), the child is no longer kept from the PID-1 reaper,
+/// so a stale pid can never shield an orphan that reuses it.
+pub struct OwnChild(pub Option<u32>);
+
+impl Drop for OwnChild {
+    fn drop(&mut self) {
+        child_done(self.0);
+    }
+}
+
+/// The waiter has the exit status of `pid`: it is no longer its to reap.
 pub fn child_done(pid: Option<u32>) {
     let Some(pid) = pid else { return };
     let mut guard = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
