@@ -247,12 +247,16 @@ impl Task {
     }
 
     /// `verification_timeout_ms`, default 120 s.
+    /// The hub's `verification_timeout_ms` (default 120 s), never more than the operator's
+    /// cap (`AGENTCOM_AGENT_TIMEOUT_MS`).
     pub fn verification_timeout(&self) -> Duration {
-        self.frame
+        let asked = self
+            .frame
             .get("verification_timeout_ms")
             .and_then(Value::as_u64)
             .filter(|ms| *ms > 0)
-            .map_or(Duration::from_secs(120), Duration::from_millis)
+            .map_or(Duration::from_secs(120), Duration::from_millis);
+        self.env.timeout_cap.map_or(asked, |cap| asked.min(cap))
     }
 
     pub fn max_verification_retries(&self) -> u64 {
@@ -647,6 +651,20 @@ mod tests {
         );
         let bad = json!({"metadata": {"timeout_ms": -3}});
         assert_eq!(task(bad, None).model_timeout(), TIMEOUT_DEFAULT);
+        // Verification: the hub's limit, never past the operator's cap.
+        let verify = json!({"verification_timeout_ms": 300_000});
+        assert_eq!(
+            task(verify.clone(), None).verification_timeout(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            task(verify, Some(2000)).verification_timeout(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            task(json!({}), None).verification_timeout(),
+            Duration::from_secs(120)
+        );
     }
 
     #[test]
