@@ -288,18 +288,37 @@ fn unreachable(hub: &HubAddress, e: &awc::error::SendRequestError) -> Failure {
     }
 }
 
+/// Text from the hub as the operator's terminal shows it: at most 200 characters, and no
+/// control character (escape sequences, carriage returns) reaching the terminal as such.
 pub(crate) fn short(s: &str) -> String {
     let s = s.trim();
-    match s.char_indices().nth(200) {
+    let cut = match s.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None if s.is_empty() => "(no body)".into(),
         None => s.to_string(),
-    }
+    };
+    cut.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_text_reaches_the_terminal_without_control_characters() {
+        assert_eq!(short("ok\u{1b}[2Jgone\r"), "ok\\u{1b}[2Jgone");
+        assert_eq!(short("a\nb"), "a\\nb");
+        assert_eq!(short(""), "(no body)");
+        assert_eq!(short(&"é".repeat(300)).chars().count(), 201);
+    }
 
     #[test]
     fn the_hub_address_gives_the_api_base_and_the_websocket_url() {

@@ -299,7 +299,7 @@ impl End {
         let t = &self.task;
         let by = t["assigned_to"]
             .as_str()
-            .map(|a| format!(" (agent \"{a}\")"))
+            .map(|a| format!(" (agent \"{}\")", hub::short(a)))
             .unwrap_or_default();
         if self.timed_out {
             return format!("still {}{by} when the wait ended", self.status);
